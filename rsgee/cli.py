@@ -1,0 +1,266 @@
+"""The ``rsgee`` command line: thin wrappers that parse, validate and call one function each.
+
+Errors a user can cause are printed as one line on stderr with a non-zero exit; ``--debug`` (or
+``RSGEE_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rsgee import __version__
+from rsgee.errors import RsgeeError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a date; use YYYY-MM-DD") from None
+
+
+def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter("give at least one name, comma-separated")
+    return items
+
+
+catalog_option = click.option(
+    "--catalog", "catalog_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Source catalog YAML.  [default: the catalog.yaml shipped with rsgee]",
+)
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Show progress bars on stderr.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="rsgee")
+@click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
+def cli(debug: bool) -> None:
+    """rsgee: multi-source remote-sensing training archives (Sentinel-1/2, Dynamic World, DEM).
+
+    Typical flow: `rsgee export` AOIs to per-AOI GeoTIFFs on a 10 m UTM grid; later steps tile them
+    into an archive and train models on it.
+    """
+
+
+@cli.command("export", context_settings=CONTEXT)
+@click.option("--aoi", "aoi_specs", multiple=True, required=True, metavar="AOI",
+              help="Area of interest; repeatable. A GeoJSON file (Polygon/MultiPolygon features, named by their "
+                   "'name' property), a bbox 'minlon,minlat,maxlon,maxlat' in degrees, or WKT; prefix a bbox or "
+                   "WKT with 'NAME=' to name it.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exports"),
+              show_default=True, help="Output folder; each AOI is written to OUT/<aoi name>/.")
+@click.option("--source", type=click.Choice(["synthetic"]), default="synthetic", show_default=True,
+              help="Where pixels come from. 'synthetic' is the offline procedural scene (labelled synthetic "
+                   "in every output).")
+@catalog_option
+@click.option("--sources", "source_names", callback=_csv, default=None, metavar="NAMES",
+              help="Comma-separated catalog sources to export.  [default: every source in the catalog]")
+@click.option("--start", callback=_date, metavar="DATE", default="2023-06-01", show_default=True,
+              help="First day of the compositing window (YYYY-MM-DD, inclusive).")
+@click.option("--end", callback=_date, metavar="DATE", default="2023-09-01", show_default=True,
+              help="Day after the compositing window (YYYY-MM-DD, exclusive).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic scene seed (synthetic source only).")
+@click.option("--cloud-cover", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+              help="Fraction of Sentinel-2 pixels left cloud-masked (nodata), 0–1 (synthetic source only).")
+@click.option("--max-area", "max_area_km2", type=click.FloatRange(min=0.0, min_open=True), default=50_000.0,
+              show_default=True, help="Largest accepted AOI area in km²; larger AOIs are refused.")
+@click.option("--overwrite", is_flag=True, help="Replace exports made with different parameters.")
+@click.option("--dry-run", is_flag=True, help="Print each AOI's grid and tile count, write nothing.")
+@progress_option
+def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, seed, cloud_cover,
+               max_area_km2, overwrite, dry_run, progress) -> None:
+    """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
+
+    Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
+    Re-running with the same arguments skips AOIs that are complete.
+    """
+    from rsgee.acquire.aoi import parse_aois
+    from rsgee.acquire.export import export_aois
+    from rsgee.acquire.synthetic import SyntheticSource
+    from rsgee.catalog import load_catalog
+
+    if start >= end:
+        raise click.BadParameter(f"--start {start} must be before --end {end}", param_hint="--start/--end")
+    catalog = load_catalog(catalog_path)
+    names = source_names or list(catalog.sources)
+    for name in names:
+        catalog[name]
+    aois = parse_aois(aoi_specs, max_area_km2=max_area_km2)
+    if dry_run:
+        for aoi in aois:
+            grid = aoi.grid()
+            click.echo(f"{aoi.name}: {aoi.area_km2:,.1f} km², {grid.describe()}, "
+                       f"{grid.width}×{grid.height} px → {out_dir / aoi.name}")
+        return
+    block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+    results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
+                          progress=progress)
+    for r in results:
+        click.echo(f"{r.aoi}: {r.status} ({r.tiles} tiles) → {r.path}")
+
+
+@cli.command("tile", context_settings=CONTEXT)
+@click.argument("exports", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Archive folder; created if missing, grown if it exists (existing tiles are never rewritten).")
+@catalog_option
+@click.option("--max-nodata", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+              help="Largest nodata fraction (0–1) a tile may have in s1, lulc and terrain.")
+@click.option("--max-s2-nodata", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
+              help="Largest fraction (0–1) of Sentinel-2 pixels that are cloud-masked or missing.")
+@click.option("--split-ratios", default="7:2:1", show_default=True, metavar="TRAIN:VAL:TEST",
+              help="Relative sizes of the train, val and test splits.")
+@click.option("--split-by", type=click.Choice(["block", "aoi"]), default="block", show_default=True,
+              help="Spatial unit that goes whole into one split: blocks of k×k tiles, or whole AOIs.")
+@click.option("--split-block", type=click.IntRange(min=1), default=4, show_default=True,
+              help="k, the block size in tiles (k×2560 m) for --split-by block.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the block → split assignment.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (tile rows of AOIs run in parallel).")
+@progress_option
+def tile_cmd(exports, out_dir, catalog_path, max_nodata, max_s2_nodata, split_ratios, split_by, split_block,
+             split_seed, workers, progress) -> None:
+    """Cut exports into the 256×256 training archive OUT.
+
+    EXPORTS are AOI folders written by `rsgee export` (or folders holding them). Terrain (slope,
+    aspect, hillshade; gdaldem's Horn method) is derived from each AOI's whole DEM; tiles are
+    filtered, spatially split, written as GeoTIFFs per source and listed in OUT/index.geojson, and
+    OUT/stats.json is recomputed on the train split. Re-running adds only what is missing.
+    """
+    from rsgee.catalog import load_catalog
+    from rsgee.preprocess.split import SplitConfig
+    from rsgee.preprocess.tiling import TileFilters, build_archive
+
+    split = SplitConfig(SplitConfig.parse_ratios(split_ratios), split_by, split_block, split_seed)
+    summary = build_archive(exports, out_dir, load_catalog(catalog_path), split=split,
+                            filters=TileFilters(max_nodata, max_s2_nodata), workers=workers, progress=progress)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.failed:
+        raise RsgeeError(f"{len(summary.failed)} AOI(s) failed (see above); fix or re-export them and re-run")
+
+
+@cli.command("check", context_settings=CONTEXT)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@progress_option
+def check_cmd(archive, workers, progress) -> None:
+    """Verify ARCHIVE: every indexed tile's files, the splits and stats.json; exit 1 on any problem."""
+    from rsgee.preprocess.check import check_archive
+
+    report = check_archive(archive, workers=workers, progress=progress)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if not report.ok:
+        raise RsgeeError(f"{archive}: {len(report.problems)} problem(s) in {report.tiles} tiles")
+    click.echo(f"{archive}: OK, {report.tiles} tiles")
+
+
+@cli.command("cache", context_settings=CONTEXT)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--splits", callback=_csv, default="train,val,test", show_default=True, metavar="NAMES",
+              help="Comma-separated splits to pack.")
+@progress_option
+def cache_cmd(archive, splits, progress) -> None:
+    """Build the packed training cache of ARCHIVE (ARCHIVE/cache/<split>/<source>.npy).
+
+    Training reads memory-mapped arrays instead of four GeoTIFFs per sample. The cache is derived
+    from the GeoTIFFs, fingerprinted, and rebuilt only when the archive changed. It takes about as
+    much disk as the uncompressed tiles.
+    """
+    from rsgee.preprocess.archive import Archive
+    from rsgee.preprocess.cache import build_cache, is_current
+    from rsgee.preprocess.split import SPLITS
+
+    arch = Archive(archive)
+    arch.read_meta()
+    for split in splits:
+        if split not in SPLITS:
+            raise click.BadParameter(f"'{split}' is not one of {', '.join(SPLITS)}", param_hint="--splits")
+        if is_current(arch, split):
+            click.echo(f"cache/{split}: up to date")
+        else:
+            folder = build_cache(arch, split, progress=progress)
+            click.echo(f"cache/{split}: built {len(arch.tiles(split))} tiles → {folder}")
+
+
+@cli.command("catalog", context_settings=CONTEXT)
+@catalog_option
+def catalog_cmd(catalog_path) -> None:
+    """Validate a catalog and list its sources and bands."""
+    from rsgee.catalog import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    click.echo(f"catalog: {catalog.path}")
+    for spec in catalog.sources.values():
+        nodata = "nan" if spec.nodata_is_nan else spec.nodata
+        bands = ", ".join(f"{b.name}" + (f"←{b.ee}" if b.ee != b.name else "") for b in spec.bands)
+        click.echo(f"  {spec.name:6s} {spec.collection}  [{bands}]  {spec.dtype}, {spec.units}, nodata {nodata}, "
+                   f"{spec.composite}, {spec.resampling}")
+
+
+class _StderrHandler(logging.Handler):
+    """rsgee's log records as single lines on the current stderr ("rsgee: warning: …")."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"rsgee: {record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("rsgee")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn errors into one line and an exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("RSGEE_DEBUG", "") not in ("", "0")
+    _log_to_stderr()
+    try:
+        code = cli.main(args=args, prog_name="rsgee", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("rsgee: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("rsgee: interrupted; re-run the same command to resume", err=True)
+        return 130
+    except RsgeeError as exc:
+        if debug:
+            raise
+        click.echo(f"rsgee: error: {exc}", err=True)
+        return 1
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if debug:
+            raise
+        click.echo(f"rsgee: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback "
+                   "and please report it)", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure torch modules (RS-SPADE, pix2pix, discriminators, RS-UNet); no file I/O."""

@@ -1,0 +1,1 @@
+"""Datasets over the archive, fusion and segmentation training, metrics, generation."""
