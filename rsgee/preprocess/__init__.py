@@ -1,0 +1,1 @@
+"""Radiometry, terrain, tiling and the archive."""

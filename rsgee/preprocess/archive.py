@@ -1,0 +1,230 @@
+"""The archive's layout: the only module that knows where things live inside an archive folder.
+
+::
+
+    ARCHIVE/
+      archive.json          format, sources and bands, split and filter settings, AOIs tiled
+      catalog.yaml          the catalog the archive was built with (a byte copy)
+      index.geojson         one Feature per tile: footprint in lon/lat, tile id, AOI, split,
+                            valid fractions, class histogram (a GIS opens it as is)
+      stats.json            per-band mean/std/p2/p98 of the train split
+      s1/<tile_id>.tif      VV, VH (dB)                     float32, NaN nodata
+      s2/<tile_id>.tif      B2, B3, B4, B8 (reflectance×1e4) uint16, 0 nodata
+      lulc/<tile_id>.tif    label (Dynamic World 0–8)        uint8, 255 nodata
+      terrain/<tile_id>.tif dem, slope, aspect, hillshade   float32, NaN nodata
+
+A tile is in ``index.geojson`` only once all its files are complete. While ``rsgee tile`` runs,
+finished tiles are appended to ``index.journal`` (one JSON line each) and merged into the index at
+the end, or at the start of the next run if the process was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+from rsgee.catalog import BandSpec, Catalog, SourceSpec, parse_catalog
+from rsgee.errors import RsgeeError
+from rsgee.geotiff import atomic_path, write_json_atomic
+
+FORMAT = "rsgee-archive"
+FORMAT_VERSION = 1
+TERRAIN_BANDS = (
+    ("slope", "degrees"),
+    ("aspect", "degrees clockwise from north, -1 flat"),
+    ("hillshade", "0-255, azimuth 315, altitude 45"),
+)
+
+
+def terrain_spec(dem: SourceSpec) -> SourceSpec:
+    """The archive's terrain source: the DEM band followed by slope, aspect and hillshade."""
+    extra = tuple(BandSpec(name, name, unit) for name, unit in TERRAIN_BANDS)
+    return replace(dem, name="terrain", bands=dem.bands + extra, dtype="float32", nodata=float("nan"),
+                   description=f"{dem.description}, with Horn slope, aspect and hillshade (gdaldem conventions)",
+                   units="m")
+
+
+def terrain_units(spec: SourceSpec) -> list[str]:
+    """Per-band units of the terrain source (the DEM's own unit first)."""
+    return [spec.units] + [unit for _, unit in TERRAIN_BANDS]
+
+
+def tile_sources(catalog: Catalog) -> dict[str, SourceSpec]:
+    """Archive sources: every catalog source except the DEM, which becomes ``terrain``."""
+    catalog.require("s1", "s2", "lulc", "dem")
+    specs = {name: spec for name, spec in catalog.sources.items() if name != "dem"}
+    specs["terrain"] = terrain_spec(catalog["dem"])
+    return specs
+
+
+class Archive:
+    """An archive folder: paths, metadata, index and journal."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "archive.json"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.yaml"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.geojson"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "index.journal"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.root / "stats.json"
+
+    def tile_path(self, source: str, tile_id: str) -> Path:
+        return self.root / source / f"{tile_id}.tif"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    # -- metadata ---------------------------------------------------------------------------
+    def read_meta(self) -> dict:
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RsgeeError(f"{self.root} is not an rsgee archive (no archive.json); build one with rsgee tile") from None
+        except (OSError, ValueError) as exc:
+            raise RsgeeError(f"{self.meta_path}: unreadable ({exc})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise RsgeeError(f"{self.meta_path}: not an {FORMAT} version {FORMAT_VERSION} archive")
+        return meta
+
+    def write_meta(self, meta: dict) -> None:
+        write_json_atomic(self.meta_path, meta)
+
+    def catalog(self) -> Catalog:
+        """The catalog the archive was built with."""
+        return parse_catalog(yaml.safe_load(self.catalog_path.read_text(encoding="utf-8")), self.catalog_path)
+
+    def sources(self) -> dict[str, SourceSpec]:
+        return tile_sources(self.catalog())
+
+    def save_catalog(self, catalog: Catalog) -> None:
+        """Copy the catalog file byte for byte (once: an archive keeps the catalog it started with)."""
+        if not self.catalog_path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.catalog_path.with_name(".catalog.yaml.tmp")
+            shutil.copyfile(catalog.path, tmp)
+            os.replace(tmp, self.catalog_path)
+
+    # -- index ------------------------------------------------------------------------------
+    def read_index(self) -> dict[str, dict]:
+        """Index features by tile id (an empty dict for a new archive)."""
+        if not self.index_path.exists():
+            return {}
+        text = self.index_path.read_text(encoding="utf-8")
+        enabled = gc.isenabled()
+        gc.disable()  # parsing builds ~10 containers per tile; collector passes would double the time
+        try:
+            data = json.loads(text)
+        finally:
+            if enabled:
+                gc.enable()
+        return {f["id"]: f for f in data["features"]}
+
+    def write_index(self, features: dict[str, dict]) -> None:
+        """Write the index atomically, sorted by tile id (same tiles → same bytes)."""
+        ordered = [features[k] for k in sorted(features)]
+        collection = {"type": "FeatureCollection", "name": "rsgee_tiles", "features": ordered}
+        with atomic_path(self.index_path) as tmp:
+            tmp.write_text(json.dumps(collection, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n")
+
+    def tiles(self, split: str | None = None) -> list[dict]:
+        """Index properties of every tile (of one split), sorted by tile id."""
+        index = self.read_index()
+        return [index[k]["properties"] for k in sorted(index) if split is None or index[k]["properties"]["split"] == split]
+
+    @contextlib.contextmanager
+    def journal(self) -> Iterator["Journal"]:
+        """Append-only log of finished tiles; each line is flushed before the next tile starts."""
+        with open(self.journal_path, "a", encoding="utf-8") as handle:
+            yield Journal(handle)
+
+    def merge_journal(self) -> int:
+        """Fold journalled tiles into the index, then drop the journal. Returns tiles added.
+
+        A truncated last line (the process died while writing it) is ignored; its tile was not
+        recorded as complete and will be rebuilt.
+        """
+        if not self.journal_path.exists():
+            return 0
+        features = self.read_index()
+        added = 0
+        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                feature = json.loads(line)
+            except ValueError:
+                continue
+            if feature["id"] not in features:
+                added += 1
+            features[feature["id"]] = feature
+        self.write_index(features)
+        self.journal_path.unlink()
+        return added
+
+    # -- safety -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive writer lock; a second concurrent ``rsgee tile`` on the same archive fails fast."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RsgeeError(f"another rsgee process is writing to {self.root}; wait for it to finish") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files left by a killed run (call only under :meth:`lock`)."""
+        count = 0
+        for tmp in self.root.glob("**/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            count += 1
+        return count
+
+
+class Journal:
+    """Writer side of the index journal."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def append(self, features: Iterable[dict]) -> None:
+        for feature in features:
+            self._handle.write(json.dumps(feature, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,82 @@
+"""Spatially blocked train/val/test splits that never move a tile once assigned.
+
+Neighbouring tiles share texture, terrain and often the same field, so a per-tile random split
+leaks. Tiles are grouped into blocks — k×k tiles of the lattice, or whole AOIs — and each block's
+split is a hash of (seed, block) mapped onto the ratios. The split of a tile therefore depends on
+nothing but the tile and the split settings: adding AOIs never moves an existing tile, and the same
+inputs give the same splits on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from rsgee.errors import RsgeeError
+from rsgee.grid import Tile
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How tiles are assigned to splits.
+
+    Attributes:
+        ratios: train, val, test weights (normalised; 7:2:1 by default, as in the paper).
+        by: "block" (k×k lattice tiles) or "aoi" (whole AOIs).
+        block: k, the block size in tiles when ``by == "block"``.
+        seed: changes the assignment of blocks to splits.
+    """
+
+    ratios: tuple[float, float, float] = (7.0, 2.0, 1.0)
+    by: str = "block"
+    block: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
+            raise RsgeeError(f"split ratios {self.ratios} must be three non-negative numbers train:val:test")
+        if self.by not in ("block", "aoi"):
+            raise RsgeeError(f"split by '{self.by}' is unknown; use 'block' or 'aoi'")
+        if self.block < 1:
+            raise RsgeeError(f"split block size {self.block} must be at least 1 tile")
+
+    @classmethod
+    def parse_ratios(cls, text: str) -> tuple[float, float, float]:
+        """'7:2:1' → (7.0, 2.0, 1.0)."""
+        try:
+            parts = tuple(float(p) for p in text.split(":"))
+        except ValueError:
+            parts = ()
+        if len(parts) != 3:
+            raise RsgeeError(f"split ratios '{text}' must look like 7:2:1 (train:val:test)")
+        return parts  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return {"ratios": list(self.ratios), "by": self.by, "block": self.block, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SplitConfig":
+        return cls(tuple(float(r) for r in data["ratios"]), data["by"], int(data["block"]), int(data["seed"]))
+
+    def block_key(self, tile: Tile, aoi: str) -> str:
+        """The spatial block a tile belongs to (tiles of one block always share a split)."""
+        if self.by == "aoi":
+            return f"aoi:{aoi}"
+        return f"{tile.epsg}_{tile.col // self.block}_{tile.row // self.block}"
+
+    def split_of(self, tile: Tile, aoi: str) -> str:
+        """The split of ``tile`` (found in AOI ``aoi``)."""
+        return self.split_of_block(self.block_key(tile, aoi))
+
+    def split_of_block(self, key: str) -> str:
+        digest = hashlib.sha256(f"rsgee-split:{self.seed}:{key}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        total = sum(self.ratios)
+        edge = 0.0
+        for name, ratio in zip(SPLITS, self.ratios):
+            edge += ratio / total
+            if u < edge:
+                return name
+        return SPLITS[-1]

@@ -1,0 +1,415 @@
+"""``rsgee tile``: per-AOI exports → the registered 256×256 archive.
+
+The work is cut into *strips* (one row of tiles of one AOI): each strip reads its rows of every
+source, derives terrain from the DEM with a one-pixel halo (so tile edges use their true
+neighbours, and the AOI border behaves like ``gdaldem -compute_edges``), filters the tiles and
+writes the survivors. Strips run in parallel processes; the main process journals finished tiles,
+so a killed run loses nothing and a re-run only does what is missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+import shapely
+from pyproj import Transformer
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from rsgee.acquire.export import MANIFEST, read_manifest
+from rsgee.catalog import Catalog, SourceSpec
+from rsgee.errors import RsgeeError
+from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array
+from rsgee.grid import TILE_PX, Grid, Tile, to_utm
+from rsgee.preprocess.archive import FORMAT, FORMAT_VERSION, Archive, file_sha256, terrain_units, tile_sources
+from rsgee.preprocess.radiometry import linear_to_db, looks_linear
+from rsgee.preprocess.split import SplitConfig
+from rsgee.preprocess.stats import compute_stats, stats_are_current
+from rsgee.preprocess.terrain import terrain
+
+log = logging.getLogger("rsgee")
+
+
+@dataclass(frozen=True)
+class TileFilters:
+    """Which tiles are kept.
+
+    Attributes:
+        max_nodata: largest nodata fraction of every source but Sentinel-2 (s1, lulc, terrain).
+        max_s2_nodata: largest nodata fraction of Sentinel-2, i.e. cloud-masked or missing pixels.
+    """
+
+    max_nodata: float = 0.05
+    max_s2_nodata: float = 0.2
+
+    def limit(self, source: str) -> float:
+        return self.max_s2_nodata if source == "s2" else self.max_nodata
+
+    def to_dict(self) -> dict:
+        return {"max_nodata": self.max_nodata, "max_s2_nodata": self.max_s2_nodata}
+
+
+@dataclass(frozen=True)
+class ExportedAOI:
+    """A complete export folder, checked for registration."""
+
+    name: str
+    folder: Path
+    manifest_sha256: str
+    grid: Grid
+    geometry: shapely.Geometry
+    provenance: str
+    s1_linear: bool
+
+
+@dataclass
+class TileSummary:
+    """What a ``rsgee tile`` run did, tile by tile."""
+
+    written: int = 0
+    existing: int = 0
+    duplicate: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    failed: dict[str, str] = field(default_factory=dict)
+    aois_skipped: list[str] = field(default_factory=list)
+    index_tiles: int = 0
+    splits: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [f"tiles written: {self.written}, already in the archive: {self.existing}, "
+               f"claimed by another AOI: {self.duplicate}"]
+        if self.rejected:
+            out.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())))
+        if self.aois_skipped:
+            out.append(f"AOIs already tiled: {', '.join(self.aois_skipped)}")
+        out.append(f"archive: {self.index_tiles} tiles (" + ", ".join(f"{s} {self.splits.get(s, 0)}"
+                                                                    for s in ("train", "val", "test")) + ")")
+        for aoi, message in sorted(self.failed.items()):
+            out.append(f"FAILED {aoi}: {message}")
+        return out
+
+
+def find_exports(paths: Sequence[str | Path]) -> list[Path]:
+    """Export folders from the command line: each path is an AOI folder or a folder of them."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / MANIFEST).exists():
+            found.append(path)
+        elif path.is_dir():
+            children = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+            if not children:
+                raise RsgeeError(f"{path}: no complete AOI export here (no */{MANIFEST}); run rsgee export first")
+            found.extend(children)
+        else:
+            raise RsgeeError(f"{path}: no such export folder")
+    return found
+
+
+def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
+    """Read an export's manifest and check that every source shares its CRS, transform and shape."""
+    manifest = read_manifest(folder)
+    name = manifest["aoi"]["name"]
+    grid = Grid.from_dict(manifest["grid"])
+    files = {n: folder / f"{n}.tif" for n in specs if n != "terrain"}
+    files["dem"] = folder / "dem.tif"
+    s1_linear = False
+    for source, path in files.items():
+        spec = specs["terrain"] if source == "dem" else specs[source]
+        if not path.exists():
+            raise RsgeeError(f"AOI '{name}': {path.name} is missing from {folder}; export source '{source}' first")
+        try:
+            with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src:
+                problem = _registration_problem(src, grid, spec, source)
+                if source == "s1" and not problem:
+                    step = max(1, min(src.width, src.height) // 256)
+                    sample = src.read(out_shape=(src.count, src.height // step, src.width // step))
+                    s1_linear = looks_linear(sample)
+        except rasterio.errors.RasterioIOError as exc:
+            raise RsgeeError(f"AOI '{name}': cannot open {path.name} ({exc}); re-export it") from None
+        if problem:
+            raise RsgeeError(f"AOI '{name}', source '{source}': {problem}")
+    if s1_linear:
+        log.warning("AOI '%s': s1.tif looks like linear power, not dB (no negative values); converting with "
+                    "10·log10", name)
+    geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
+    return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear)
+
+
+def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
+    if src.crs is None or src.crs.to_epsg() != grid.epsg:
+        return f"CRS {src.crs} differs from the AOI grid's EPSG:{grid.epsg}"
+    if src.transform != grid.transform:
+        return f"transform {tuple(src.transform)[:6]} differs from the AOI grid's {tuple(grid.transform)[:6]}"
+    if (src.width, src.height) != (grid.width, grid.height):
+        return f"shape {src.width}×{src.height} differs from the AOI grid's {grid.width}×{grid.height}"
+    expected = 1 if source == "dem" else len(spec.bands)
+    if src.count != expected:
+        return f"{src.count} bands, the catalog says {expected}"
+    if src.dtypes[0] != spec.dtype:
+        return f"dtype {src.dtypes[0]}, the catalog says {spec.dtype}"
+    return None
+
+
+def candidate_tiles(export: ExportedAOI) -> list[Tile]:
+    """Tiles of the AOI's grid that touch the AOI itself (not just its bounding box)."""
+    tiles = list(export.grid.tiles())
+    boxes = shapely.box(*np.array([t.bounds for t in tiles], dtype=np.float64).T)
+    touches = shapely.intersects(to_utm(export.geometry, export.grid.epsg), boxes)
+    return [t for t, hit in zip(tiles, touches) if hit]
+
+
+@dataclass(frozen=True)
+class StripTask:
+    """One row of tiles of one AOI, with everything a worker process needs."""
+
+    archive_root: Path
+    export: ExportedAOI
+    strip: int  # tile row within the AOI raster, 0 = north
+    tiles: tuple[Tile, ...]
+    specs: dict[str, SourceSpec]
+    split: SplitConfig
+    filters: TileFilters
+
+
+@dataclass
+class StripResult:
+    aoi: str
+    features: list[dict]
+    rejected: Counter
+    error: str | None = None
+
+
+def build_strip(task: StripTask) -> StripResult:
+    """Read, derive, filter and write the tiles of one strip (runs in a worker process)."""
+    exp = task.export
+    try:
+        with rasterio.Env(**GDAL_READ_ENV):
+            return _build_strip(task)
+    except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StripResult(exp.name, [], Counter(), f"reading tile row {task.strip} failed ({message}); re-export it")
+
+
+def _build_strip(task: StripTask) -> StripResult:
+    exp, grid = task.export, task.export.grid
+    cols = [t.col - grid.col_min for t in task.tiles]
+    x0, x1 = min(cols) * TILE_PX, (max(cols) + 1) * TILE_PX
+    y0, y1 = task.strip * TILE_PX, (task.strip + 1) * TILE_PX
+    blocks = {}
+    for source, spec in task.specs.items():
+        if source == "terrain":
+            continue
+        with rasterio.open(exp.folder / f"{source}.tif") as src:
+            block = src.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+        if source == "s1" and exp.s1_linear:
+            block = linear_to_db(block, spec.db_floor if spec.db_floor is not None else -50.0)
+        blocks[source] = block
+    blocks["terrain"] = _terrain_block(exp.folder / "dem.tif", grid, x0, x1, y0, y1)
+    to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
+    features, rejected = [], Counter()
+    for tile in task.tiles:
+        cx = (tile.col - grid.col_min) * TILE_PX - x0
+        arrays = {s: b[:, :, cx : cx + TILE_PX] for s, b in blocks.items()}
+        valid = {s: valid_fraction(arrays[s], task.specs[s]) for s in arrays}
+        bad = [s for s in arrays if 1.0 - valid[s] > task.filters.limit(s)]
+        if bad:
+            rejected.update(f"{s}_nodata" for s in bad[:1])
+            continue
+        _write_tile(task, tile, arrays)
+        features.append(_feature(task, tile, arrays, valid, to_lonlat))
+    return StripResult(exp.name, features, rejected)
+
+
+def _terrain_block(dem_path: Path, grid: Grid, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+    """dem, slope, aspect, hillshade for a window, computed with a 1-px halo of true neighbours."""
+    hx0, hy0 = max(x0 - 1, 0), max(y0 - 1, 0)
+    hx1, hy1 = min(x1 + 1, grid.width), min(y1 + 1, grid.height)
+    with rasterio.open(dem_path) as src:
+        dem = src.read(1, window=Window(hx0, hy0, hx1 - hx0, hy1 - hy0)).astype(np.float32)
+        nodata = src.nodata
+    if nodata is not None and not math.isnan(nodata):
+        dem[dem == nodata] = np.nan
+    t = terrain(dem, float(grid.transform.a), float(-grid.transform.e), threads=1)  # workers parallelise
+    crop = (slice(y0 - hy0, y0 - hy0 + (y1 - y0)), slice(x0 - hx0, x0 - hx0 + (x1 - x0)))
+    return np.stack([dem[crop], t.slope[crop], t.aspect[crop], t.hillshade[crop]]).astype(np.float32)
+
+
+def valid_fraction(array: np.ndarray, spec: SourceSpec) -> float:
+    """Share of pixels where every band holds data (not nodata / NaN)."""
+    if spec.nodata_is_nan:
+        valid = np.isfinite(array).all(axis=0)
+    else:
+        valid = (array != spec.nodata).all(axis=0)
+    return float(np.count_nonzero(valid)) / valid.size
+
+
+def _write_tile(task: StripTask, tile: Tile, arrays: dict[str, np.ndarray]) -> None:
+    archive = Archive(task.archive_root)
+    raster = RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX)
+    tags = {"RSGEE_TILE_ID": tile.id, "RSGEE_AOI": task.export.name, "RSGEE_SOURCE": task.export.provenance,
+            "RSGEE_SYNTHETIC": "yes" if task.export.provenance == "synthetic" else "no"}
+    for source, spec in task.specs.items():
+        units = terrain_units(spec) if source == "terrain" else None
+        write_array(archive.tile_path(source, tile.id), arrays[source], spec, raster, tags=tags, units=units,
+                    compress="zstd")
+
+
+def _feature(task: StripTask, tile: Tile, arrays, valid, to_lonlat: Transformer) -> dict:
+    x_min, y_min, x_max, y_max = tile.bounds
+    xs, ys = to_lonlat.transform([x_min, x_max, x_max, x_min, x_min], [y_max, y_max, y_min, y_min, y_max])
+    ring = [[round(x, 7), round(y, 7)] for x, y in zip(xs, ys)]
+    lulc_spec = task.specs["lulc"]
+    labels = arrays["lulc"][0]
+    n_classes = len(lulc_spec.classes or ())
+    hist = np.bincount(labels[labels < n_classes].ravel(), minlength=n_classes)[:n_classes].tolist()
+    props = {
+        "tile_id": tile.id,
+        "aoi": task.export.name,
+        "epsg": tile.epsg,
+        "col": tile.col,
+        "row": tile.row,
+        "split": task.split.split_of(tile, task.export.name),
+        "block": task.split.block_key(tile, task.export.name),
+        "source": task.export.provenance,
+        "class_hist": hist,
+        "dominant_class": lulc_spec.classes[int(np.argmax(hist))] if n_classes and sum(hist) else None,
+    }
+    props.update({f"valid_{s}": round(v, 6) for s, v in valid.items()})
+    return {"type": "Feature", "id": tile.id, "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+
+
+def build_archive(
+    export_paths: Sequence[str | Path], out: str | Path, catalog: Catalog, *, split: SplitConfig = SplitConfig(),
+    filters: TileFilters = TileFilters(), workers: int = 1, progress: bool = True,
+) -> TileSummary:
+    """Add the tiles of every export to the archive at ``out`` (created if needed)."""
+    specs = tile_sources(catalog)
+    exports = sorted((open_export(p, specs) for p in find_exports(export_paths)), key=lambda e: e.name)
+    names = [e.name for e in exports]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise RsgeeError(f"two export folders hold AOI '{dup}'; tile them into separate archives or rename one")
+    archive = Archive(out)
+    summary = TileSummary()
+    with archive.lock():
+        archive.remove_stale_temporaries()
+        archive.merge_journal()
+        meta = _open_or_create(archive, catalog, split, filters)
+        index = archive.read_index()
+        tasks, pending = _plan(archive, exports, index, meta, specs, split, filters, summary)
+        try:
+            _run(archive, tasks, pending, meta, summary, workers, progress)
+        finally:
+            archive.merge_journal()
+        index = archive.read_index()
+        summary.index_tiles = len(index)
+        summary.splits = Counter(f["properties"]["split"] for f in index.values())
+        if not stats_are_current(archive):
+            compute_stats(archive, workers=workers, progress=progress)
+    return summary
+
+
+def _open_or_create(archive: Archive, catalog: Catalog, split: SplitConfig, filters: TileFilters) -> dict:
+    if not archive.exists():
+        archive.save_catalog(catalog)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "tile_px": TILE_PX,
+            "pixel_m": 10,
+            "sources": {name: spec.to_dict() for name, spec in tile_sources(catalog).items()},
+            "split": split.to_dict(),
+            "filters": filters.to_dict(),
+            "terrain": {"method": "Horn", "azimuth": 315.0, "altitude": 45.0, "edges": "gdaldem -compute_edges"},
+            "aois": {},
+        }
+        archive.write_meta(meta)
+        return meta
+    meta = archive.read_meta()
+    if SplitConfig.from_dict(meta["split"]) != split:
+        old = meta["split"]
+        raise RsgeeError(
+            f"{archive.root} was split with ratios {':'.join(f'{r:g}' for r in old['ratios'])}, by {old['by']}, "
+            f"block {old['block']}, seed {old['seed']}; pass the same split options (tiles never change split) "
+            "or build a new archive"
+        )
+    if archive.catalog().to_dict() != catalog.to_dict():
+        raise RsgeeError(f"{archive.root} was built with a different catalog ({archive.catalog_path}); "
+                         f"pass --catalog {archive.catalog_path} or build a new archive")
+    return meta
+
+
+def _plan(archive, exports, index, meta, specs, split, filters, summary) -> tuple[list[StripTask], Counter]:
+    tasks: list[StripTask] = []
+    pending: Counter = Counter()
+    claimed: set[str] = set(index)
+    for exp in exports:
+        done = meta["aois"].get(exp.name)
+        if done and done.get("complete"):
+            if done["manifest_sha256"] != exp.manifest_sha256:
+                log.warning("AOI '%s' was re-exported after it was tiled; its tiles are kept as they are "
+                            "(delete them from the archive to rebuild)", exp.name)
+            summary.aois_skipped.append(exp.name)
+            continue
+        by_strip: dict[int, list[Tile]] = {}
+        for tile in candidate_tiles(exp):
+            if tile.id in index:
+                summary.existing += 1
+            elif tile.id in claimed:
+                summary.duplicate += 1
+            else:
+                claimed.add(tile.id)
+                by_strip.setdefault(exp.grid.row_max - tile.row, []).append(tile)
+        meta["aois"][exp.name] = {"manifest_sha256": exp.manifest_sha256, "complete": False, "rejected": {},
+                                  "filters": filters.to_dict(), "source": exp.provenance}
+        for strip, tiles in sorted(by_strip.items()):
+            tasks.append(StripTask(archive.root, exp, strip, tuple(tiles), specs, split, filters))
+            pending[exp.name] += 1
+        if not by_strip:
+            meta["aois"][exp.name]["complete"] = True
+    archive.write_meta(meta)
+    return tasks, pending
+
+
+def _run(archive, tasks, pending, meta, summary, workers, progress) -> None:
+    total = sum(len(t.tiles) for t in tasks)
+    bar = tqdm(total=total, desc="tile", unit="tile", disable=not progress, file=sys.stderr)
+    rejected: dict[str, Counter] = {name: Counter() for name in pending}
+    with archive.journal() as journal:
+
+        def record(task: StripTask, result: StripResult) -> None:
+            journal.append(result.features)
+            summary.written += len(result.features)
+            summary.rejected.update(result.rejected)
+            rejected[result.aoi].update(result.rejected)
+            bar.update(len(task.tiles))
+            if result.error:
+                summary.failed.setdefault(result.aoi, result.error)
+            pending[result.aoi] -= 1
+            if pending[result.aoi] == 0 and result.aoi not in summary.failed:
+                meta["aois"][result.aoi].update(complete=True, rejected=dict(sorted(rejected[result.aoi].items())))
+                archive.write_meta(meta)
+
+        if workers <= 1:
+            for task in tasks:
+                record(task, build_strip(task))
+        else:
+            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(build_strip, task): task for task in tasks}
+                try:
+                    for future in cf.as_completed(futures):
+                        record(futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    bar.close()
