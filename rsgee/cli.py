@@ -64,9 +64,10 @@ def cli(debug: bool) -> None:
                    "WKT with 'NAME=' to name it.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("exports"),
               show_default=True, help="Output folder; each AOI is written to OUT/<aoi name>/.")
-@click.option("--source", type=click.Choice(["synthetic"]), default="synthetic", show_default=True,
-              help="Where pixels come from. 'synthetic' is the offline procedural scene (labelled synthetic "
-                   "in every output).")
+@click.option("--source", type=click.Choice(["earthengine", "local", "synthetic"]), default="earthengine",
+              show_default=True,
+              help="Where pixels come from: Google Earth Engine; your own GeoTIFFs (--input); or the offline "
+                   "procedural scene, labelled synthetic in every output.")
 @catalog_option
 @click.option("--sources", "source_names", callback=_csv, default=None, metavar="NAMES",
               help="Comma-separated catalog sources to export.  [default: every source in the catalog]")
@@ -74,24 +75,50 @@ def cli(debug: bool) -> None:
               help="First day of the compositing window (YYYY-MM-DD, inclusive).")
 @click.option("--end", callback=_date, metavar="DATE", default="2023-09-01", show_default=True,
               help="Day after the compositing window (YYYY-MM-DD, exclusive).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic scene seed (synthetic source only).")
+@click.option("--window", "windows", multiple=True, metavar="SOURCE=START/END",
+              help="Per-source date window overriding --start/--end, e.g. s1=2023-05-01/2023-10-01; repeatable.")
+@click.option("--project", envvar="EE_PROJECT", default=None, metavar="PROJECT",
+              help="Google Cloud project registered for Earth Engine (or EE_PROJECT).  [earthengine]")
+@click.option("--service-account", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="KEY.json",
+              help="Service-account JSON key (or GOOGLE_APPLICATION_CREDENTIALS); default: the credentials of "
+                   "`earthengine authenticate`.  [earthengine]")
+@click.option("--ee-url", envvar="RSGEE_EE_URL", default=None, metavar="URL",
+              help="Earth Engine API base URL (or RSGEE_EE_URL).  [default: the high-volume endpoint "
+                   "https://earthengine-highvolume.googleapis.com]")
+@click.option("--no-auth", is_flag=True, help="Send no credentials (private endpoints, local test servers).")
+@click.option("--workers", type=click.IntRange(1, 40), default=16, show_default=True,
+              help="Concurrent Earth Engine requests, 1–40 (40 is the per-project limit).  [earthengine]")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
+              help="Per-request deadline in seconds.  [earthengine]")
+@click.option("--attempts", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Tries per block for retryable errors (429, 5xx, timeouts, dropped connections), with capped "
+                   "exponential backoff and jitter.  [earthengine]")
+@click.option("--retry-failed", is_flag=True,
+              help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json).")
+@click.option("--s1-orbit", type=click.Choice(["both", "ASCENDING", "DESCENDING"]), default="both", show_default=True,
+              help="Sentinel-1 orbit pass to composite (one pass avoids geometry seams).  [earthengine]")
+@click.option("--input", "inputs", multiple=True, metavar="SOURCE=PATH",
+              help="Your GeoTIFF(s) for a source, any CRS and resolution, e.g. s2=scene.tif (globs allowed); "
+                   "repeatable.  [local]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic scene seed.  [synthetic]")
 @click.option("--cloud-cover", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
-              help="Fraction of Sentinel-2 pixels left cloud-masked (nodata), 0–1 (synthetic source only).")
+              help="Fraction of Sentinel-2 pixels left cloud-masked (nodata), 0–1.  [synthetic]")
 @click.option("--max-area", "max_area_km2", type=click.FloatRange(min=0.0, min_open=True), default=50_000.0,
               show_default=True, help="Largest accepted AOI area in km²; larger AOIs are refused.")
 @click.option("--overwrite", is_flag=True, help="Replace exports made with different parameters.")
 @click.option("--dry-run", is_flag=True, help="Print each AOI's grid and tile count, write nothing.")
 @progress_option
-def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, seed, cloud_cover,
-               max_area_km2, overwrite, dry_run, progress) -> None:
+def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
+               service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, s1_orbit, inputs, seed,
+               cloud_cover, max_area_km2, overwrite, dry_run, progress) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
     Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
-    Re-running with the same arguments skips AOIs that are complete.
+    Earth Engine blocks are downloaded concurrently and saved as they arrive: re-running a killed
+    export with the same arguments fetches only what is missing, and complete AOIs are skipped.
     """
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
-    from rsgee.acquire.synthetic import SyntheticSource
     from rsgee.catalog import load_catalog
 
     if start >= end:
@@ -107,11 +134,33 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
             click.echo(f"{aoi.name}: {aoi.area_km2:,.1f} km², {grid.describe()}, "
                        f"{grid.width}×{grid.height} px → {out_dir / aoi.name}")
         return
-    block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+    if source == "synthetic":
+        from rsgee.acquire.synthetic import SyntheticSource
+
+        block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+    elif source == "local":
+        from rsgee.acquire.local import LocalSource, parse_inputs
+
+        block_source = LocalSource(parse_inputs(inputs))
+    else:
+        from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
+        from rsgee.acquire.earthengine.recipes import RecipeOptions
+        from rsgee.acquire.earthengine.session import SessionConfig
+
+        session = SessionConfig.from_env(project, service_account, ee_url, not no_auth, workers, timeout_s)
+        block_source = EarthEngineSource(
+            session, parse_windows(start, end, windows, names),
+            options=RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit),
+            policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed, progress=progress)
+        block_source.connect()  # a missing project or credentials is one error, not one per AOI
     results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
-                          progress=progress)
+                          retry_failed=retry_failed, progress=progress)
     for r in results:
-        click.echo(f"{r.aoi}: {r.status} ({r.tiles} tiles) → {r.path}")
+        click.echo(r.line())
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise RsgeeError(f"{len(bad)} of {len(results)} AOI(s) failed or have failed blocks: "
+                         f"{', '.join(r.aoi for r in bad)}")
 
 
 @cli.command("tile", context_settings=CONTEXT)

@@ -21,6 +21,8 @@ from rasterio.windows import Window
 
 from rsgee.catalog import SourceSpec
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 #: Read-side GDAL settings: don't list the directory on every open (archives hold many files).
 GDAL_READ_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
@@ -65,6 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any new file
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -47,7 +47,7 @@ def test_every_option_is_documented(path):
 def test_export_help_states_units_and_defaults():
     out = " ".join(CliRunner().invoke(cli, ["export", "--help"]).output.split())
     for fragment in ("minlon,minlat,maxlon,maxlat", "[default: exports]", "km²", "YYYY-MM-DD", "[default: 0.05; 0.0<=x<=1.0]",
-                     "[default: synthetic]"):
+                     "[default: earthengine]", "40 is the per-project limit", "EE_PROJECT"):
         assert fragment in out
 
 
@@ -94,7 +94,7 @@ def test_dry_run_prints_the_grid_and_writes_nothing(capsys, tmp_path):
 
 def test_export_end_to_end_through_the_console_script(tmp_path):
     """The installed `rsgee` entry point runs an export and a re-run skips it."""
-    args = [sys.executable, "-m", "rsgee.cli", "export", "--aoi", "v=10.60,46.60,10.63,46.62", "--out", str(tmp_path),
+    args = [sys.executable, "-m", "rsgee.cli", "export", "--source", "synthetic", "--aoi", "v=10.60,46.60,10.63,46.62", "--out", str(tmp_path),
             "--no-progress"]
     first = subprocess.run(args, capture_output=True, text=True, check=True)
     assert "v: written (4 tiles)" in first.stdout

@@ -4,19 +4,26 @@ A *block source* (synthetic, Earth Engine, local files) yields 256×256 blocks o
 catalog source on the AOI's lattice grid; this module writes them into one tiled, compressed
 GeoTIFF per source and finishes with the manifest. The manifest is written last and atomically:
 an AOI folder without ``manifest.json`` is incomplete, whatever else it holds.
+
+A source may also deliver ``<name>_halo`` blocks with a ring of extra pixels (the Earth Engine
+DEM does); they are assembled into ``<name>_halo.tif``, one pixel larger on every side, so that
+terrain at the AOI border can use real neighbours.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+from affine import Affine
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from rsgee import __version__
@@ -24,9 +31,10 @@ from rsgee.acquire.aoi import AOI
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import RasterGrid, open_for_writing, write_json_atomic
-from rsgee.grid import Grid, Tile
+from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
 
 MANIFEST = "manifest.json"
+WORKDIR = ".partial"
 
 
 class BlockSource(Protocol):
@@ -38,71 +46,128 @@ class BlockSource(Protocol):
     def request(self) -> dict:
         """The parameters that determine the pixels (seed, dates…); equal requests → equal files."""
 
-    def blocks(self, grid: Grid, sources: Sequence[SourceSpec]) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
-        """Yield every tile of ``grid`` once, with a (bands, 256, 256) array per source name."""
+    def blocks(self, grid: Grid, sources: Sequence[SourceSpec], workdir: Path) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+        """Yield every tile of ``grid`` once, with a (bands, 256, 256) array per source name.
+
+        ``workdir`` is a private folder of the AOI for resumable state; it is deleted after a
+        complete export. Optional attributes read after the blocks: ``failures`` (block key →
+        message, for blocks delivered as nodata) and ``provenance()`` (extra manifest facts).
+        """
 
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What happened to one AOI: status "written", "up to date" or "failed"."""
+
     aoi: str
     path: Path
-    status: str  # "written" | "up to date"
+    status: str
     tiles: int
+    failed_blocks: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed" and not self.failed_blocks
+
+    def line(self) -> str:
+        if self.status == "failed":
+            return f"{self.aoi}: FAILED: {self.error}"
+        text = f"{self.aoi}: {self.status} ({self.tiles} tiles) → {self.path}"
+        if self.counts:
+            text += " [blocks " + ", ".join(f"{k} {v}" for k, v in self.counts.items()) + "]"
+        if self.failed_blocks:
+            first = next(iter(self.failed_blocks.items()))
+            text += (f"; {len(self.failed_blocks)} block(s) failed, e.g. {first[0]}: {first[1]} "
+                     "(see manifest.json; re-run with --retry-failed)")
+        return text
 
 
 def export_aois(
     aois: Sequence[AOI], out_dir: str | Path, source: BlockSource, catalog: Catalog, *,
-    source_names: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
+    source_names: Sequence[str] | None = None, overwrite: bool = False, retry_failed: bool = False,
+    progress: bool = True,
 ) -> list[ExportResult]:
-    """Export every AOI; an AOI already exported with the same request is left as it is."""
+    """Export every AOI. An AOI that fails (no images, bad request…) is reported and the run goes on."""
     names = list(source_names or catalog.sources)
     specs = [catalog[n] for n in names]
-    return [
-        export_aoi(aoi, Path(out_dir), source, catalog, specs, overwrite=overwrite, progress=progress)
-        for aoi in aois
-    ]
+    results = []
+    for aoi in aois:
+        try:
+            results.append(export_aoi(aoi, Path(out_dir), source, catalog, specs, overwrite=overwrite,
+                                      retry_failed=retry_failed, progress=progress))
+        except RsgeeError as exc:
+            results.append(ExportResult(aoi.name, Path(out_dir) / aoi.name, "failed", 0, error=str(exc)))
+    return results
 
 
 def export_aoi(
     aoi: AOI, out_dir: Path, source: BlockSource, catalog: Catalog, specs: Sequence[SourceSpec], *,
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, retry_failed: bool = False, progress: bool = True,
 ) -> ExportResult:
     """Export one AOI into ``out_dir/<aoi.name>/``."""
     grid = aoi.grid()
+    tiles = list(grid.tiles())
     folder = out_dir / aoi.name
     manifest = _manifest(aoi, grid, source, catalog, specs)
     existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
     if existing is not None and not overwrite:
-        if _same_request(existing, manifest):
-            return ExportResult(aoi.name, folder, "up to date", len(list(grid.tiles())))
-        raise RsgeeError(
-            f"{folder} already holds an export made with different parameters; pass --overwrite to replace it "
-            "or choose another --out"
-        )
+        if not _same_request(existing, manifest):
+            raise RsgeeError(f"{folder} already holds an export made with different parameters; pass --overwrite "
+                             "to replace it or choose another --out")
+        failed = existing.get("failed_blocks", {})
+        if not (failed and retry_failed):
+            return ExportResult(aoi.name, folder, "up to date", len(tiles), failed_blocks=failed)
     folder.mkdir(parents=True, exist_ok=True)
+    if overwrite and existing is not None and not _same_request(existing, manifest):
+        shutil.rmtree(folder / WORKDIR, ignore_errors=True)  # blocks of another request
     (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
     raster = RasterGrid(grid.crs, grid.transform, grid.width, grid.height)
-    tiles = list(grid.tiles())
     with ExitStack() as stack:
-        writers = {
-            spec.name: stack.enter_context(
-                open_for_writing(folder / f"{spec.name}.tif", spec, raster, tags=_tags(source, aoi, spec))
-            )
-            for spec in specs
-        }
+        writers: dict[str, object] = {}
+
+        def writer(key: str, spec: SourceSpec, halo: int):
+            if key not in writers:
+                grown = RasterGrid(grid.crs, grid.transform @ Affine.translation(-halo, -halo),
+                                   grid.width + 2 * halo, grid.height + 2 * halo)
+                writers[key] = stack.enter_context(
+                    open_for_writing(folder / f"{key}.tif", spec, grown, tags=_tags(source, aoi, spec)))
+            return writers[key]
+
+        for spec in specs:
+            writer(spec.name, spec, 0)
         bar = tqdm(total=len(tiles), desc=f"export {aoi.name}", unit="tile", disable=not progress, file=sys.stderr)
         seen = 0
-        for tile, arrays in source.blocks(grid, specs):
+        for tile, arrays in source.blocks(grid, specs, folder / WORKDIR):
             window = grid.window(tile)
             for spec in specs:
-                writers[spec.name].write(_checked_block(arrays, spec, tile), window=window)
+                writer(spec.name, spec, 0).write(_checked_block(arrays, spec, tile, TILE_PX), window=window)
+                halo_block = arrays.get(f"{spec.name}_halo")
+                if halo_block is not None:
+                    halo = (halo_block.shape[-1] - TILE_PX) // 2
+                    _checked_block(arrays, spec, tile, TILE_PX + 2 * halo, key=f"{spec.name}_halo")
+                    writer(f"{spec.name}_halo", spec, halo).write(
+                        halo_block, window=Window(window.col_off, window.row_off, TILE_PX + 2 * halo, TILE_PX + 2 * halo))
             seen += 1
             bar.update(1)
         bar.close()
         if seen != len(tiles):
-            raise RsgeeError(f"source {source.name} delivered {seen} of {len(tiles)} blocks for AOI '{aoi.name}'")
+            raise RsgeeError(f"source {source.name} delivered {seen} of {len(tiles)} blocks")
+        halos = sorted(k for k in writers if k.endswith("_halo"))
+    failed = dict(sorted(getattr(source, "failures", {}).items()))
+    manifest["files"].update({k: dict(manifest["files"][k[: -len("_halo")]], path=f"{k}.tif", halo_px=1) for k in halos})
+    if failed:
+        manifest["failed_blocks"] = failed
+    provenance = getattr(source, "provenance", None)
+    if provenance is not None:
+        manifest["provenance"].update(provenance())
     write_json_atomic(folder / MANIFEST, manifest)
-    return ExportResult(aoi.name, folder, "written", len(tiles))
+    if not failed:
+        shutil.rmtree(folder / WORKDIR, ignore_errors=True)
+    counts = getattr(source, "counts", None)
+    return ExportResult(aoi.name, folder, "written", len(tiles), failed_blocks=failed,
+                        counts=counts.to_dict() if counts is not None else {})
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -116,12 +181,12 @@ def read_manifest(folder: str | Path) -> dict:
         raise RsgeeError(f"{path}: unreadable manifest ({exc}); re-run rsgee export with --overwrite") from None
 
 
-def _checked_block(arrays: dict[str, np.ndarray], spec: SourceSpec, tile: Tile) -> np.ndarray:
-    block = arrays.get(spec.name)
-    expected = (len(spec.bands), 256, 256)
+def _checked_block(arrays: dict[str, np.ndarray], spec: SourceSpec, tile: Tile, size: int, key: str | None = None) -> np.ndarray:
+    block = arrays.get(key or spec.name)
+    expected = (len(spec.bands), size, size)
     if block is None or block.shape != expected:
         got = None if block is None else block.shape
-        raise RsgeeError(f"block {tile.id} of source {spec.name} has shape {got}, expected {expected}")
+        raise RsgeeError(f"block {tile.id} of source {key or spec.name} has shape {got}, expected {expected}")
     if block.dtype != spec.numpy_dtype:
         raise RsgeeError(f"block {tile.id} of source {spec.name} is {block.dtype}, the catalog says {spec.dtype}")
     return block
@@ -164,5 +229,6 @@ def _manifest(aoi: AOI, grid: Grid, source: BlockSource, catalog: Catalog, specs
 
 
 def _same_request(old: dict, new: dict) -> bool:
-    keys = ("source", "request", "grid", "files")
-    return all(old.get(k) == new.get(k) for k in keys) and old.get("catalog", {}).get("sources") == new["catalog"]["sources"]
+    files = {k: v for k, v in old.get("files", {}).items() if not k.endswith("_halo")}
+    return (all(old.get(k) == new.get(k) for k in ("source", "request", "grid")) and files == new["files"]
+            and old.get("catalog", {}).get("sources") == new["catalog"]["sources"])

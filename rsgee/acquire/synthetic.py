@@ -254,8 +254,11 @@ class SyntheticSource:
             "n_s1_images": self.n_s1_images,
         }
 
-    def blocks(self, grid: Grid, sources) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
-        """Every tile of ``grid`` with one array per catalog source, in each source's catalog dtype."""
+    def blocks(self, grid: Grid, sources, workdir=None) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+        """Every tile of ``grid`` with one array per catalog source, in each source's catalog dtype.
+
+        Each tile takes a fraction of a second to compute, so nothing is kept in ``workdir``.
+        """
         specs = list(sources)
         for spec in specs:
             if spec.name not in SOURCES:

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import rasterio
 import shapely
+from affine import Affine
 from pyproj import Transformer
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -69,6 +70,7 @@ class ExportedAOI:
     geometry: shapely.Geometry
     provenance: str
     s1_linear: bool
+    dem_halo: bool = False  # dem_halo.tif: the DEM with one extra ring of real pixels
 
 
 @dataclass
@@ -138,11 +140,18 @@ def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
             raise RsgeeError(f"AOI '{name}': cannot open {path.name} ({exc}); re-export it") from None
         if problem:
             raise RsgeeError(f"AOI '{name}', source '{source}': {problem}")
+    dem_halo = "dem_halo" in manifest.get("files", {})
+    if dem_halo:
+        with rasterio.Env(**GDAL_READ_ENV), rasterio.open(folder / "dem_halo.tif") as src:
+            expected = grid.transform @ Affine.translation(-1, -1)
+            if src.transform != expected or (src.width, src.height) != (grid.width + 2, grid.height + 2):
+                raise RsgeeError(f"AOI '{name}', source 'dem_halo': not the AOI grid grown by one pixel; re-export it")
     if s1_linear:
         log.warning("AOI '%s': s1.tif looks like linear power, not dB (no negative values); converting with "
                     "10·log10", name)
     geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
-    return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear)
+    return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear,
+                       dem_halo)
 
 
 def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
@@ -214,7 +223,7 @@ def _build_strip(task: StripTask) -> StripResult:
         if source == "s1" and exp.s1_linear:
             block = linear_to_db(block, spec.db_floor if spec.db_floor is not None else -50.0)
         blocks[source] = block
-    blocks["terrain"] = _terrain_block(exp.folder / "dem.tif", grid, x0, x1, y0, y1)
+    blocks["terrain"] = _terrain_block(exp.folder, grid, x0, x1, y0, y1, exp.dem_halo)
     to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
     features, rejected = [], Counter()
     for tile in task.tiles:
@@ -230,12 +239,22 @@ def _build_strip(task: StripTask) -> StripResult:
     return StripResult(exp.name, features, rejected)
 
 
-def _terrain_block(dem_path: Path, grid: Grid, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
-    """dem, slope, aspect, hillshade for a window, computed with a 1-px halo of true neighbours."""
-    hx0, hy0 = max(x0 - 1, 0), max(y0 - 1, 0)
-    hx1, hy1 = min(x1 + 1, grid.width), min(y1 + 1, grid.height)
-    with rasterio.open(dem_path) as src:
-        dem = src.read(1, window=Window(hx0, hy0, hx1 - hx0, hy1 - hy0)).astype(np.float32)
+def _terrain_block(folder: Path, grid: Grid, x0: int, x1: int, y0: int, y1: int, halo_file: bool) -> np.ndarray:
+    """dem, slope, aspect, hillshade for a window, computed with a 1-px halo of neighbours.
+
+    Inside the AOI raster the halo is read from ``dem.tif``; at the raster border it comes from
+    ``dem_halo.tif`` when the export has one (real neighbours), else the border is computed like
+    ``gdaldem -compute_edges``.
+    """
+    if halo_file:  # dem_halo.tif pixel (c, r) is grid pixel (c - 1, r - 1): the window always has its ring
+        hx0, hy0, hx1, hy1 = x0 - 1, y0 - 1, x1 + 1, y1 + 1
+        path, offset = folder / "dem_halo.tif", 1
+    else:
+        hx0, hy0 = max(x0 - 1, 0), max(y0 - 1, 0)
+        hx1, hy1 = min(x1 + 1, grid.width), min(y1 + 1, grid.height)
+        path, offset = folder / "dem.tif", 0
+    with rasterio.open(path) as src:
+        dem = src.read(1, window=Window(hx0 + offset, hy0 + offset, hx1 - hx0, hy1 - hy0)).astype(np.float32)
         nodata = src.nodata
     if nodata is not None and not math.isnan(nodata):
         dem[dem == nodata] = np.nan

@@ -107,16 +107,17 @@ def test_same_seed_same_bytes_and_rerun_is_a_no_op(exported, tmp_path):
 def test_different_parameters_need_overwrite(tmp_path):
     aois = parse_aois([AOI])
     export_aois(aois, tmp_path, SyntheticSource(seed=1), load_catalog(), progress=False)
-    with pytest.raises(RsgeeError, match="different parameters; pass --overwrite"):
-        export_aois(aois, tmp_path, SyntheticSource(seed=2), load_catalog(), progress=False)
+    (refused,) = export_aois(aois, tmp_path, SyntheticSource(seed=2), load_catalog(), progress=False)
+    assert refused.status == "failed" and "different parameters; pass --overwrite" in refused.error
+    assert read_manifest(tmp_path / "valley")["request"]["seed"] == 1  # untouched
     (result,) = export_aois(aois, tmp_path, SyntheticSource(seed=2), load_catalog(), overwrite=True, progress=False)
     assert result.status == "written" and read_manifest(tmp_path / "valley")["request"]["seed"] == 2
 
 
 def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path):
     class DiesAfterTwoBlocks(SyntheticSource):
-        def blocks(self, grid, specs):
-            for i, item in enumerate(super().blocks(grid, specs)):
+        def blocks(self, grid, specs, workdir):
+            for i, item in enumerate(super().blocks(grid, specs, workdir)):
                 if i == 2:
                     raise KeyboardInterrupt
                 yield item

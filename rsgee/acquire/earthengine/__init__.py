@@ -1,0 +1,1 @@
+"""Google Earth Engine: recipes, sessions, chunked download and batch export."""

@@ -1,0 +1,267 @@
+"""Earth Engine expression graphs ("recipes") built from the catalog's source specs.
+
+A recipe turns one :class:`~rsgee.catalog.SourceSpec`, an AOI region and a date window into an
+``ee.Image`` that is ready for ``computePixels`` on the 10 m archive grid or for a batch export:
+bands renamed to the archive names, values in archive units, masked pixels filled, cast to the
+archive dtype. Nothing here is specific to one source: every step is driven by a catalog field, so
+a band or a source added to catalog.yaml needs no code change.
+
+The graph, in order (each step only when the catalog asks for it):
+
+1. ``filterBounds`` → ``filterDate`` (not for ``mosaic`` sources such as the DEM, which carry no
+   acquisition date) → property ``filters`` → ``require_bands`` → Sentinel-1 orbit pass.
+2. Per image: link the cloud-score collection and keep pixels with ``band >= threshold``; select
+   the catalog bands (dropping the score band); ``resample`` for bilinear/cubic.
+3. Composite: mean, median, mode, or mosaic with the first image's projection as default.
+4. ``scale_factor``; ``to_db`` (10·log10 of the *linear* composite, clamped at ``db_floor``);
+   rounding for integer dtypes; rename to archive names; ``unmask(fill)``; cast to the dtype.
+
+Building a recipe never contacts Earth Engine: an empty collection (no data for this AOI and
+window) is only found when :func:`collection_size` is evaluated, and a band the collection lacks
+only when pixels are computed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import ee
+
+from rsgee.catalog import SourceSpec
+from rsgee.errors import RsgeeError
+
+#: What masked pixels of float sources whose nodata is NaN carry on the wire. NaN cannot be sent
+#: through ``unmask`` reliably (it does not survive JSON and is not a valid mask value), so the
+#: client maps this sentinel back to NaN. It lies far outside every float source of the default
+#: catalog (dB ≥ db_floor, elevations ≥ −500 m) and is exact in float32.
+FLOAT_FILL = -32768.0
+
+#: Sentinel-1 property holding the orbit pass.
+ORBIT_PROPERTY = "orbitProperties_pass"
+ORBITS = ("ASCENDING", "DESCENDING")
+
+# Catalog resampling name → Earth Engine ``Image.resample`` mode. Nearest is EE's default.
+_EE_RESAMPLING = {"bilinear": "bilinear", "cubic": "bicubic"}
+_CASTS = {"uint8": "toUint8", "uint16": "toUint16", "int16": "toInt16", "float32": "toFloat"}
+_SENTINEL1_PREFIX = "COPERNICUS/S1"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A date window ``[start, end)``: ``end`` is excluded, as in ``filterDate``."""
+
+    start: dt.date
+    end: dt.date
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            if not isinstance(getattr(self, name), dt.date):
+                raise RsgeeError(f"date window {name} must be a date, got {getattr(self, name)!r}")
+        if not self.start < self.end:
+            raise RsgeeError(f"date window {self.start}…{self.end} is empty; the end must be after the start")
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """Per-run choices that are not properties of a source (those live in the catalog).
+
+    Attributes:
+        s1_orbit: Sentinel-1 orbit pass: None or "both" (no filter), "ASCENDING" or "DESCENDING".
+            Mixing passes changes the viewing geometry and can leave seams, so users may pin one.
+            Applies to every source whose collection is a Sentinel-1 collection; others ignore it.
+    """
+
+    s1_orbit: str | None = None
+
+    def __post_init__(self) -> None:
+        orbit = self.s1_orbit
+        if orbit is None:
+            return
+        normal = str(orbit).strip().upper()
+        if normal == "BOTH":
+            normal = None
+        elif normal not in ORBITS:
+            raise RsgeeError(f"S1 orbit {orbit!r} is not one of both, ascending, descending")
+        object.__setattr__(self, "s1_orbit", normal)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One source's Earth Engine graph for one region and window.
+
+    Attributes:
+        source: catalog source name.
+        image: archive band names, units and dtype; masked pixels carry ``fill``. Ready for
+            ``computePixels`` with an explicit grid, or for ``Export.image``.
+        collection: the filtered collection before per-image processing; ``size() == 0`` means
+            there is no data for this AOI and window (and ``image`` would fail server-side).
+        fill: the value masked pixels carry on the wire; the client maps it to the archive nodata.
+    """
+
+    source: str
+    image: ee.Image
+    collection: ee.ImageCollection
+    fill: float | int
+
+
+def fill_value(spec: SourceSpec) -> float | int:
+    """What masked pixels of ``spec`` carry on the wire.
+
+    The archive nodata itself for integer dtypes (0 for S2, 255 for land cover, never 0 there: 0 is
+    water) and for floats with a numeric nodata; :data:`FLOAT_FILL` where nodata is NaN.
+    """
+    return FLOAT_FILL if spec.nodata_is_nan else spec.nodata
+
+
+def build_recipe(
+    spec: SourceSpec, region: ee.Geometry, window: Window, options: RecipeOptions = RecipeOptions()
+) -> Recipe:
+    """Build the Earth Engine graph of one source for one region and date window, offline.
+
+    Args:
+        spec: the catalog source.
+        region: the AOI (any projection); only used to select images, not to clip, since the
+            pixel grid comes from the request.
+        window: the date window; ignored for ``mosaic`` sources (not time-stamped).
+        options: per-run choices (Sentinel-1 orbit).
+
+    Returns:
+        The recipe. Evaluate :func:`collection_size` before requesting pixels: an empty collection
+        makes the image fail server-side.
+
+    Raises:
+        RsgeeError: the source asks for a resampling recipes do not support (average, mode), or
+            the orbit option contradicts the catalog's own orbit filter.
+    """
+    resample = _resampling(spec)
+    collection = _filtered(spec, region, window, options)
+    mosaic = spec.composite == "mosaic"
+    cloud = spec.cloud_mask
+    bands = list(spec.ee_bands)
+
+    images = collection
+    if cloud is not None:
+        images = images.linkCollection(ee.ImageCollection(cloud.collection), [cloud.band])
+
+    def prepare(image: ee.Image) -> ee.Image:
+        if cloud is not None:
+            image = image.updateMask(image.select(cloud.band).gte(cloud.threshold))
+        image = image.select(bands)
+        # Resample each image before compositing: a temporal composite has no meaningful native
+        # projection for resample() to act on (EE: "resample the images used to create it").
+        if resample is not None and not mosaic:
+            image = image.resample(resample)
+        return image
+
+    images = images.map(prepare)
+    image = _composite(spec, images)
+    if mosaic and resample is not None:
+        image = image.resample(resample)
+    if spec.scale_factor is not None:
+        image = image.multiply(spec.scale_factor)
+    if spec.to_db:
+        image = _to_db(image, spec.db_floor)
+    if spec.numpy_dtype.kind != "f" and _may_be_fractional(spec):
+        # EE's integer casts truncate; round so that a median of 1000 and 1001 is not biased down.
+        image = image.round()
+    fill = fill_value(spec)
+    image = image.rename(list(spec.band_names)).unmask(fill, False)
+    image = getattr(image, _CASTS[spec.dtype])()
+    return Recipe(source=spec.name, image=image, collection=collection, fill=fill)
+
+
+def collection_size(recipe: Recipe) -> ee.Number:
+    """How many images feed the recipe (unevaluated); 0 means no data for this AOI and window."""
+    return recipe.collection.size()
+
+
+def _resampling(spec: SourceSpec) -> str | None:
+    """EE resample mode, None for nearest (EE's default); raise for aggregating methods.
+
+    ``average``/``mode`` would need ``reduceResolution`` on every image before compositing, and it
+    only aggregates where source pixels are finer than the requested 10 m grid — never the case for
+    Sentinel-1/2, Dynamic World (10 m) or the DEM (30 m): there it degenerates to nearest with extra
+    cost. Rather than silently substitute a method, recipes refuse them.
+    """
+    if spec.resampling == "nearest":
+        return None
+    if spec.resampling in _EE_RESAMPLING:
+        return _EE_RESAMPLING[spec.resampling]
+    raise RsgeeError(
+        f"source '{spec.name}': resampling '{spec.resampling}' is not supported for Earth Engine; "
+        "use nearest (labels) or bilinear/cubic (continuous values) in the catalog"
+    )
+
+
+def _is_sentinel1(spec: SourceSpec) -> bool:
+    return spec.collection.startswith(_SENTINEL1_PREFIX)
+
+
+def _filtered(spec: SourceSpec, region: ee.Geometry, window: Window, options: RecipeOptions) -> ee.ImageCollection:
+    collection = ee.ImageCollection(spec.collection).filterBounds(region)
+    if spec.composite != "mosaic":
+        collection = collection.filterDate(window.start.isoformat(), window.end.isoformat())
+    for prop, value in spec.filters.items():
+        collection = collection.filter(_property_filter(prop, value))
+    if spec.require_bands is not None:
+        for value in spec.require_bands.values:
+            collection = collection.filter(ee.Filter.listContains(spec.require_bands.property, value))
+    orbit = options.s1_orbit
+    if orbit is not None and _is_sentinel1(spec):
+        pinned = spec.filters.get(ORBIT_PROPERTY)
+        allowed = pinned if isinstance(pinned, list) else [pinned]
+        if pinned is not None and orbit not in allowed:
+            raise RsgeeError(
+                f"source '{spec.name}': orbit {orbit} contradicts the catalog filter {ORBIT_PROPERTY}: {pinned}"
+            )
+        if pinned != orbit:
+            collection = collection.filter(ee.Filter.eq(ORBIT_PROPERTY, orbit))
+    return collection
+
+
+def _property_filter(prop: str, value: Any) -> ee.Filter:
+    if isinstance(value, (list, tuple)):
+        return ee.Filter.inList(prop, list(value))
+    return ee.Filter.eq(prop, value)
+
+
+def _composite(spec: SourceSpec, images: ee.ImageCollection) -> ee.Image:
+    if spec.composite == "mean":
+        return images.mean()
+    if spec.composite == "median":
+        return images.median()
+    if spec.composite == "mode":
+        # reduce.mode keeps the band names (Reducer.mode via reduce() would append "_mode").
+        return images.mode()
+    # mosaic: a mosaic has no native projection (EE gives it WGS84 at 1°), so borrow the first
+    # image's; resample() and terrain derivatives need one. Its first band, in case bands differ.
+    first = ee.Image(images.first()).select([0])
+    return images.mosaic().setDefaultProjection(first.projection())
+
+
+def _to_db(image: ee.Image, floor: float) -> ee.Image:
+    """10·log10 of a linear-power composite, clamped at ``floor`` dB.
+
+    The linear values are first raised to the floor's linear equivalent so that a zero mean never
+    reaches log10 (no −inf in the graph, whatever EE does with it); the final clamp makes the floor
+    exact despite rounding in log10.
+    """
+    return image.max(10.0 ** (floor / 10.0)).log10().multiply(10).max(floor)
+
+
+def _may_be_fractional(spec: SourceSpec) -> bool:
+    """Whether the composite of an integer source can hold fractions that a cast would truncate."""
+    return spec.composite in ("mean", "median") or spec.scale_factor is not None or spec.resampling != "nearest"
+
+
+__all__ = [
+    "FLOAT_FILL",
+    "Recipe",
+    "RecipeOptions",
+    "Window",
+    "build_recipe",
+    "collection_size",
+    "fill_value",
+]

@@ -1,0 +1,309 @@
+"""The Earth Engine downloader, driven through the real ee client against the loopback fake."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ee
+import numpy as np
+import pytest
+import rasterio
+
+from rsgee.acquire.aoi import parse_aois
+from rsgee.acquire.earthengine.download import (
+    BlockError,
+    EarthEngineSource,
+    RetryPolicy,
+    classify,
+    parse_windows,
+)
+from rsgee.acquire.earthengine.fake import FakeEarthEngine, Fault, fake_pixels
+from rsgee.acquire.earthengine.session import SessionConfig, initialize
+from rsgee.acquire.export import MANIFEST, export_aois, read_manifest
+from rsgee.catalog import load_catalog
+from rsgee.errors import RsgeeError
+from rsgee.grid import Grid
+
+AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles of EPSG:32632
+CATALOG = load_catalog()
+SOURCES = list(CATALOG.sources)
+
+
+@pytest.fixture()
+def fake():
+    with FakeEarthEngine() as server:
+        yield server
+    ee.Reset()
+
+
+def source(fake, *, workers=4, attempts=4, retry_failed=False, timeout_s=30.0):
+    windows = parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], SOURCES)
+    return EarthEngineSource(SessionConfig(project="fake", url=fake.url, auth=False, workers=workers, timeout_s=timeout_s),
+                             windows, policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed,
+                             progress=False, sleep=lambda s: None, seed=0)
+
+
+def export(fake, out, aois=(AOI,), **kwargs):
+    retry = kwargs.pop("retry_failed_run", False)
+    return export_aois(parse_aois(list(aois)), out, source(fake, retry_failed=retry, **kwargs), CATALOG,
+                       retry_failed=retry, progress=False)
+
+
+def expected_raster(name: str, grid: Grid, halo: int = 0) -> np.ndarray:
+    spec = CATALOG[name]
+    x0, _, _, y1 = grid.bounds
+    ix = (x0 // 10 - halo + np.arange(grid.width + 2 * halo))[None, :].repeat(grid.height + 2 * halo, 0)
+    iy = (y1 // 10 - 1 + halo - np.arange(grid.height + 2 * halo))[:, None].repeat(grid.width + 2 * halo, 1)
+    return np.stack([fake_pixels(spec, b, ix, iy) for b in range(len(spec.bands))])
+
+
+def test_every_block_lands_where_it_belongs(fake, tmp_path):
+    (result,) = export(fake, tmp_path)
+    assert result.ok and result.counts == {"ok": 16, "skipped": 0, "retried": 0, "failed": 0}
+    grid = parse_aois([AOI])[0].grid()
+    for name in SOURCES:
+        with rasterio.open(tmp_path / "v" / f"{name}.tif") as src:
+            assert src.crs.to_epsg() == 32632 and src.transform == grid.transform
+            np.testing.assert_array_equal(src.read(), expected_raster(name, grid))
+    with rasterio.open(tmp_path / "v" / "dem_halo.tif") as src:
+        assert (src.width, src.height) == (514, 514)
+        np.testing.assert_array_equal(src.read(), expected_raster("dem", grid, halo=1))
+    bodies = [r.body for r in fake.pixel_requests()]
+    assert len(bodies) == 16
+    for body in bodies:
+        assert body["fileFormat"] == "NPY" and body["grid"]["crsCode"] == "EPSG:32632"
+        affine = body["grid"]["affineTransform"]
+        assert (affine["scaleX"], affine["scaleY"], affine["shearX"], affine["shearY"]) == (10, -10, 0, 0)
+    dem = [b for b in bodies if "COPERNICUS/DEM/GLO30" in json.dumps(b["expression"])]
+    assert {b["grid"]["dimensions"]["width"] for b in dem} == {258}
+    assert sorted(b["grid"]["affineTransform"]["translateX"] for b in dem) == [622070] * 2 + [624630] * 2
+    s2 = [b for b in bodies if "COPERNICUS/S2_SR_HARMONIZED" in json.dumps(b["expression"])]
+    assert len(s2) == 4 and {b["grid"]["dimensions"]["width"] for b in s2} == {256}
+    assert sorted(b["grid"]["affineTransform"]["translateY"] for b in s2) == [5163520] * 2 + [5166080] * 2
+    manifest = read_manifest(tmp_path / "v")
+    assert manifest["source"] == "earthengine" and manifest["request"]["windows"]["s1"] == ["2023-06-01", "2023-09-01"]
+    assert manifest["provenance"]["earthengine"] == {"project": "fake", "endpoint": fake.url, "auth": "none"}
+    assert manifest["files"]["dem_halo"]["halo_px"] == 1
+    assert not (tmp_path / "v" / ".partial").exists()
+
+
+def test_masked_pixels_become_each_sources_nodata(tmp_path):
+    with FakeEarthEngine(masked=lambda ix, iy: (ix % 97) == 0) as server:
+        export(server, tmp_path)
+    ee.Reset()
+    grid = parse_aois([AOI])[0].grid()
+    columns = (grid.bounds[0] // 10 + np.arange(grid.width)) % 97 == 0
+    s1 = rasterio.open(tmp_path / "v" / "s1.tif").read()
+    s2 = rasterio.open(tmp_path / "v" / "s2.tif").read()
+    lulc = rasterio.open(tmp_path / "v" / "lulc.tif").read()
+    assert np.isnan(s1[:, :, columns]).all() and not np.isnan(s1[:, :, ~columns]).any()
+    assert (s2[:, :, columns] == 0).all() and (lulc[:, :, columns] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("http", 429, "Too many concurrent aggregations.", times=5),
+        Fault("http", 500, "An internal error has occurred (abc).", times=3),
+        Fault("http", 503, "Service unavailable", times=2),
+        Fault("http", 400, "Computation timed out.", times=2),
+        Fault("truncate", times=2),
+        Fault("short", times=2),
+        Fault("hang", seconds=3.0, times=1),
+    ],
+    ids=["429-burst", "500", "503", "timed-out", "truncated-connection", "truncated-npy", "timeout"],
+)
+def test_retryable_faults_end_with_correct_files(fake, tmp_path, fault):
+    fake.add_fault(dataclasses.replace(fault))
+    (result,) = export(fake, tmp_path, timeout_s=1.0 if fault.kind == "hang" else 30.0)
+    assert result.ok and result.counts["retried"] == fault.times and result.counts["ok"] == 16
+    grid = parse_aois([AOI])[0].grid()
+    for name in SOURCES:
+        np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / f"{name}.tif").read(), expected_raster(name, grid))
+
+
+def test_non_retryable_error_is_recorded_and_retry_failed_fetches_only_it(fake, tmp_path):
+    target = lambda source, x, y: source == "s2" and x == 622080 and y == 5166080  # noqa: E731
+    fake.add_fault(Fault("http", 400, "User memory limit exceeded.", times=1, match=target))
+    (result,) = export(fake, tmp_path)
+    assert not result.ok and result.failed_blocks == {"s2/32632_243_2017": "User memory limit exceeded."}
+    assert result.counts == {"ok": 15, "skipped": 0, "retried": 0, "failed": 1}
+    assert len(fake.pixel_requests()) == 16  # not retried
+    manifest = read_manifest(tmp_path / "v")
+    assert manifest["failed_blocks"] == {"s2/32632_243_2017": "User memory limit exceeded."}
+    s2 = rasterio.open(tmp_path / "v" / "s2.tif").read()
+    assert (s2[:, :256, :256] == 0).all() and (s2[:, 256:, :] != 0).all()  # the failed block is nodata
+    (again,) = export(fake, tmp_path)  # a plain re-run does not retry it
+    assert again.status == "up to date" and not again.ok and len(fake.pixel_requests()) == 16
+    (retried,) = export(fake, tmp_path, retry_failed_run=True)
+    assert retried.ok and retried.counts == {"ok": 1, "skipped": 15, "retried": 0, "failed": 0}
+    assert len(fake.pixel_requests()) == 17
+    grid = parse_aois([AOI])[0].grid()
+    np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / "s2.tif").read(), expected_raster("s2", grid))
+    assert "failed_blocks" not in read_manifest(tmp_path / "v")
+
+
+def test_retries_give_up_after_the_last_attempt(fake, tmp_path):
+    fake.add_fault(Fault("http", 503, "Service unavailable", times=100, match=lambda s, x, y: s == "lulc"))
+    (result,) = export(fake, tmp_path, attempts=3)
+    assert result.counts["failed"] == 4 and result.counts["retried"] == 8
+    assert set(result.failed_blocks.values()) == {"Service unavailable"}
+
+
+def test_an_empty_collection_fails_that_aoi_and_the_run_goes_on(tmp_path):
+    other = "w=10.70,46.60,10.73,46.62"
+    with FakeEarthEngine(empty=lambda source, expression: source == "s2" and "622080" in expression) as server:
+        first, second = export(server, tmp_path, aois=(AOI, other))
+    ee.Reset()
+    assert first.status == "failed" and not (tmp_path / "v" / MANIFEST).exists()
+    assert "no s2 images in COPERNICUS/S2_SR_HARMONIZED between 2023-06-01 and 2023-09-01" in first.error
+    assert second.ok and (tmp_path / "w" / MANIFEST).exists()
+
+
+def test_concurrency_reaches_but_never_exceeds_the_worker_count(tmp_path):
+    with FakeEarthEngine(latency=0.1, max_concurrent=4) as server:
+        (result,) = export(server, tmp_path, workers=4)
+        assert server.peak_in_flight == 4 and result.counts["retried"] == 0
+    ee.Reset()
+
+
+def test_a_corrupt_saved_block_is_fetched_again(fake, tmp_path):
+    fake.add_fault(Fault("http", 400, "User memory limit exceeded.", match=lambda s, x, y: s == "s2" and x == 622080
+                         and y == 5166080))
+    export(fake, tmp_path)  # one failed block keeps the saved blocks in .partial
+    saved = tmp_path / "v" / ".partial" / "s1" / "32632_243_2016.npy"
+    saved.write_bytes(saved.read_bytes()[:1000])  # as if cut short by a crash of the disk
+    (result,) = export(fake, tmp_path, retry_failed_run=True)
+    assert result.ok and result.counts == {"ok": 2, "skipped": 14, "retried": 0, "failed": 0}
+    grid = parse_aois([AOI])[0].grid()
+    for name in SOURCES:
+        np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / f"{name}.tif").read(), expected_raster(name, grid))
+
+
+@pytest.mark.parametrize(
+    "exc, retryable",
+    [
+        (ConnectionError("reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (ee.EEException("Too many concurrent aggregations."), True),
+        (ee.EEException("Computation timed out."), True),
+        (ee.EEException("User memory limit exceeded."), False),
+        (ee.EEException("Total request size (56623104 bytes) must be less than or equal to 50331648 bytes."), False),
+        (ee.EEException("Image.select: Parameter 'input' is required."), False),
+        (ee.EEException("Something odd"), False),
+    ],
+)
+def test_classification(exc, retryable):
+    error = classify(exc)
+    assert isinstance(error, BlockError) and error.retryable is retryable and error.message
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    import random
+
+    policy, rng = RetryPolicy(base_s=1.0, cap_s=8.0), random.Random(0)
+    delays = [policy.delay(k, rng) for k in range(6)]
+    for k, d in enumerate(delays):
+        top = min(8.0, 2.0**k)
+        assert top / 2 <= d <= top
+    assert len({round(d, 6) for d in delays}) == 6
+
+
+def test_parse_windows():
+    windows = parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), ["s1=2023-05-01/2023-10-01"], SOURCES)
+    assert windows["s1"].start == dt.date(2023, 5, 1) and windows["s2"].end == dt.date(2023, 9, 1)
+    for bad, message in [("s9=2023-01-01/2023-02-01", "not an exported source"), ("s1=2023-01-01", "expected SOURCE="),
+                         ("s1=2023-03-01/2023-02-01", "--window .*the end must be after the start")]:
+        with pytest.raises(RsgeeError, match=message):
+            parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [bad], SOURCES)
+
+
+def test_session_errors_are_one_line_and_never_show_key_material(tmp_path, monkeypatch):
+    monkeypatch.delenv("EE_PROJECT", raising=False)
+    with pytest.raises(RsgeeError, match="no Earth Engine project: pass --project"):
+        initialize(SessionConfig(project=None, auth=False))
+    with pytest.raises(RsgeeError, match="must be within 1…40"):
+        initialize(SessionConfig(project="p", workers=64))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setattr(ee.data, "get_persistent_credentials",
+                        lambda: (_ for _ in ()).throw(ee.EEException("Please authorize access")))
+    with pytest.raises(RsgeeError, match="run `earthengine authenticate`"):
+        initialize(SessionConfig(project="p"))
+    secret = "-----BEGIN PRIVATE KEY-----\\nMIIEsecret\\n-----END PRIVATE KEY-----\\n"
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "client_email": "a@b.iam", "private_key": secret}))
+    with pytest.raises(RsgeeError) as info:
+        initialize(SessionConfig(project="p", service_account=key))
+    assert "MIIEsecret" not in str(info.value) and "could not be loaded" in str(info.value)
+    with pytest.raises(RsgeeError, match="not a service-account JSON key"):
+        (tmp_path / "bad.json").write_text("{}")
+        initialize(SessionConfig(project="p", service_account=tmp_path / "bad.json"))
+
+
+def test_environment_fills_the_session(monkeypatch, tmp_path):
+    monkeypatch.setenv("EE_PROJECT", "from-env")
+    monkeypatch.setenv("RSGEE_EE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "k.json"))
+    config = SessionConfig.from_env()
+    assert (config.project, config.url, config.service_account) == ("from-env", "http://127.0.0.1:1", tmp_path / "k.json")
+    assert SessionConfig.from_env(auth=False).service_account is None
+    assert config.describe() == {"project": "from-env", "endpoint": "http://127.0.0.1:1", "auth": "service account"}
+
+
+@pytest.mark.slow
+def test_a_killed_export_resumes_to_byte_identical_files(tmp_path):
+    """kill -9 the real CLI mid-download, re-run it: only missing blocks are fetched, same bytes."""
+    aoi = "k=10.60,46.60,10.66,46.64"  # 2×3 tiles → 24 blocks
+    with FakeEarthEngine(latency=0.15) as server:
+        args = [sys.executable, "-m", "rsgee.cli", "export", "--source", "earthengine", "--ee-url", server.url,
+                "--no-auth", "--project", "fake", "--aoi", aoi, "--workers", "2", "--no-progress"]
+        clean = subprocess.run(args + ["--out", str(tmp_path / "clean")], capture_output=True, text=True)
+        assert clean.returncode == 0, clean.stderr
+        before = len(server.pixel_requests())
+        out = tmp_path / "killed"
+        proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        saved = lambda: list((out / "k" / ".partial").rglob("*.npy"))  # noqa: E731
+        while time.time() < deadline and len(saved()) < 8:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kept = len(saved())
+        assert 8 <= kept < 24 and not (out / "k" / MANIFEST).exists()
+        first_run = len(server.pixel_requests()) - before
+        resumed = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        second_run = len(server.pixel_requests()) - before - first_run
+        assert second_run == 24 - kept and f"skipped {kept}" in resumed.stdout
+    for name in SOURCES + ["dem_halo"]:
+        assert (out / "k" / f"{name}.tif").read_bytes() == (tmp_path / "clean" / "k" / f"{name}.tif").read_bytes()
+
+
+def test_cli_summarises_blocks_and_exits_nonzero_on_failures(fake, tmp_path, capsys, monkeypatch):
+    from rsgee.cli import main
+
+    monkeypatch.delenv("EE_PROJECT", raising=False)
+    code = main(["export", "--aoi", AOI, "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "no Earth Engine project: pass --project" in err
+    fake.add_fault(Fault("http", 400, "User memory limit exceeded.", match=lambda s, x, y: s == "lulc" and x == 622080
+                         and y == 5166080))
+    args = ["export", "--aoi", AOI, "--out", str(tmp_path), "--ee-url", fake.url, "--no-auth", "--project", "fake",
+            "--workers", "4", "--no-progress"]
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code == 1 and "[blocks ok 15, skipped 0, retried 0, failed 1]" in out
+    assert "1 block(s) failed, e.g. lulc/32632_243_2017: User memory limit exceeded." in out
+    assert err.strip() == "rsgee: error: 1 of 1 AOI(s) failed or have failed blocks: v"
+    code = main(args + ["--retry-failed"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "[blocks ok 1, skipped 15, retried 0, failed 0]" in out
