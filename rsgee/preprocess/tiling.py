@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class ExportedAOI:
     geometry: shapely.Geometry
     provenance: str
     s1_linear: bool
-    dem_halo: bool = False  # dem_halo.tif: the DEM with one extra ring of real pixels
+    paths: dict[str, str]  # source → file (local path or /vsigs/…); "dem_halo" when the export has one
 
 
 @dataclass
@@ -117,32 +118,41 @@ def find_exports(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def export_paths(folder: Path, manifest: dict) -> dict[str, str]:
+    """Where each file of an export is: relative manifest paths resolve against the folder; absolute
+    paths and GDAL virtual paths (``/vsigs/bucket/…`` of a batch export) are used as they are."""
+    out = {}
+    for name, entry in manifest.get("files", {}).items():
+        path = entry.get("path", f"{name}.tif")
+        out[name] = path if path.startswith("/vsi") or os.path.isabs(path) else str(folder / path)
+    return out
+
+
 def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
     """Read an export's manifest and check that every source shares its CRS, transform and shape."""
     manifest = read_manifest(folder)
     name = manifest["aoi"]["name"]
     grid = Grid.from_dict(manifest["grid"])
-    files = {n: folder / f"{n}.tif" for n in specs if n != "terrain"}
-    files["dem"] = folder / "dem.tif"
+    paths = export_paths(folder, manifest)
     s1_linear = False
-    for source, path in files.items():
+    for source in [n for n in specs if n != "terrain"] + ["dem"]:
         spec = specs["terrain"] if source == "dem" else specs[source]
-        if not path.exists():
-            raise RsgeeError(f"AOI '{name}': {path.name} is missing from {folder}; export source '{source}' first")
+        path = paths.get(source)
+        if path is None or (not path.startswith("/vsi") and not os.path.exists(path)):
+            raise RsgeeError(f"AOI '{name}': {source}.tif is missing from {folder}; export source '{source}' first")
         try:
             with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src:
                 problem = _registration_problem(src, grid, spec, source)
                 if source == "s1" and not problem:
                     step = max(1, min(src.width, src.height) // 256)
                     sample = src.read(out_shape=(src.count, src.height // step, src.width // step))
-                    s1_linear = looks_linear(sample)
+                    s1_linear = looks_linear(to_catalog_nodata(sample, src.nodata, spec))
         except rasterio.errors.RasterioIOError as exc:
-            raise RsgeeError(f"AOI '{name}': cannot open {path.name} ({exc}); re-export it") from None
+            raise RsgeeError(f"AOI '{name}': cannot open {path} ({str(exc).splitlines()[0]}); re-export it") from None
         if problem:
             raise RsgeeError(f"AOI '{name}', source '{source}': {problem}")
-    dem_halo = "dem_halo" in manifest.get("files", {})
-    if dem_halo:
-        with rasterio.Env(**GDAL_READ_ENV), rasterio.open(folder / "dem_halo.tif") as src:
+    if "dem_halo" in paths:
+        with rasterio.Env(**GDAL_READ_ENV), rasterio.open(paths["dem_halo"]) as src:
             expected = grid.transform @ Affine.translation(-1, -1)
             if src.transform != expected or (src.width, src.height) != (grid.width + 2, grid.height + 2):
                 raise RsgeeError(f"AOI '{name}', source 'dem_halo': not the AOI grid grown by one pixel; re-export it")
@@ -151,7 +161,7 @@ def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
                     "10·log10", name)
     geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
     return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear,
-                       dem_halo)
+                       paths)
 
 
 def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
@@ -218,12 +228,12 @@ def _build_strip(task: StripTask) -> StripResult:
     for source, spec in task.specs.items():
         if source == "terrain":
             continue
-        with rasterio.open(exp.folder / f"{source}.tif") as src:
-            block = src.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+        with rasterio.open(exp.paths[source]) as src:
+            block = to_catalog_nodata(src.read(window=Window(x0, y0, x1 - x0, y1 - y0)), src.nodata, spec)
         if source == "s1" and exp.s1_linear:
             block = linear_to_db(block, spec.db_floor if spec.db_floor is not None else -50.0)
         blocks[source] = block
-    blocks["terrain"] = _terrain_block(exp.folder, grid, x0, x1, y0, y1, exp.dem_halo)
+    blocks["terrain"] = _terrain_block(exp.paths, grid, x0, x1, y0, y1)
     to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
     features, rejected = [], Counter()
     for tile in task.tiles:
@@ -239,20 +249,32 @@ def _build_strip(task: StripTask) -> StripResult:
     return StripResult(exp.name, features, rejected)
 
 
-def _terrain_block(folder: Path, grid: Grid, x0: int, x1: int, y0: int, y1: int, halo_file: bool) -> np.ndarray:
+def to_catalog_nodata(block: np.ndarray, file_nodata: float | None, spec: SourceSpec) -> np.ndarray:
+    """``block`` with the file's declared nodata replaced by the catalog's, where the two differ.
+
+    Earth Engine batch exports of float sources declare the wire fill (-32768) as nodata, while the
+    catalog says NaN; the DEM's is handled in :func:`_terrain_block`.
+    """
+    if file_nodata is None or file_nodata == spec.nodata or (math.isnan(file_nodata) and spec.nodata_is_nan):
+        return block
+    block[np.isnan(block) if math.isnan(file_nodata) else block == file_nodata] = spec.nodata
+    return block
+
+
+def _terrain_block(paths: dict[str, str], grid: Grid, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
     """dem, slope, aspect, hillshade for a window, computed with a 1-px halo of neighbours.
 
     Inside the AOI raster the halo is read from ``dem.tif``; at the raster border it comes from
     ``dem_halo.tif`` when the export has one (real neighbours), else the border is computed like
     ``gdaldem -compute_edges``.
     """
-    if halo_file:  # dem_halo.tif pixel (c, r) is grid pixel (c - 1, r - 1): the window always has its ring
+    if "dem_halo" in paths:  # dem_halo.tif pixel (c, r) is grid pixel (c - 1, r - 1): the ring is always there
         hx0, hy0, hx1, hy1 = x0 - 1, y0 - 1, x1 + 1, y1 + 1
-        path, offset = folder / "dem_halo.tif", 1
+        path, offset = paths["dem_halo"], 1
     else:
         hx0, hy0 = max(x0 - 1, 0), max(y0 - 1, 0)
         hx1, hy1 = min(x1 + 1, grid.width), min(y1 + 1, grid.height)
-        path, offset = folder / "dem.tif", 0
+        path, offset = paths["dem"], 0
     with rasterio.open(path) as src:
         dem = src.read(1, window=Window(hx0 + offset, hy0 + offset, hx1 - hx0, hy1 - hy0)).astype(np.float32)
         nodata = src.nodata
