@@ -94,7 +94,27 @@ def cli(debug: bool) -> None:
               help="Tries per block for retryable errors (429, 5xx, timeouts, dropped connections), with capped "
                    "exponential backoff and jitter.  [earthengine]")
 @click.option("--retry-failed", is_flag=True,
-              help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json).")
+              help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json); with "
+                   "--via batch, restart only the failed or cancelled tasks.")
+@click.option("--via", type=click.Choice(["download", "batch"]), default="download", show_default=True,
+              help="How Earth Engine pixels arrive: concurrent downloads to this machine, or Earth Engine batch "
+                   "export tasks (one per AOI and source, billed per task) writing GeoTIFFs to --bucket or "
+                   "--drive-folder.  [earthengine]")
+@click.option("--bucket", default=None, metavar="BUCKET",
+              help="Cloud Storage bucket for --via batch (the name, without gs://): files go to "
+                   "gs://BUCKET/PREFIX/<aoi>/<source>.tif and `rsgee tile` reads them in place through GDAL's /vsigs/, "
+                   "which needs Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS naming a service-account key "
+                   "(or the file `gcloud auth application-default login` writes), ~/.boto, or a Compute Engine "
+                   "machine's account.  [batch]")
+@click.option("--prefix", default=None, metavar="PREFIX",
+              help="Folder inside --bucket for the exported files.  [default: the bucket's top level]  [batch]")
+@click.option("--drive-folder", default=None, metavar="FOLDER",
+              help="Google Drive folder for --via batch instead of --bucket: files are named <aoi>_<source>.tif and "
+                   "you download each into OUT/<aoi>/<source>.tif before `rsgee tile` (rsgee cannot fetch from "
+                   "Drive).  [batch]")
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.0), default=30.0, show_default=True, metavar="SECONDS",
+              help="Seconds between status checks of the batch tasks; Ctrl-C stops checking, not the tasks, and "
+                   "re-running the same command resumes without starting any task twice.  [batch]")
 @click.option("--s1-orbit", type=click.Choice(["both", "ASCENDING", "DESCENDING"]), default="both", show_default=True,
               help="Sentinel-1 orbit pass to composite (one pass avoids geometry seams).  [earthengine]")
 @click.option("--input", "inputs", multiple=True, metavar="SOURCE=PATH",
@@ -109,13 +129,17 @@ def cli(debug: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print each AOI's grid and tile count, write nothing.")
 @progress_option
 def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
-               service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, s1_orbit, inputs, seed,
-               cloud_cover, max_area_km2, overwrite, dry_run, progress) -> None:
+               service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, via, bucket, prefix,
+               drive_folder, poll_s, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite, dry_run,
+               progress) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
     Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
     Earth Engine blocks are downloaded concurrently and saved as they arrive: re-running a killed
     export with the same arguments fetches only what is missing, and complete AOIs are skipped.
+
+    With --via batch, Earth Engine exports each AOI and source itself (to Cloud Storage or Drive)
+    and rsgee polls the tasks; OUT/<aoi>/manifest.json then points at the files where they are.
     """
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
@@ -123,6 +147,15 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
 
     if start >= end:
         raise click.BadParameter(f"--start {start} must be before --end {end}", param_hint="--start/--end")
+    destination = None
+    if via == "batch":
+        from rsgee.acquire.earthengine.batch import Destination
+
+        if source != "earthengine":
+            raise RsgeeError(f"--via batch exports from Earth Engine; it does not apply to --source {source}")
+        destination = Destination.parse(bucket, prefix, drive_folder)
+    elif bucket or prefix or drive_folder:
+        raise RsgeeError("--bucket, --prefix and --drive-folder apply to --via batch only")
     catalog = load_catalog(catalog_path)
     names = source_names or list(catalog.sources)
     for name in names:
@@ -148,13 +181,25 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
         from rsgee.acquire.earthengine.session import SessionConfig
 
         session = SessionConfig.from_env(project, service_account, ee_url, not no_auth, workers, timeout_s)
-        block_source = EarthEngineSource(
-            session, parse_windows(start, end, windows, names),
-            options=RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit),
-            policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed, progress=progress)
+        options = RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit)
+        if destination is not None:
+            from rsgee.acquire.earthengine.batch import BatchSource
+
+            block_source = BatchSource(session, parse_windows(start, end, windows, names), destination,
+                                       options=options)
+        else:
+            block_source = EarthEngineSource(
+                session, parse_windows(start, end, windows, names), options=options,
+                policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed, progress=progress)
         block_source.connect()  # a missing project or credentials is one error, not one per AOI
-    results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
-                          retry_failed=retry_failed, progress=progress)
+    if destination is not None:
+        from rsgee.acquire.earthengine.batch import export_batch
+
+        results = export_batch(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
+                               retry_failed=retry_failed, poll_s=poll_s, progress=progress)
+    else:
+        results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
+                              retry_failed=retry_failed, progress=progress)
     for r in results:
         click.echo(r.line())
     bad = [r for r in results if not r.ok]

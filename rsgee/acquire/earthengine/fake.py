@@ -7,6 +7,14 @@ the requested grid (:func:`fake_pixels`), so a test can check that every block l
 belongs. Faults (HTTP errors with Earth Engine's own messages, truncated bodies, hangs), per-request
 latency and Earth Engine's concurrency cap are scripted.
 
+Batch exports (``image:export``) become operations that go PENDING → RUNNING → SUCCEEDED over a
+set number of status polls (or end FAILED/CANCELLED when scripted with :class:`TaskFault`); on
+success the GeoTIFF is written, pixels from the same model, into a local folder standing in for the
+Cloud Storage bucket (or Drive). That folder is served like Cloud Storage's XML API (HEAD, ranged
+GET, prefix listing) from a separate process, so that GDAL reads ``/vsigs/<bucket>/<object>`` from
+it with :meth:`FakeEarthEngine.gdal_env` — a separate process because rasterio holds the GIL
+during some GDAL calls that read over HTTP, so an in-process server would deadlock.
+
 Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it with
 ``--ee-url URL --no-auth --project fake``.
 """
@@ -14,13 +22,22 @@ Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it wit
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
+from xml.sax.saxutils import escape
 
 import ee
 import numpy as np
@@ -66,6 +83,23 @@ class Fault:
 
 
 @dataclass
+class TaskFault:
+    """A scripted outcome for batch export tasks: the operation ends in ``state`` with ``message``.
+
+    Attributes:
+        message: the error message the operation reports.
+        state: "FAILED" or "CANCELLED".
+        times: how many matching export requests get this outcome before the fault is used up.
+        match: which requests it applies to, given (source name, output file name prefix); all if None.
+    """
+
+    message: str = "Earth Engine capacity exceeded."
+    state: str = "FAILED"
+    times: int = 1
+    match: Callable[[str, str], bool] | None = None
+
+
+@dataclass
 class Recorded:
     method: str
     path: str
@@ -86,6 +120,12 @@ class _State:
     in_flight: int = 0
     peak_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    task_polls: int = 2
+    storage: Path | None = None  # <storage>/gcs/<bucket>/<object>, <storage>/drive/<folder>/<file>
+    task_faults: list[TaskFault] = field(default_factory=list)
+    operations: dict[str, dict] = field(default_factory=dict)  # operation name → {"op", "polls", ...}
+    by_request_id: dict[str, str] = field(default_factory=dict)
+    ids: Iterator[int] = field(default_factory=itertools.count)
 
 
 class FakeEarthEngine:
@@ -93,18 +133,28 @@ class FakeEarthEngine:
 
     def __init__(self, catalog: Catalog | None = None, *, latency: float = 0.0, max_concurrent: int | None = None,
                  empty: Callable[[str, str], bool] | None = None,
-                 masked: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
+                 masked: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                 task_polls: int = 2, storage: str | os.PathLike | None = None):
         """Args:
             catalog: the sources whose collections the fake recognises in expressions.
             latency: seconds every computePixels answer is delayed.
             max_concurrent: computePixels requests beyond this many in flight get Earth Engine's 429.
             empty: (source, serialized expression) → whether its collection is empty (size 0).
             masked: (ix, iy) pixel indices → which pixels come back masked (the wire fill value).
+            task_polls: status polls after which a batch task is done (1 → done at the first poll);
+                before that it is RUNNING with progress polls/task_polls.
+            storage: folder for batch outputs (``gcs/<bucket>/…``, ``drive/<folder>/…``); a
+                temporary folder, removed on stop, if None.
         """
-        self.state = _State(catalog or load_catalog(), latency, max_concurrent, empty, masked)
+        self._own_storage = storage is None
+        root = Path(tempfile.mkdtemp(prefix="rsgee-fake-storage-")) if storage is None else Path(storage)
+        self.state = _State(catalog or load_catalog(), latency, max_concurrent, empty, masked,
+                            task_polls=task_polls, storage=root)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._bucket_server: subprocess.Popen | None = None
+        self._bucket_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -125,6 +175,49 @@ class FakeEarthEngine:
         with self.state.lock:
             self.state.faults.append(fault)
 
+    def export_requests(self) -> list[Recorded]:
+        """Every ``image:export`` request, in order (each would start a billed task on Earth Engine)."""
+        return [r for r in self.state.requests if r.path.endswith("image:export")]
+
+    def operation_requests(self) -> list[Recorded]:
+        """Every status request for an operation (``ee.data.getOperation``)."""
+        return [r for r in self.state.requests if r.method == "GET" and "/operations/" in r.path]
+
+    def add_task_fault(self, fault: TaskFault) -> None:
+        with self.state.lock:
+            self.state.task_faults.append(fault)
+
+    @property
+    def storage(self) -> Path:
+        """Where finished batch exports are written: ``gcs/<bucket>/<object>``, ``drive/<folder>/<file>``."""
+        return self.state.storage
+
+    @property
+    def bucket_url(self) -> str:
+        """Base URL of the fake Cloud Storage (started on first use, in its own process)."""
+        if self._bucket_url is None:
+            gcs = self.storage / "gcs"
+            gcs.mkdir(parents=True, exist_ok=True)
+            package_root = str(Path(__file__).resolve().parents[3])
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+            self._bucket_server = subprocess.Popen(
+                [sys.executable, "-m", __name__, "serve-bucket", str(gcs), str(os.getpid())],
+                stdout=subprocess.PIPE, text=True, env=env)
+            port = self._bucket_server.stdout.readline().strip()
+            if not port.isdigit():
+                raise RuntimeError("the fake Cloud Storage server did not start")
+            self._bucket_url = f"http://127.0.0.1:{port}"
+        return self._bucket_url
+
+    def gdal_env(self) -> dict[str, str]:
+        """GDAL configuration under which ``/vsigs/<bucket>/<object>`` reads this fake's storage.
+
+        ``CPL_GS_ENDPOINT`` replaces https://storage.googleapis.com/ (it must end with a slash) and
+        ``GS_NO_SIGN_REQUEST=YES`` sends no credentials. GDAL caches what it read per ``/vsigs/``
+        path for the life of the process, so tests should use a bucket name per fake.
+        """
+        return {"CPL_GS_ENDPOINT": self.bucket_url + "/", "GS_NO_SIGN_REQUEST": "YES"}
+
     def start(self) -> "FakeEarthEngine":
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -133,6 +226,12 @@ class FakeEarthEngine:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._bucket_server is not None:
+            self._bucket_server.terminate()
+            self._bucket_server.wait(10)
+            self._bucket_server.stdout.close()
+        if self._own_storage:
+            shutil.rmtree(self.state.storage, ignore_errors=True)
 
     def __enter__(self) -> "FakeEarthEngine":
         return self.start()
@@ -172,6 +271,8 @@ def _handler(state: _State):
                 self.send(200, json.dumps(doc).encode())
             elif path.endswith("/algorithms"):
                 self.send(200, algorithms)
+            elif "/operations/" in path:
+                self.operation(path[path.index("projects/"):])
             else:
                 self.error(404, f"{path} is not faked")
 
@@ -189,7 +290,72 @@ def _handler(state: _State):
                 return self.send(200, json.dumps({"result": size}).encode())
             if path.endswith("image:computePixels"):
                 return self.compute_pixels(body, source, record)
+            if path.endswith("image:export"):
+                return self.export(body, source, path, record)
             self.error(404, f"{path} is not faked")
+
+        def export(self, body: dict, source: str | None, path: str, record: Recorded) -> None:
+            """Start a batch task: answer an Operation, as ``ee.data.exportImage`` expects.
+
+            A repeated ``requestId`` gets the operation it started before, as Earth Engine does
+            for a safely retried request.
+            """
+            try:
+                grid = export_grid(body["expression"])
+                options = body["fileExportOptions"]
+                prefix = _destination(options)[1]
+            except (KeyError, ValueError) as exc:
+                record.status = 400
+                return self.error(400, f"Invalid export request: {exc}")
+            if source is None:
+                record.status = 400
+                return self.error(400, "Image.load: unknown collection")
+            project = path.split("/projects/")[1].split("/")[0]
+            with state.lock:
+                name = state.by_request_id.get(body.get("requestId", ""))
+                if name is None:
+                    fault = next((f for f in state.task_faults if f.times > 0
+                                  and (f.match is None or f.match(source, prefix))), None)
+                    if fault is not None:
+                        fault.times -= 1
+                    name = f"projects/{project}/operations/{next(state.ids):024d}"
+                    now = _timestamp()
+                    metadata = {"@type": "type.googleapis.com/google.earthengine.v1alpha.OperationMetadata",
+                                "state": "PENDING", "description": body.get("description", ""), "createTime": now,
+                                "updateTime": now, "type": "EXPORT_IMAGE", "attempt": 1}
+                    state.operations[name] = {"op": {"name": name, "metadata": metadata, "done": False},
+                                              "polls": 0, "body": body, "source": source, "grid": grid,
+                                              "fault": fault}
+                    if body.get("requestId"):
+                        state.by_request_id[body["requestId"]] = name
+                op = json.loads(json.dumps(state.operations[name]["op"]))
+            self.send(200, json.dumps(op).encode())
+
+        def operation(self, name: str) -> None:
+            """An operation's status; each poll moves it on, and the last one writes its file."""
+            with state.lock:
+                entry = state.operations.get(name)
+                if entry is None:
+                    return self.error(404, f"Operation {name} not found.")
+                op, metadata = entry["op"], entry["op"]["metadata"]
+                if not op["done"]:
+                    entry["polls"] += 1
+                    metadata["updateTime"] = _timestamp()
+                    if entry["polls"] < state.task_polls:
+                        metadata.update(state="RUNNING", startTime=metadata.get("startTime", _timestamp()),
+                                        progress=entry["polls"] / state.task_polls)
+                    elif entry["fault"] is not None:
+                        fault = entry["fault"]
+                        metadata.update(state=fault.state, endTime=_timestamp())
+                        op.update(done=True, error={"code": 1 if fault.state == "CANCELLED" else 3,
+                                                    "message": fault.message})
+                    else:
+                        uris = _write_export(state, entry)
+                        metadata.update(state="SUCCEEDED", progress=1.0, endTime=_timestamp(), destinationUris=uris,
+                                        batchEecuUsageSeconds=1.5)
+                        op.update(done=True, response={"@type": "type.googleapis.com/google.protobuf.Empty"})
+                body = json.dumps(op).encode()
+            self.send(200, body)
 
         def compute_pixels(self, body: dict, source: str | None, record: Recorded) -> None:
             grid = body["grid"]
@@ -247,7 +413,9 @@ def _source_of(catalog: Catalog, expression: str) -> str | None:
     return None
 
 
-def _npy(state: _State, spec: SourceSpec, grid: dict) -> bytes:
+def _bands(state: _State, spec: SourceSpec, grid: dict) -> Iterator[np.ndarray]:
+    """Each band's pixels on a computePixels-style grid (broadcastable to height × width), with
+    masked pixels carrying the recipe's fill value."""
     affine, dims = grid["affineTransform"], grid["dimensions"]
     width, height = int(dims["width"]), int(dims["height"])
     sx, sy = affine.get("scaleX", 10.0), affine.get("scaleY", -10.0)
@@ -255,14 +423,201 @@ def _npy(state: _State, spec: SourceSpec, grid: dict) -> bytes:
     ys = affine.get("translateY", 0.0) + (np.arange(height) + 0.5) * sy
     ix = np.floor(xs / 10.0).astype(np.int64)[None, :]
     iy = np.floor(ys / 10.0).astype(np.int64)[:, None]
-    structured = np.zeros((height, width), dtype=[(b, spec.numpy_dtype.str) for b in spec.band_names])
     mask = state.masked(ix, iy) if state.masked is not None else None
     fill = fill_value(spec)
-    for i, band in enumerate(spec.band_names):
+    for i in range(len(spec.band_names)):
         values = fake_pixels(spec, i, ix, iy)
         if mask is not None:
             values = np.where(mask, np.array(fill, dtype=spec.numpy_dtype), values)
+        yield values
+
+
+def _npy(state: _State, spec: SourceSpec, grid: dict) -> bytes:
+    dims = grid["dimensions"]
+    width, height = int(dims["width"]), int(dims["height"])
+    structured = np.zeros((height, width), dtype=[(b, spec.numpy_dtype.str) for b in spec.band_names])
+    for band, values in zip(spec.band_names, _bands(state, spec, grid)):
         structured[band] = np.broadcast_to(values, (height, width))
     buffer = io.BytesIO()
     np.save(buffer, structured)
     return buffer.getvalue()
+
+
+def export_grid(expression: dict) -> dict:
+    """The pixel grid of a batch export, as a computePixels-style ``grid`` dict.
+
+    ``ee.batch`` folds ``crs``, ``crsTransform`` and two-number ``dimensions`` into the expression
+    (``ee.Image.prepare_for_export``): ``Image.clipToBoundsAndScale(input=Image.reproject(image, crs,
+    crsTransform), geometry=Rectangle([0, 0, width, height], proj=…))``. This reads them back.
+
+    Raises:
+        ValueError: the expression is not an export on an exact grid.
+    """
+    values = expression["values"]
+
+    def resolve(node: dict) -> dict:
+        while "valueReference" in node:
+            node = values[node["valueReference"]]
+        return node
+
+    def call(node: dict, name: str) -> dict:
+        invocation = resolve(node).get("functionInvocationValue", {})
+        if invocation.get("functionName") != name:
+            raise ValueError(f"expected {name}, found {invocation.get('functionName')}; pass crs, crsTransform and "
+                             "dimensions")
+        return invocation["arguments"]
+
+    clip = call(values[expression["result"]], "Image.clipToBoundsAndScale")
+    _, _, width, height = call(clip["geometry"], "GeometryConstructors.Rectangle")["coordinates"]["constantValue"]
+    reproject = call(clip["input"], "Image.reproject")
+    crs = resolve(reproject["crs"])
+    crs = crs["constantValue"] if "constantValue" in crs else call(crs, "Projection")["crs"]["constantValue"]
+    a, b, c, d, e, f = resolve(reproject["crsTransform"])["constantValue"]
+    return {"crsCode": crs, "dimensions": {"width": int(width), "height": int(height)},
+            "affineTransform": {"scaleX": a, "shearX": b, "translateX": c, "shearY": d, "scaleY": e, "translateY": f}}
+
+
+def _destination(options: dict) -> tuple[Path, str]:
+    """(folder relative to the storage root, file name prefix) of an export's destination."""
+    if "cloudStorageDestination" in options:
+        dest = options["cloudStorageDestination"]
+        return Path("gcs") / dest["bucket"], dest.get("filenamePrefix", "")
+    dest = options["driveDestination"]
+    return Path("drive") / dest.get("folder", ""), dest.get("filenamePrefix", "")
+
+
+def _write_export(state: _State, entry: dict) -> list[str]:
+    """Write a finished export's GeoTIFF(s) atomically, named as Earth Engine names them.
+
+    One ``<prefix>.tif`` when the image fits the requested file dimensions, else one file per
+    block named ``<prefix>-<row offset>-<col offset>.tif`` (10 digits each). The GeoTIFF's nodata
+    is the requested ``noData``; pixel values come from :func:`fake_pixels`.
+    """
+    import rasterio
+    from affine import Affine
+
+    body, grid = entry["body"], entry["grid"]
+    spec = state.catalog[entry["source"]]
+    options = body["fileExportOptions"]
+    geotiff = options.get("geoTiffOptions", {})
+    folder, prefix = _destination(options)
+    width, height = grid["dimensions"]["width"], grid["dimensions"]["height"]
+    tile = geotiff.get("tileDimensions", {})
+    fw, fh = int(tile.get("width", width)), int(tile.get("height", height))
+    g = grid["affineTransform"]
+    transform = Affine(g["scaleX"], g["shearX"], g["translateX"], g["shearY"], g["scaleY"], g["translateY"])
+    pixels = np.stack([np.broadcast_to(v, (height, width)) for v in _bands(state, spec, grid)])
+    nodata = geotiff.get("noData", {}).get("floatValue")
+    uris = []
+    for row, col in itertools.product(range(0, height, fh), range(0, width, fw)):
+        name = f"{prefix}.tif" if (fw >= width and fh >= height) else f"{prefix}-{row:010d}-{col:010d}.tif"
+        path = state.storage / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        block = pixels[:, row : row + fh, col : col + fw]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with rasterio.open(tmp, "w", driver="GTiff", width=block.shape[2], height=block.shape[1], count=len(block),
+                           dtype=spec.dtype, crs=grid["crsCode"], transform=transform @ Affine.translation(col, row),
+                           nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+            dst.write(block)
+        os.replace(tmp, path)
+        uris.append(f"https://console.developers.google.com/storage/browser/{folder.name}/{prefix}"
+                    if folder.parts[0] == "gcs" else f"https://drive.google.com/#folders/{folder.name}")
+    return sorted(set(uris))
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+def _bucket_handler(root: Path):
+    """Cloud Storage's XML API over ``root/<bucket>/<object>``, as far as GDAL's /vsigs/ uses it:
+    HEAD and (ranged) GET of objects, and prefix/delimiter listings of a bucket."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def reply(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def not_found(self, head: bool) -> None:
+            xml = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code></Error>"
+            self.reply(404, xml, {"Content-Type": "application/xml"}, head)
+
+        def do_HEAD(self) -> None:
+            self.serve(head=True)
+
+        def do_GET(self) -> None:
+            self.serve(head=False)
+
+        def serve(self, head: bool) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            bucket, _, key = urllib.parse.unquote(url.path).lstrip("/").partition("/")
+            if not bucket or ".." in key.split("/"):
+                return self.not_found(head)
+            if not key:
+                return self.listing(root / bucket, bucket, urllib.parse.parse_qs(url.query), head)
+            path = root / bucket / key
+            if not path.is_file() or path.name.startswith("."):
+                return self.not_found(head)
+            data = path.read_bytes()
+            headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                       "Last-Modified": formatdate(path.stat().st_mtime, usegmt=True), "ETag": f'"{len(data)}"'}
+            ranged = self.headers.get("Range", "")
+            if not ranged.startswith("bytes="):
+                return self.reply(200, data, headers, head)
+            first, _, last = ranged[len("bytes="):].partition("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            if start >= len(data):
+                return self.reply(416, b"", {"Content-Range": f"bytes */{len(data)}"}, head)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            self.reply(206, data[start : end + 1], headers, head)
+
+        def listing(self, folder: Path, bucket: str, query: dict, head: bool) -> None:
+            prefix = query.get("prefix", [""])[0]
+            delimiter = query.get("delimiter", [""])[0]
+            keys, prefixes = [], set()
+            if folder.is_dir():
+                for path in sorted(folder.rglob("*")):
+                    key = path.relative_to(folder).as_posix()
+                    if not path.is_file() or path.name.startswith(".") or not key.startswith(prefix):
+                        continue
+                    rest = key[len(prefix):]
+                    if delimiter and delimiter in rest:
+                        prefixes.add(prefix + rest.split(delimiter)[0] + delimiter)
+                    else:
+                        keys.append((key, path.stat()))
+            contents = "".join(
+                f"<Contents><Key>{escape(k)}</Key><LastModified>"
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime(st.st_mtime))}</LastModified>"
+                f"<Size>{st.st_size}</Size></Contents>" for k, st in keys)
+            common = "".join(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in sorted(prefixes))
+            xml = ("<?xml version='1.0' encoding='UTF-8'?><ListBucketResult xmlns='http://doc.s3.amazonaws.com/2006-03-01'>"
+                   f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix><IsTruncated>false</IsTruncated>"
+                   f"{contents}{common}</ListBucketResult>")
+            self.reply(200, xml.encode(), {"Content-Type": "application/xml"}, head)
+
+    return Handler
+
+
+def serve_bucket(root: str, parent_pid: int) -> None:
+    """Serve ``root`` as fake Cloud Storage on a free loopback port (printed on stdout) until the
+    parent process goes away."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _bucket_handler(Path(root)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(server.server_address[1], flush=True)
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve-bucket"]:
+    serve_bucket(sys.argv[2], int(sys.argv[3]))

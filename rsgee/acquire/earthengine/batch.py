@@ -1,0 +1,476 @@
+"""Earth Engine batch exports: one ``Export.image`` task per AOI and source, polled to completion.
+
+For AOI sets too big for one machine to download, Earth Engine writes the GeoTIFFs itself, to
+Cloud Storage (``gs://BUCKET/PREFIX/<aoi>/<source>.tif``) or to Google Drive
+(``FOLDER/<aoi>_<source>.tif``). Each task exports exactly the AOI's lattice grid (``crs``,
+``crsTransform``, ``dimensions``) with the same recipe as the download path, in one file (so its
+name is predictable); the DEM is also exported on the grid grown by one pixel on every side
+(``dem_halo``), which ``rsgee tile`` uses for exact terrain at AOI borders. Masked pixels carry the
+recipe's fill value (``FLOAT_FILL`` for float sources, the catalog nodata for integers), and the
+GeoTIFFs declare that value as nodata; ``rsgee tile`` maps it to the catalog's nodata.
+
+Earth Engine bills every task, so nothing is started twice:
+
+- Each task's request id is written to ``OUT/<aoi>/.partial/tasks.json`` (atomically) *before* it
+  is sent, and its operation name as soon as Earth Engine answers. Re-running the same command
+  polls the recorded tasks instead of starting new ones; a task whose answer was lost is re-sent
+  with the same request id, the API's way to make a retried start safe (the ee client relies on it
+  for its own retries).
+- A failed or cancelled task stays failed (its message is in ``tasks.json`` and in the result's
+  ``failed_blocks`` as ``"<source>/*"``, the whole source) until ``--retry-failed`` restarts only
+  those tasks. No manifest is written then: a manifest promises readable files.
+- Ctrl-C stops polling, not the tasks: they run on (and are billed); re-run to resume polling.
+
+When all of an AOI's tasks succeeded, ``OUT/<aoi>/manifest.json`` is written in the contract of
+the download path (:mod:`rsgee.acquire.export`), with ``request.via = "batch"``, the destination,
+and the task ids in ``provenance.tasks``. Its file paths are GDAL ``/vsigs/<bucket>/<object>``
+paths for Cloud Storage: ``rsgee tile`` reads them in place, and GDAL needs Google Cloud
+credentials for that (see GDAL's /vsigs/ documentation): ``GOOGLE_APPLICATION_CREDENTIALS`` naming
+a service-account key — or the file ``gcloud auth application-default login`` writes
+(``~/.config/gcloud/application_default_credentials.json``; GDAL 3.10 does not look there by
+itself) —, a ``~/.boto`` file, or a Compute Engine machine's own account. For Drive the paths are
+the relative ``<source>.tif``: rsgee cannot fetch from Drive, so the user downloads the files into
+the AOI folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import ee
+from affine import Affine
+from tqdm import tqdm
+
+from rsgee.acquire.aoi import AOI
+from rsgee.acquire.earthengine.download import DEM_HALO, EarthEngineSource, classify
+from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
+from rsgee.acquire.earthengine.session import SessionConfig
+from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, read_manifest
+from rsgee.catalog import Catalog, SourceSpec
+from rsgee.errors import RsgeeError
+from rsgee.geotiff import write_json_atomic
+from rsgee.grid import Grid
+
+log = logging.getLogger("rsgee")
+
+#: Batch tasks are submitted to the standard endpoint (the high-volume one serves many small
+#: interactive requests); ``--ee-url`` overrides it.
+STANDARD_URL = "https://earthengine.googleapis.com"
+TASKS = "tasks.json"
+HALO = "dem_halo"
+#: Operation states (Earth Engine's Cloud API names) that are still going on and that ended badly.
+ACTIVE = ("STARTING", "PENDING", "RUNNING", "CANCELLING")
+FAILED = ("FAILED", "CANCELLED")
+SUCCEEDED = "SUCCEEDED"
+_SHARD = 256  # Earth Engine's default shardSize; fileDimensions must be a multiple of it
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where Earth Engine writes the GeoTIFFs: a Cloud Storage bucket (and prefix) or a Drive folder."""
+
+    bucket: str | None = None
+    prefix: str = ""
+    drive_folder: str | None = None
+
+    @classmethod
+    def parse(cls, bucket: str | None, prefix: str | None, drive_folder: str | None) -> "Destination":
+        """Validate the command-line choice: exactly one of a bucket or a Drive folder."""
+        if bool(bucket) == bool(drive_folder):
+            raise RsgeeError("--via batch needs exactly one destination: --bucket BUCKET [--prefix PREFIX] "
+                             "(Cloud Storage) or --drive-folder FOLDER (Google Drive)")
+        if drive_folder:
+            if prefix:
+                raise RsgeeError("--prefix applies to --bucket only; Drive files are named <aoi>_<source>.tif")
+            return cls(drive_folder=drive_folder.strip("/"))
+        name = bucket.removeprefix("gs://").rstrip("/")
+        if not _BUCKET.match(name):
+            raise RsgeeError(f"--bucket '{bucket}' is not a Cloud Storage bucket name (lower-case letters, digits, "
+                             "'-', '_', '.'); put folders in --prefix")
+        return cls(bucket=name, prefix=(prefix or "").strip("/"))
+
+    @property
+    def gcs(self) -> bool:
+        return self.bucket is not None
+
+    def describe(self) -> dict:
+        """What the manifest's request records (part of what makes two requests equal)."""
+        if self.gcs:
+            return {"gcs": {"bucket": self.bucket, "prefix": self.prefix}}
+        return {"drive": {"folder": self.drive_folder}}
+
+    def file_prefix(self, aoi: str, key: str) -> str:
+        """The export's file name prefix: ``PREFIX/<aoi>/<key>`` in the bucket, ``<aoi>_<key>`` on Drive."""
+        if self.gcs:
+            return "/".join(p for p in (self.prefix, aoi, key) if p)
+        return f"{aoi}_{key}"
+
+    def manifest_path(self, aoi: str, key: str) -> str:
+        """The file's path in the manifest: a GDAL ``/vsigs/`` path, or relative to the AOI folder (Drive)."""
+        return f"/vsigs/{self.bucket}/{self.file_prefix(aoi, key)}.tif" if self.gcs else f"{key}.tif"
+
+    def where(self, aoi: str) -> str:
+        if self.gcs:
+            return f"gs://{self.bucket}/" + "".join(f"{p}/" for p in (self.prefix, aoi) if p)
+        return f"Google Drive folder '{self.drive_folder}'"
+
+    def export_args(self, aoi: str, key: str) -> tuple[Callable, dict]:
+        """The ``ee.batch.Export.image`` function and its destination arguments."""
+        if self.gcs:
+            return ee.batch.Export.image.toCloudStorage, {"bucket": self.bucket,
+                                                          "fileNamePrefix": self.file_prefix(aoi, key)}
+        return ee.batch.Export.image.toDrive, {"folder": self.drive_folder, "fileNamePrefix": self.file_prefix(aoi, key)}
+
+
+class BatchSource(EarthEngineSource):
+    """Earth Engine reached through batch tasks instead of pixel downloads.
+
+    It shares the download path's session, date windows, recipes and empty-collection check; its
+    request also names the route and the destination, so that an export made one way is never
+    mistaken for the other. (Its inherited ``blocks`` — the download path — is not used.)
+    """
+
+    def __init__(self, session: SessionConfig, windows: Mapping[str, Window], destination: Destination, *,
+                 options: RecipeOptions = RecipeOptions()):
+        if session.url is None:
+            session = dataclasses.replace(session, url=STANDARD_URL)
+        super().__init__(session, windows, options=options, progress=False)
+        self.destination = destination
+
+    def request(self) -> dict:
+        return dict(super().request(), via="batch", destination=self.destination.describe())
+
+    def recipes(self, grid: Grid, specs: Sequence[SourceSpec]) -> dict[str, Recipe]:
+        """Recipes of every source; an empty collection is a one-line error naming source and dates."""
+        return self._recipes(grid, specs)
+
+
+@dataclass(frozen=True)
+class BatchResult(ExportResult):
+    """An :class:`ExportResult` with the batch facts: task counts, and what the user must do next."""
+
+    tasks: int = 0
+    where: str = ""
+    todo: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        if self.status == "written":
+            text = f"{self.aoi}: written ({self.tiles} tiles, {self.tasks} Earth Engine tasks) → {self.where}"
+        else:
+            text = super().line()
+        return "\n".join([text, *self.todo])
+
+
+@dataclass
+class _Job:
+    """One AOI in flight: its grid, the manifest to write, and its tasks by key (source or dem_halo)."""
+
+    aoi: AOI
+    folder: Path
+    grid: Grid
+    manifest: dict
+    tasks: dict[str, dict]
+    bar: tqdm | None = None
+    progress: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tasks_path(self) -> Path:
+        return self.folder / WORKDIR / TASKS
+
+    def save(self) -> None:
+        """Record the tasks atomically: what was started must never be forgotten."""
+        self.tasks_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.tasks_path, {"manifest": self.manifest, "tasks": self.tasks})
+
+    def active(self) -> list[str]:
+        """Tasks still going on at Earth Engine (started, not ended)."""
+        return [k for k, t in self.tasks.items() if t["state"] in ACTIVE and t["operation"]]
+
+
+def export_batch(
+    aois: Sequence[AOI], out_dir: str | Path, source: BatchSource, catalog: Catalog, *,
+    source_names: Sequence[str] | None = None, overwrite: bool = False, retry_failed: bool = False,
+    poll_s: float = 30.0, progress: bool = True, sleep: Callable[[float], None] = time.sleep,
+) -> list[BatchResult]:
+    """Start (or resume) every AOI's batch tasks, poll them all until they end, write the manifests.
+
+    An AOI that cannot start (no images, a different earlier request…) is reported and the run goes
+    on with the others; all AOIs' tasks run on Earth Engine at the same time.
+
+    Args:
+        aois: the AOIs; each gets ``OUT/<name>/``.
+        out_dir: the export folder (``OUT``).
+        source: the session, windows, recipe options and destination.
+        catalog: the catalog; ``source_names`` picks its sources (all by default).
+        overwrite: replace exports and forget tasks of a *different* request (those tasks keep
+            running on Earth Engine unless cancelled). An equal request is never started twice.
+        retry_failed: restart the tasks that failed or were cancelled in an earlier run.
+        poll_s: seconds between status polls.
+        progress: one progress bar per AOI on stderr (tasks done/total and the running ones' progress).
+        sleep: how to wait between polls (tests pass a fake).
+    """
+    specs = [catalog[n] for n in (source_names or catalog.sources)]
+    out = Path(out_dir)
+    source.connect()
+    results: dict[str, BatchResult] = {}
+    jobs: list[_Job] = []
+    try:
+        for aoi in aois:
+            try:
+                prepared = _prepare(aoi, out, source, catalog, specs, overwrite)
+                if isinstance(prepared, BatchResult):
+                    results[aoi.name] = prepared
+                    continue
+                jobs.append(prepared)
+                _start(prepared, source, specs, retry_failed)
+            except RsgeeError as exc:
+                if jobs and jobs[-1].aoi is aoi:
+                    jobs.pop()  # its recorded tasks are polled by the next run
+                results[aoi.name] = BatchResult(aoi.name, out / aoi.name, "failed", 0, error=str(exc))
+        for i, job in enumerate(jobs):
+            job.bar = tqdm(total=len(job.tasks), desc=f"batch {job.aoi.name}", unit="task", position=i,
+                           disable=not progress, file=sys.stderr)
+        _poll(jobs, poll_s, sleep, source.session.workers)
+    except KeyboardInterrupt:
+        for job in jobs:
+            if job.bar is not None:
+                job.bar.close()  # before the message, so that it is not drawn over
+        running = [t["operation"] or t["request_id"] for j in jobs for t in j.tasks.values() if t["state"] in ACTIVE]
+        log.warning("stopped polling; %d Earth Engine task(s) keep running (and are billed): re-run the same command "
+                    "to resume polling (nothing is started twice), or cancel them with `earthengine task cancel ID` "
+                    "or in the Code Editor's Tasks tab (ids in %s)", len(running), out / "<aoi>" / WORKDIR / TASKS)
+        raise
+    finally:
+        for job in jobs:
+            if job.bar is not None:
+                job.bar.close()
+    for job in jobs:
+        results[job.aoi.name] = _finish(job, source)
+    return [results[a.name] for a in aois]
+
+
+def _prepare(aoi: AOI, out: Path, source: BatchSource, catalog: Catalog, specs: Sequence[SourceSpec],
+             overwrite: bool) -> _Job | BatchResult:
+    """The AOI's job with its recorded tasks, or its result if a complete export of this request exists."""
+    grid = aoi.grid()
+    folder = out / aoi.name
+    dest = source.destination
+    manifest = _manifest(aoi, grid, source, catalog, specs)
+    for name, entry in manifest["files"].items():
+        entry["path"] = dest.manifest_path(aoi.name, name)
+    keys = [s.name for s in specs] + ([HALO] if any(s.name == "dem" for s in specs) else [])
+    if (folder / MANIFEST).exists():
+        existing = read_manifest(folder)
+        if _same_request(existing, manifest):
+            return BatchResult(aoi.name, folder, "up to date", len(list(grid.tiles())), tasks=len(keys),
+                               where=dest.where(aoi.name), todo=_drive_todo(dest, aoi.name, folder, keys))
+        if not overwrite:
+            raise RsgeeError(f"{folder} already holds an export made with different parameters; pass --overwrite "
+                             "to replace it or choose another --out")
+    job = _Job(aoi, folder, grid, _comparable(manifest), {})
+    if job.tasks_path.exists():
+        try:
+            recorded = json.loads(job.tasks_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RsgeeError(f"{job.tasks_path}: unreadable ({exc}); it lists Earth Engine tasks already started — "
+                             "check them in the Code Editor's Tasks tab before deleting it") from None
+        if _same_request(recorded["manifest"], manifest):
+            job.tasks = recorded["tasks"]
+        elif not overwrite:
+            raise RsgeeError(f"{folder} has Earth Engine tasks started with different parameters "
+                             f"({job.tasks_path}); pass --overwrite to start new ones (the old ones keep running "
+                             "unless you cancel them) or choose another --out")
+    (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
+    job.tasks = {k: job.tasks.get(k) for k in keys}
+    return job
+
+
+def _comparable(manifest: dict) -> dict:
+    """The parts of a manifest that make two requests equal (what ``tasks.json`` keeps)."""
+    return {k: manifest[k] for k in ("rsgee_version", "aoi", "source", "synthetic", "request", "grid", "catalog",
+                                     "files")}
+
+
+def _start(job: _Job, source: BatchSource, specs: Sequence[SourceSpec], retry_failed: bool) -> None:
+    """Start the tasks that are not recorded yet (and the failed ones with ``retry_failed``).
+
+    A task is recorded with its request id before it is sent. One whose answer never came, or
+    that Earth Engine refused to start, is sent again with that same id: had Earth Engine created
+    it after all, it answers with that operation instead of starting a second one.
+    """
+    todo = [k for k, t in job.tasks.items()
+            if t is None or t["state"] == "STARTING" or (t["state"] in FAILED and retry_failed)]
+    if not todo:
+        return
+    recipes = source.recipes(job.grid, specs)  # an empty collection fails the AOI before anything is spent
+    for key in todo:
+        old = job.tasks[key]
+        reuse = old is not None and not old["operation"]
+        task = {"request_id": old["request_id"] if reuse else str(uuid.uuid4()), "operation": None,
+                "state": "STARTING", "error": None, "file": source.destination.manifest_path(job.aoi.name, key)}
+        job.tasks[key] = task
+        job.save()  # before sending: a crash from here on leaves an id that the next run re-sends
+        if not source.destination.gcs:
+            (job.folder / f"{key}.tif").unlink(missing_ok=True)  # a download of an earlier task is stale now
+        spec = next(s for s in specs if s.name == ("dem" if key == HALO else key))
+        request = export_request(job.aoi.name, key, job.grid, recipes[spec.name], len(spec.bands), source.destination)
+        try:
+            operation = ee.data.exportImage(task["request_id"], request)
+        except ee.EEException as exc:
+            task.update(state="FAILED", error=f"could not start: {classify(exc).message}")
+        except (OSError, ConnectionError) as exc:  # unknown whether it started: keep STARTING and its id
+            raise RsgeeError(f"could not reach Earth Engine to start task {key} ({exc}); re-run the same command "
+                             "to try again (with the same request id, so nothing is started twice)") from None
+        else:
+            task.update(operation=operation["name"], state=operation.get("metadata", {}).get("state", "PENDING"))
+        job.save()
+
+
+def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, destination: Destination) -> dict:
+    """The ``ExportImageRequest`` of one task, built by ``ee.batch.Export.image`` itself.
+
+    The pixel grid is exact: ``crs``, ``crsTransform`` and ``dimensions`` of the AOI grid (grown by
+    :data:`DEM_HALO` pixels on every side for ``dem_halo``). ``fileDimensions`` cover the whole
+    image, rounded up to the 256-pixel shard, so that Earth Engine writes one file named
+    ``<prefix>.tif``. ``maxPixels`` is the image's pixels times its bands: enough however Earth
+    Engine counts, and still a guard against a grid gone wrong.
+    """
+    halo = DEM_HALO if key == HALO else 0
+    transform = grid.transform @ Affine.translation(-halo, -halo)
+    width, height = grid.width + 2 * halo, grid.height + 2 * halo
+    export, target = destination.export_args(aoi, key)
+    task = export(
+        recipe.image, description=_description(f"rsgee {aoi} {key}"), **target, crs=grid.crs,
+        crsTransform=list(transform)[:6], dimensions=f"{width}x{height}",
+        fileDimensions=[_ceil(width, _SHARD), _ceil(height, _SHARD)], maxPixels=width * height * bands,
+        fileFormat="GeoTIFF", formatOptions={"cloudOptimized": True, "noData": float(recipe.fill)})
+    return task.config
+
+
+def _description(text: str) -> str:
+    """A task description Earth Engine accepts: letters, digits and ``.,:;_-``, at most 100 characters."""
+    return re.sub(r"[^A-Za-z0-9.,:;_-]", "_", text)[:100]
+
+
+def _ceil(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def _poll(jobs: list[_Job], poll_s: float, sleep: Callable[[float], None], workers: int) -> None:
+    """Poll every active task until none is left, updating ``tasks.json`` on each state change.
+
+    Statuses are fetched ``workers`` at a time: thousands of tasks are polled in seconds, not minutes.
+    """
+    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsgee-poll")
+    try:
+        while True:
+            active = [(job, key) for job in jobs for key in job.active()]
+            statuses = pool.map(_status, [job.tasks[key]["operation"] for job, key in active])
+            changed = {id(job): job for (job, key), operation in zip(active, statuses)
+                       if operation is not None and _update(job, key, operation)}
+            for job in changed.values():
+                job.save()
+            for job in jobs:
+                _show(job)
+            if not any(job.active() for job in jobs):
+                break
+            sleep(poll_s)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _status(operation: str) -> dict | None:
+    """An operation's status; None when asking failed in a way the next poll may not (429, 5xx…)."""
+    try:
+        return ee.data.getOperation(operation)
+    except ee.EEException as exc:
+        error = classify(exc)
+        if error.retryable:
+            log.debug("status of %s: %s", operation, error.message)
+            return None
+        return {"done": True, "metadata": {"state": "FAILED"}, "error": {"message": error.message}}
+    except (OSError, ConnectionError) as exc:
+        log.debug("status of %s: %s", operation, exc)
+        return None
+
+
+def _update(job: _Job, key: str, operation: dict) -> bool:
+    """Apply one operation status to a task; True when its state changed."""
+    task, metadata = job.tasks[key], operation.get("metadata", {})
+    state = metadata.get("state", "PENDING")
+    if operation.get("done") and state not in FAILED + (SUCCEEDED,):
+        state = "FAILED" if "error" in operation else SUCCEEDED
+    job.progress[key] = float(metadata.get("progress", 1.0 if state == SUCCEEDED else 0.0))
+    if state == task["state"]:
+        return False
+    task["state"] = state
+    if state in FAILED:
+        task["error"] = operation.get("error", {}).get("message") or f"task {state.lower()}"
+    if state == SUCCEEDED and "batchEecuUsageSeconds" in metadata:
+        task["eecu_seconds"] = metadata["batchEecuUsageSeconds"]
+    return True
+
+
+def _show(job: _Job) -> None:
+    if job.bar is None or job.bar.disable:
+        return
+    done = sum(t["state"] not in ACTIVE for t in job.tasks.values())
+    running = [job.progress.get(k, 0.0) for k in job.active()]
+    job.bar.n = done
+    postfix = {"failed": sum(t["state"] in FAILED for t in job.tasks.values())}
+    if running:
+        postfix["running"] = f"{len(running)} at {100 * sum(running) / len(running):.0f}%"
+    job.bar.set_postfix(postfix, refresh=False)
+    job.bar.refresh()
+
+
+def _finish(job: _Job, source: BatchSource) -> BatchResult:
+    """Write the manifest when every task succeeded; otherwise report the failed tasks."""
+    dest, name = source.destination, job.aoi.name
+    tiles = len(list(job.grid.tiles()))
+    failed = {f"{k}/*": t["error"] or f"task {t['state'].lower()}" for k, t in job.tasks.items()
+              if t["state"] != SUCCEEDED}
+    if failed:
+        first = next(iter(failed.items()))
+        error = (f"{len(failed)} of {len(job.tasks)} Earth Engine task(s) failed, e.g. {first[0][:-2]}: {first[1]} "
+                 f"(see {job.tasks_path}; re-run with --retry-failed to restart only those)")
+        return BatchResult(name, job.folder, "failed", tiles, failed_blocks=failed, error=error, tasks=len(job.tasks),
+                           where=dest.where(name))
+    manifest = json.loads(json.dumps(job.manifest))
+    if HALO in job.tasks:
+        manifest["files"][HALO] = dict(manifest["files"]["dem"], path=dest.manifest_path(name, HALO), halo_px=DEM_HALO)
+    manifest["provenance"] = {
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "python": sys.version.split()[0],
+        **source.provenance(),
+        "tasks": {k: {key: t[key] for key in ("operation", "request_id", "eecu_seconds") if key in t}
+                  for k, t in job.tasks.items()},
+    }
+    manifest["provenance"].pop("blocks", None)  # the download path's counters mean nothing here
+    write_json_atomic(job.folder / MANIFEST, manifest)
+    shutil.rmtree(job.folder / WORKDIR, ignore_errors=True)  # the manifest now holds the task ids
+    return BatchResult(name, job.folder, "written", tiles, tasks=len(job.tasks), where=dest.where(name),
+                       todo=_drive_todo(dest, name, job.folder, list(job.tasks)))
+
+
+def _drive_todo(dest: Destination, aoi: str, folder: Path, keys: Sequence[str]) -> tuple[str, ...]:
+    """What the user still has to fetch from Drive by hand (nothing for Cloud Storage)."""
+    if dest.gcs:
+        return ()
+    return tuple(f"  rsgee cannot fetch from Google Drive: download '{dest.drive_folder}/{dest.file_prefix(aoi, k)}.tif' "
+                 f"into {folder / f'{k}.tif'}" for k in keys if not (folder / f"{k}.tif").exists())
