@@ -17,11 +17,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[train,test]"
 	touch $@
 
-# The main job on the offline default: synthetic exports → archive → check. Re-running resumes.
+# The main job on the offline default (synthetic source): export → tile → train fusion → evaluate →
+# generate → train seg → evaluate, with tiny models. Re-running resumes.
 demo: venv
-	$(BIN)/rsgee export --source synthetic --aoi examples/aois.geojson --out $(DEMO)/exports --seed 0
-	$(BIN)/rsgee tile $(DEMO)/exports --out $(DEMO)/archive --split-block 2 --workers 2
-	$(BIN)/rsgee check $(DEMO)/archive --workers 2
+	$(BIN)/rsgee demo --out $(DEMO)
 
 test: venv
 	$(BIN)/python -m pytest

@@ -12,6 +12,8 @@
       s2/<tile_id>.tif      B2, B3, B4, B8 (reflectance×1e4) uint16, 0 nodata
       lulc/<tile_id>.tif    label (Dynamic World 0–8)        uint8, 255 nodata
       terrain/<tile_id>.tif dem, slope, aspect, hillshade   float32, NaN nodata
+      cache/<split>/        packed arrays for training (rsgee.preprocess.cache)
+      gen/<tile_id>.tif     pseudo-S2 from a fusion run (rsgee generate), gen/generated.json says which
 
 A tile is in ``index.geojson`` only once all its files are complete. While ``rsgee tile`` runs,
 finished tiles are appended to ``index.journal`` (one JSON line each) and merged into the index at
@@ -96,6 +98,18 @@ class Archive:
 
     def tile_path(self, source: str, tile_id: str) -> Path:
         return self.root / source / f"{tile_id}.tif"
+
+    @property
+    def generated_dir(self) -> Path:
+        """``gen/``: pseudo-Sentinel-2 made by a fusion run (``rsgee generate``), never archive data."""
+        return self.root / "gen"
+
+    def generated_path(self, tile_id: str) -> Path:
+        return self.generated_dir / f"{tile_id}.tif"
+
+    @property
+    def generated_meta_path(self) -> Path:
+        return self.generated_dir / "generated.json"
 
     def exists(self) -> bool:
         return self.meta_path.exists()

@@ -1,0 +1,271 @@
+"""Archive tiles as model inputs: normalisation, dihedral augmentation and the Lightning data module.
+
+Model inputs follow DESIGN.md: Sentinel-2 reflectance/10000 clipped to [0, 1], then mapped to [-1, 1]
+(the generators' tanh range); Sentinel-1 dB clipped to [-25, 0] (VH [-32.5, 0]) and mapped to [0, 1];
+land cover one-hot with a don't-care channel for 255; terrain as the standardised DEM, slope/90, the sine
+and cosine of aspect (0, 0 where flat) and hillshade/255. Samples are read from the archive's packed
+cache (built or rebuilt on first use), never from the GeoTIFFs one by one.
+
+Augmentation draws one of the eight flips/rotations per sample, applied identically to every source.
+Aspect is a compass direction, so its sine and cosine are rotated and mirrored with the pixels (a
+north-facing slope rotated a quarter turn anticlockwise faces west). Hillshade keeps its 315° sun: after
+a rotation it reads as a shading from another azimuth, a harmless variation for a conditioning input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rsgee.errors import RsgeeError
+from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
+from rsgee.preprocess.archive import Archive
+from rsgee.preprocess.cache import PackedSplit, open_split
+
+S2_SCALE = 10000.0
+#: dB range mapped to [0, 1] per Sentinel-1 band (others use the VV range).
+S1_DB_RANGES = {"VV": (-25.0, 0.0), "VH": (-32.5, 0.0)}
+#: Command-line names of conditioning sources (the paper calls terrain "dem").
+SOURCE_ALIASES = {"lulc": "lulc", "s1": "s1", "sar": "s1", "dem": "terrain", "terrain": "terrain"}
+
+
+def parse_sources(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'lulc,s1,dem' → ('lulc', 's1', 'terrain') in canonical order; unknown names are an error."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in SOURCE_ALIASES]
+    if unknown or not names:
+        raise RsgeeError(f"--sources {text!r}: choose a non-empty subset of lulc, s1, dem")
+    chosen = {SOURCE_ALIASES[n] for n in names}
+    return tuple(s for s in SOURCE_CHANNELS if s in chosen)
+
+
+# -- normalisation -----------------------------------------------------------------------------
+
+def s2_to_model(s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 reflectance×10000 (4, H, W) → values in [-1, 1] and the (1, H, W) validity mask."""
+    valid = (s2 != 0).all(axis=0, keepdims=True)
+    reflectance = np.clip(s2.astype(np.float32) / S2_SCALE, 0.0, 1.0)
+    return reflectance * 2.0 - 1.0, valid
+
+
+def model_to_reflectance(x: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] → reflectance in [0, 1] (what the metrics are computed on)."""
+    return ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).float()
+
+
+def reflectance_to_s2(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance in [0, 1] → uint16 ×10000, never 0 (0 is the archive's nodata)."""
+    return np.clip(np.rint(reflectance * S2_SCALE), 1, S2_SCALE).astype(np.uint16)
+
+
+def s1_to_model(s1: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """dB → [0, 1] per band's range; nodata (NaN) becomes 0, the bottom of the range."""
+    out = np.empty(s1.shape, dtype=np.float32)
+    for i, band in enumerate(bands):
+        low, high = S1_DB_RANGES.get(band, S1_DB_RANGES["VV"])
+        out[i] = (np.clip(np.nan_to_num(s1[i], nan=low), low, high) - low) / (high - low)
+    return out
+
+
+def lulc_to_model(labels: np.ndarray) -> np.ndarray:
+    """(1, H, W) Dynamic World labels → (10, H, W) one-hot; 255 (and anything ≥ 9) → don't-care channel."""
+    index = np.where(labels[0] < NUM_CLASSES, labels[0], NUM_CLASSES).astype(np.int64)
+    return (np.arange(NUM_CLASSES + 1)[:, None, None] == index[None]).astype(np.float32)
+
+
+def terrain_to_model(terrain: np.ndarray, dem_mean: float, dem_std: float) -> np.ndarray:
+    """(dem, slope, aspect, hillshade) → (dem standardised, slope/90, sin aspect, cos aspect, hillshade/255)."""
+    dem, slope, aspect, hillshade = terrain.astype(np.float32)
+    flat = aspect < 0
+    radians = np.deg2rad(aspect)
+    channels = np.stack([
+        (dem - dem_mean) / max(dem_std, 1e-6),
+        slope / 90.0,
+        np.where(flat, 0.0, np.sin(radians)),
+        np.where(flat, 0.0, np.cos(radians)),
+        hillshade / 255.0,
+    ]).astype(np.float32)
+    return np.nan_to_num(channels, nan=0.0)
+
+
+# -- augmentation ------------------------------------------------------------------------------
+
+def dihedral(array: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Rotate (C, H, W) by k quarter turns anticlockwise (as displayed, north up), then mirror east–west."""
+    out = torch.rot90(array, k, dims=(-2, -1))
+    return torch.flip(out, dims=(-1,)) if flip else out
+
+
+def rotate_aspect(sin: torch.Tensor, cos: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aspect direction (east = sin, north = cos) after :func:`dihedral` with the same k and flip."""
+    for _ in range(k % 4):  # a quarter turn anticlockwise maps east → north, north → west
+        sin, cos = -cos, sin
+    if flip:
+        sin = -sin
+    return sin, cos
+
+
+def augment(sample: dict, k: int, flip: bool) -> dict:
+    """Apply one dihedral transform to every raster of a sample, keeping aspect consistent."""
+    cond = {name: dihedral(x, k, flip) for name, x in sample["cond"].items()}
+    if "terrain" in cond:
+        t = cond["terrain"]
+        sin, cos = rotate_aspect(t[2], t[3], k, flip)
+        cond["terrain"] = torch.cat([t[:2], sin[None], cos[None], t[4:]])
+    out = dict(sample, cond=cond)
+    for key in ("target", "valid", "labels"):
+        if key in sample:
+            out[key] = dihedral(sample[key], k, flip)
+    return out
+
+
+def crop(sample: dict, row: int, col: int, size: int) -> dict:
+    """The same square window of every raster of a sample."""
+    window = (..., slice(row, row + size), slice(col, col + size))
+    out = dict(sample, cond={name: x[window] for name, x in sample["cond"].items()})
+    for key in ("target", "valid", "labels"):
+        if key in sample:
+            out[key] = sample[key][window]
+    return out
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+def archive_normalisation(archive: Archive) -> dict:
+    """The statistics the inputs are normalised with (from the train split's stats.json)."""
+    try:
+        stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RsgeeError(f"{archive.root}: no stats.json; run rsgee tile to finish the archive") from None
+    dem = stats["sources"]["terrain"]["dem"]
+    if not dem.get("count"):
+        raise RsgeeError(f"{archive.root}: the train split is empty; add AOIs or change --split-ratios")
+    return {"dem_mean": float(dem["mean"]), "dem_std": float(dem["std"]),
+            "s1_bands": list(archive.sources()["s1"].band_names)}  # stats.json keys are sorted: not the band order
+
+
+class FusionSamples(Dataset):
+    """Tiles of one split as normalised model inputs: ``{"cond": {source: tensor}, "target", "valid"}``.
+
+    Args:
+        archive: the archive to read.
+        split: "train", "val" or "test".
+        sources: conditioning sources (subset of lulc, s1, terrain).
+        normalisation: from :func:`archive_normalisation` (always the train split's statistics).
+        augment: draw a random flip/rotation per sample (training only).
+        crop: train on random square crops of this many pixels (a multiple of 32), e.g. to make CPU
+            runs affordable; None = whole 256×256 tiles.
+        seed: makes the augmentation reproducible; combined with the epoch (see :meth:`set_epoch`).
+    """
+
+    def __init__(self, archive: Archive, split: str, sources: Sequence[str], normalisation: dict, *,
+                 augment: bool = False, crop: int | None = None, seed: int = 0, progress: bool = False):
+        if crop is not None and (crop % 32 or not 32 <= crop <= 256):
+            raise RsgeeError(f"--crop {crop}: use a multiple of 32 between 32 and 256 pixels")
+        self.packed: PackedSplit = open_split(archive, split, progress=progress)
+        self.sources = tuple(sources)
+        self.norm = normalisation
+        self.augment = augment
+        self.crop = crop
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        raw = self.packed[i]
+        target, valid = s2_to_model(raw["s2"])
+        cond = {}
+        if "lulc" in self.sources:
+            cond["lulc"] = torch.from_numpy(lulc_to_model(raw["lulc"]))
+        if "s1" in self.sources:
+            cond["s1"] = torch.from_numpy(s1_to_model(raw["s1"], self.norm["s1_bands"]))
+        if "terrain" in self.sources:
+            cond["terrain"] = torch.from_numpy(
+                terrain_to_model(raw["terrain"], self.norm["dem_mean"], self.norm["dem_std"]))
+        sample = {"cond": cond, "target": torch.from_numpy(target), "valid": torch.from_numpy(valid),
+                  "index": i, "tile_id": self.packed.tile_ids[i]}
+        if self.augment:
+            digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{i}".encode()).digest()
+            sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
+            if self.crop and self.crop < sample["target"].shape[-1]:
+                room = sample["target"].shape[-1] - self.crop
+                row = int.from_bytes(digest[2:4], "big") % (room + 1)
+                col = int.from_bytes(digest[4:6], "big") % (room + 1)
+                sample = crop(sample, row, col, self.crop)
+        return sample
+
+
+class FusionData(L.LightningDataModule):
+    """Train/val/test loaders over an archive for the fusion models."""
+
+    def __init__(self, archive: str | Path, sources: Sequence[str], *, batch_size: int = 4, num_workers: int = 0,
+                 crop: int | None = None, seed: int = 0, progress: bool = True):
+        super().__init__()
+        self.archive = Archive(archive)
+        self.sources = tuple(sources)
+        self.crop = crop
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.progress = progress
+        self.norm: dict | None = None
+        self.splits: dict[str, FusionSamples] = {}
+
+    def prepare_data(self) -> None:  # rank 0 only: (re)build the packed caches
+        for split in ("train", "val", "test"):
+            open_split(self.archive, split, progress=self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.archive.read_meta()
+        self.norm = archive_normalisation(self.archive)
+        for split in ("train", "val", "test"):
+            if split not in self.splits:
+                self.splits[split] = FusionSamples(self.archive, split, self.sources, self.norm,
+                                                   augment=split == "train", crop=self.crop, seed=self.seed)
+        for split in ("train", "val"):
+            if not len(self.splits[split]):
+                raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "
+                                 "--split-block when tiling, or change --split-ratios")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle and
+                          len(self.splits[split]) > self.batch_size, num_workers=self.num_workers,
+                          generator=generator, collate_fn=collate, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors (nested per source), keep ids as lists."""
+    out = {"cond": {k: torch.stack([s["cond"][k] for s in samples]) for k in samples[0]["cond"]}}
+    for key, value in samples[0].items():
+        if key == "cond":
+            continue
+        out[key] = torch.stack([s[key] for s in samples]) if torch.is_tensor(value) else [s[key] for s in samples]
+    return out
+
+
+def condition_tensor(cond: dict[str, torch.Tensor], sources: Sequence[str]) -> torch.Tensor:
+    """Concatenate the enabled sources in canonical order (the discriminator's and pix2pix's input)."""
+    return torch.cat([cond[s] for s in sources], dim=1)
+

@@ -1,0 +1,142 @@
+"""``rsgee evaluate``: the paper's comparison tables, computed on the real test split.
+
+Fusion (Tables 1 and 2): model, input sources, PSNR (dB, per-image mean, data range 1 on
+reflectance), SSIM (Gaussian 11×11, σ 1.5) and SAM (radians, mean over valid pixels) of each run's
+best checkpoint. Segmentation (Table 3): training set, mIoU (macro mean over the classes present in
+truth or prediction of one confusion matrix over all test pixels) and pixel accuracy, on real tiles
+only. Tables are printed and written as CSV and Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from rsgee.errors import RsgeeError
+from rsgee.geotiff import atomic_path
+from rsgee.preprocess.archive import Archive
+from rsgee.train.data import FusionSamples, collate, model_to_reflectance
+from rsgee.train.fusion import load_fusion, sources_label
+from rsgee.train.metrics import FusionMetrics
+from rsgee.train.trainer import read_run
+
+
+def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
+                    batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default)."""
+    rows = []
+    for run in runs:
+        info = read_run(run)
+        task = load_fusion(run)
+        root = Archive(archive or info["archive"])
+        samples = FusionSamples(root, split, task.config.sources, info["normalisation"], progress=progress)
+        if not len(samples):
+            raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
+        metrics = FusionMetrics()
+        loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate)
+        for batch in tqdm(loader, desc=f"evaluate {Path(run).name}", unit="batch", disable=not progress,
+                          file=sys.stderr):
+            with torch.no_grad():
+                fake = task(batch["cond"])
+            metrics.update(model_to_reflectance(fake), model_to_reflectance(batch["target"]), batch["valid"])
+        values = metrics.compute()
+        rows.append({"run": str(run), "model": task.config.model, "sources": sources_label(task.config.sources),
+                     "psnr": round(float(values["psnr"]), 3), "ssim": round(float(values["ssim"]), 4),
+                     "sam": round(float(values["sam"]), 4), "tiles": len(samples), "split": split})
+    return rows
+
+
+FUSION_COLUMNS = ("model", "sources", "psnr", "ssim", "sam", "tiles", "run")
+FUSION_HEADERS = ("model", "sources", "PSNR (dB)", "SSIM", "SAM (rad)", "test tiles", "run")
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str], headers: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], out_dir: str | Path, name: str, columns: Sequence[str],
+                headers: Sequence[str]) -> tuple[Path, Path]:
+    """Write ``<name>.csv`` and ``<name>.md`` into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown_table(rows, columns, headers), encoding="utf-8")
+    return csv_path, md_path
+
+
+SEG_COLUMNS = ("training_set", "miou", "accuracy", "miou_absent_as_zero", "classes_present", "tiles", "run")
+SEG_HEADERS = ("training set", "mIoU", "accuracy", "mIoU (absent = 0)", "classes present", "test tiles", "run")
+
+
+def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, archive: str | Path | None = None,
+                          split: str = "test", batch_size: int = 8, figure_tiles: int = 4,
+                          progress: bool = True) -> tuple[list[dict], list[Path]]:
+    """Table 3 rows (real test tiles only) and the figures: mIoU-vs-epoch curves (Figure 8), one
+    confusion matrix per run, and predictions side by side on test tiles (Figure 9)."""
+    from rsgee.train.figures import confusion_figure, curves, prediction_grid
+    from rsgee.train.metrics import SegmentationMetrics
+    from rsgee.train.segmentation import IGNORE, NUM_CLASSES, load_segmentation, predict, real_test_samples
+
+    out_dir = Path(out_dir)
+    rows, figures, shown, series = [], [], {}, {}
+    truth = reflectance = titles = None
+    classes = None
+    for run in runs:
+        info = read_run(run)
+        task = load_segmentation(run)
+        root = Archive(archive or info["archive"])
+        classes = classes or list(root.sources()["lulc"].classes)
+        samples = real_test_samples(root, split)
+        if not len(samples):
+            raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
+        metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
+        kept = []
+        for batch, predicted in tqdm(predict(task, samples, batch_size), desc=f"evaluate {Path(run).name}",
+                                     unit="batch", disable=not progress, file=sys.stderr):
+            metrics.update(predicted, batch["labels"])
+            kept.append((batch, predicted))
+        scores = metrics.compute()
+        label = f"{info['mix_label']} — {Path(run).name}"
+        rows.append({"training_set": info["mix_label"], "miou": round(float(scores["miou"]), 4),
+                     "accuracy": round(float(scores["accuracy"]), 4),
+                     "miou_absent_as_zero": round(float(scores["miou_absent_as_zero"]), 4),
+                     "classes_present": int(scores["n_classes_present"]), "tiles": len(samples), "run": str(run)})
+        figures.append(confusion_figure(out_dir / f"confusion_{Path(run).name}.png",
+                                        scores["confusion"].cpu().numpy(), classes, f"{label}: {split} split"))
+        series[label] = _val_miou_by_epoch(Path(run))
+        images = torch.cat([b["image"] for b, _ in kept])[:figure_tiles]
+        shown[label] = torch.cat([p for _, p in kept])[:figure_tiles].numpy()
+        if truth is None:
+            labels = torch.cat([b["labels"] for b, _ in kept])[:figure_tiles].numpy()
+            truth = np.where(labels == IGNORE, NUM_CLASSES, labels)
+            reflectance = images.numpy() * samples.std + samples.mean
+            titles = sum((b["tile_id"] for b, _ in kept), [])[:figure_tiles]
+    figures.append(curves(out_dir / "miou_curves.png", series, ylabel="val mIoU", title="mIoU during training"))
+    figures.append(prediction_grid(out_dir / "predictions.png", reflectance=reflectance, truth=truth,
+                                   predictions=shown, titles=titles, suptitle=f"RS-UNet predictions, {split} tiles"))
+    return rows, figures
+
+
+def _val_miou_by_epoch(run: Path) -> tuple[list[int], list[float]]:
+    from rsgee.train.trainer import read_metrics
+
+    points = {int(r["epoch"]): float(r["val/miou"]) for r in read_metrics(run) if r.get("val/miou")}
+    epochs = sorted(points)
+    return epochs, [points[e] for e in epochs]

@@ -1,0 +1,324 @@
+"""Segmentation training: RS-UNet on real Sentinel-2 tiles, or on a mix of real and generated ones.
+
+``--mix a:b`` composes every training epoch of real and generated (``ARCHIVE/gen/``) train tiles in
+exactly that ratio: with N real and G generated tiles, an epoch holds a·k real and b·k generated
+ones, k = min(N // a, G // b), drawn afresh (seeded) each epoch. ``1:0`` is the paper's "True Data"
+baseline, ``1:1`` its "Mix Data" (every real tile and its generated twin). Validation and test use
+real tiles only; generated tiles never enter them. Each tile is paired with its own land-cover map;
+pixels whose label is nodata (255) or whose real Sentinel-2 is nodata are ignored by the loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from rsgee.errors import RsgeeError
+from rsgee.models.factory import NUM_CLASSES, build_segmenter
+from rsgee.preprocess.archive import Archive
+from rsgee.preprocess.cache import open_split
+from rsgee.train.data import S2_SCALE, augment, crop
+from rsgee.train.generate import read_generated
+from rsgee.train.metrics import SegmentationMetrics
+from rsgee.train.trainer import checkpoint_of, keep_logs_for_resume, make_trainer, read_run, seed_everything, write_run
+
+IGNORE = 255
+
+
+def parse_mix(text: str) -> tuple[int, int]:
+    """'1:1' → (1, 1); a, b non-negative integers, not both zero."""
+    try:
+        a, b = (int(p) for p in text.split(":"))
+    except ValueError:
+        raise RsgeeError(f"--mix '{text}': expected REAL:GENERATED with whole numbers, e.g. 1:1 or 1:0") from None
+    if a < 0 or b < 0 or a + b == 0:
+        raise RsgeeError(f"--mix '{text}': use non-negative numbers, not both zero")
+    return a, b
+
+
+def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int) -> tuple[int, int]:
+    """How many real and generated tiles one epoch holds: (a·k, b·k) with the largest k available."""
+    a, b = mix
+    k = min(n_real // a if a else np.inf, n_generated // b if b else np.inf)
+    if not np.isfinite(k) or k < 1:
+        raise RsgeeError(f"--mix {a}:{b} needs at least {a} real and {b} generated train tiles; "
+                         f"there are {n_real} and {n_generated}")
+    return a * int(k), b * int(k)
+
+
+def image_stats(archive: Archive) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std of train-split reflectance (stats.json), for standardising images."""
+    stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))["sources"]["s2"]
+    bands = archive.sources()["s2"].band_names
+    mean = np.array([stats[b]["mean"] for b in bands], np.float32) / S2_SCALE
+    std = np.array([stats[b]["std"] for b in bands], np.float32) / S2_SCALE
+    return mean, np.maximum(std, 1e-6)
+
+
+class SegmentationSamples(Dataset):
+    """Real tiles of a split, optionally followed by the generated twins of the train tiles.
+
+    Index ``i < n_real`` is real tile i; ``n_real + j`` is the generated version of train tile j.
+    A sample is ``{"image": (4, H, W) standardised reflectance, "labels": (H, W) int64 (255 = ignore),
+    "generated": bool, "tile_id"}``.
+    """
+
+    def __init__(self, archive: Archive, split: str, mean: np.ndarray, std: np.ndarray, *,
+                 with_generated: bool = False, augment: bool = False, crop: int | None = None, seed: int = 0,
+                 progress: bool = False):
+        self.archive = archive
+        self.packed = open_split(archive, split, progress=progress)
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
+        self.generated_ids = list(self.packed.tile_ids) if with_generated else []
+        self.augment, self.crop, self.seed, self.epoch = augment, crop, seed, 0
+
+    @property
+    def n_real(self) -> int:
+        return len(self.packed)
+
+    def __len__(self) -> int:
+        return self.n_real + len(self.generated_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        real_index = i if i < self.n_real else i - self.n_real
+        raw = self.packed[real_index]
+        labels = raw["lulc"][0].astype(np.int64)
+        labels[labels >= NUM_CLASSES] = IGNORE
+        if i < self.n_real:
+            s2 = raw["s2"]
+            labels[(s2 == 0).any(axis=0)] = IGNORE  # no optical observation: nothing to learn from
+        else:
+            s2 = read_generated(self.archive, self.generated_ids[real_index])
+        image = (np.clip(s2.astype(np.float32) / S2_SCALE, 0, 1) - self.mean) / self.std
+        sample = {"cond": {}, "target": torch.from_numpy(image.astype(np.float32)),
+                  "labels": torch.from_numpy(labels)[None], "generated": i >= self.n_real,
+                  "tile_id": self.packed.tile_ids[real_index]}
+        if self.augment:
+            digest = hashlib.sha256(f"seg:{self.seed}:{self.epoch}:{i}".encode()).digest()
+            sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
+            if self.crop and self.crop < image.shape[-1]:
+                room = image.shape[-1] - self.crop
+                sample = crop(sample, int.from_bytes(digest[2:4], "big") % (room + 1),
+                              int.from_bytes(digest[4:6], "big") % (room + 1), self.crop)
+        return {"image": sample["target"], "labels": sample["labels"][0], "generated": sample["generated"],
+                "tile_id": sample["tile_id"]}
+
+
+class MixSampler(Sampler[int]):
+    """Each epoch: a·k real and b·k generated indices, chosen and shuffled with a per-epoch seed."""
+
+    def __init__(self, n_real: int, n_generated: int, mix: tuple[int, int], seed: int = 0):
+        self.n_real, self.n_generated, self.mix, self.seed = n_real, n_generated, mix, seed
+        self.real_count, self.generated_count = epoch_counts(mix, n_real, n_generated)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.real_count + self.generated_count
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(f"mix:{self.seed}:{self.epoch}")
+        real = rng.sample(range(self.n_real), self.real_count)
+        generated = [self.n_real + j for j in rng.sample(range(self.n_generated), self.generated_count)]
+        order = real + generated
+        rng.shuffle(order)
+        return iter(order)
+
+
+def collate_segmentation(samples: list[dict]) -> dict:
+    return {"image": torch.stack([s["image"] for s in samples]), "labels": torch.stack([s["labels"] for s in samples]),
+            "generated": torch.tensor([s["generated"] for s in samples]), "tile_id": [s["tile_id"] for s in samples]}
+
+
+@dataclass
+class SegmentationConfig:
+    """Everything that defines a segmentation run (stored in run.json)."""
+
+    mix: tuple[int, int] = (1, 0)
+    size: str = "small"
+    batch_size: int = 8
+    epochs: int = 50
+    steps_per_epoch: int | None = None
+    crop: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.mix = tuple(int(v) for v in self.mix)
+
+    @property
+    def mix_label(self) -> str:
+        a, b = self.mix
+        return "real only (True Data)" if b == 0 else ("generated only" if a == 0 else f"real:generated {a}:{b}")
+
+
+class SegmentationTask(L.LightningModule):
+    """RS-UNet with cross-entropy (255 ignored), Adam, and dataset-level mIoU / accuracy."""
+
+    def __init__(self, config: dict, in_channels: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = SegmentationConfig(**{k: v for k, v in config.items() if k in SegmentationConfig.__dataclass_fields__})
+        self.model = build_segmenter("rs-unet", in_channels, NUM_CLASSES, self.config.size)
+        self.val_metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
+        self.test_metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        self.log("train/generated_share", batch["generated"].float().mean(), on_step=False, on_epoch=True,
+                 batch_size=len(logits))
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        for thing in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+            if hasattr(thing, "set_epoch"):
+                thing.set_epoch(self.current_epoch)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        self.log("val/loss", F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE), batch_size=len(logits))
+        self.val_metrics.update(logits.argmax(1), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.log_dict({"val/miou": scores["miou"], "val/accuracy": scores["accuracy"]}, prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_metrics.update(self(batch["image"]).argmax(1), batch["labels"])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+
+class SegmentationData(L.LightningDataModule):
+    """Mixed training set (MixSampler), real-only validation and test sets."""
+
+    def __init__(self, archive: str | Path, config: SegmentationConfig, progress: bool = True):
+        super().__init__()
+        self.archive, self.config, self.progress = Archive(archive), config, progress
+        self.splits: dict[str, SegmentationSamples] = {}
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val", "test"):
+            open_split(self.archive, split, progress=self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.config
+        mean, std = image_stats(self.archive)
+        needs_generated = c.mix[1] > 0
+        if needs_generated:
+            check_generated(self.archive)
+        if not self.splits:
+            self.splits["train"] = SegmentationSamples(self.archive, "train", mean, std, with_generated=needs_generated,
+                                                       augment=True, crop=c.crop, seed=c.seed)
+            for split in ("val", "test"):
+                self.splits[split] = SegmentationSamples(self.archive, split, mean, std)
+        if not len(self.splits["val"]):
+            raise RsgeeError(f"{self.archive.root}: the val split has no tiles; add AOIs or change the split when tiling")
+        train = self.splits["train"]
+        self.sampler = MixSampler(train.n_real, len(train.generated_ids), c.mix, c.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["train"], batch_size=self.config.batch_size, sampler=self.sampler,
+                          num_workers=self.config.num_workers, collate_fn=collate_segmentation, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["val"], batch_size=self.config.batch_size, collate_fn=collate_segmentation)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.splits["test"], batch_size=self.config.batch_size, collate_fn=collate_segmentation)
+
+
+def check_generated(archive: Archive) -> dict:
+    """The generation record, after checking every train tile has its generated twin."""
+    if not archive.generated_meta_path.exists():
+        raise RsgeeError(f"{archive.root}/gen is missing: this --mix needs generated tiles; run "
+                         f"`rsgee generate RUN {archive.root}` with a trained fusion run first")
+    missing = [t["tile_id"] for t in archive.tiles("train") if not archive.generated_path(t["tile_id"]).exists()]
+    if missing:
+        raise RsgeeError(f"{len(missing)} train tile(s) have no generated twin in {archive.generated_dir} "
+                         f"(e.g. {missing[0]}); re-run `rsgee generate`")
+    return json.loads(archive.generated_meta_path.read_text(encoding="utf-8"))
+
+
+def train_segmentation(archive: str | Path, run_dir: str | Path, config: SegmentationConfig, *, resume: bool = False,
+                       accelerator: str = "auto", devices: int | str = "auto", precision: str | None = None,
+                       progress: bool = True) -> Path:
+    """Train (or resume) RS-UNet on the archive with the configured real:generated mix."""
+    run_dir, archive = Path(run_dir), Archive(archive)
+    archive.read_meta()
+    ckpt = None
+    if resume:
+        stored = read_run(run_dir)["config"]
+        changed = [k for k, v in asdict(config).items() if k not in ("epochs", "num_workers") and
+                   (list(stored[k]) if isinstance(v, tuple) else stored[k]) != (list(v) if isinstance(v, tuple) else v)]
+        if changed:
+            raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
+                             "options (only --epochs and --workers may change) or use another --out")
+        ckpt = checkpoint_of(run_dir, "last")
+        keep_logs_for_resume(run_dir)
+    elif (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise RsgeeError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+    seed_everything(config.seed)
+    data = SegmentationData(archive.root, config, progress=progress)
+    data.prepare_data()
+    data.setup("fit")
+    generated = check_generated(archive) if config.mix[1] else None
+    write_run(run_dir, {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
+                        "mix_label": config.mix_label, "generated_by": generated,
+                        "epoch_tiles": {"real": data.sampler.real_count, "generated": data.sampler.generated_count}})
+    task = SegmentationTask(asdict(config), in_channels=len(archive.sources()["s2"].bands))
+    trainer = make_trainer(run_dir, max_epochs=config.epochs, limit_train_batches=config.steps_per_epoch,
+                           monitor="val/miou", mode="max", accelerator=accelerator, devices=devices,
+                           precision=precision, progress=progress)
+    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    info = read_run(run_dir)
+    best = trainer.checkpoint_callback.best_model_path
+    info.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
+                epochs_done=int(trainer.current_epoch))
+    write_run(run_dir, info)
+    return run_dir
+
+
+def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationTask:
+    info = read_run(run_dir)
+    if info.get("kind") != "segmentation":
+        raise RsgeeError(f"{run_dir} is not a segmentation run")
+    return SegmentationTask.load_from_checkpoint(checkpoint_of(run_dir, which), map_location="cpu").eval()
+
+
+def real_test_samples(archive: Archive, split: str = "test") -> SegmentationSamples:
+    mean, std = image_stats(archive)
+    return SegmentationSamples(archive, split, mean, std)
+
+
+def predict(task: SegmentationTask, samples: SegmentationSamples, batch_size: int = 8) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(batch, predicted classes) over a dataset, in order."""
+    for batch in DataLoader(samples, batch_size=batch_size, collate_fn=collate_segmentation):
+        with torch.no_grad():
+            yield batch, task(batch["image"]).argmax(1)
+

@@ -1,0 +1,88 @@
+"""Model inputs from the archive: normalisation values, aspect-aware augmentation, the data module."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from rsgee.errors import RsgeeError
+from rsgee.preprocess.terrain import terrain
+from rsgee.train.data import (
+    augment,
+    dihedral,
+    lulc_to_model,
+    model_to_reflectance,
+    parse_sources,
+    reflectance_to_s2,
+    s1_to_model,
+    s2_to_model,
+    terrain_to_model,
+)
+
+
+def test_s2_normalisation_round_trips_and_masks_nodata():
+    s2 = np.array([[[0, 5000, 10000, 12000]], [[0, 100, 2000, 1]], [[0, 1, 1, 1]], [[0, 9999, 3, 4]]], dtype=np.uint16)
+    x, valid = s2_to_model(s2)
+    assert valid.tolist() == [[[False, True, True, True]]]
+    assert x[0, 0].tolist() == pytest.approx([-1.0, 0.0, 1.0, 1.0])  # 12000 is clipped to reflectance 1
+    back = reflectance_to_s2(model_to_reflectance(torch.from_numpy(x)).numpy())
+    assert back[0, 0, 1] == 5000 and back[0, 0, 2] == 10000 and back.min() >= 1  # never the nodata value 0
+
+
+def test_s1_ranges_per_band():
+    db = np.array([[[-30.0, -25.0, -12.5, 0.0, 3.0, np.nan]], [[-40.0, -32.5, -16.25, 0.0, 1.0, np.nan]]], np.float32)
+    out = s1_to_model(db, ["VV", "VH"])
+    assert out[0, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0, 0.0])
+    assert out[1, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0, 0.0])
+
+
+def test_lulc_one_hot_with_dont_care():
+    labels = np.array([[[0, 8, 255, 3]]], dtype=np.uint8)
+    onehot = lulc_to_model(labels)
+    assert onehot.shape == (10, 1, 4) and (onehot.sum(axis=0) == 1).all()
+    assert onehot[:, 0].argmax(axis=0).tolist() == [0, 8, 9, 3]
+
+
+def test_terrain_channels():
+    t = np.array([[[100.0, 300.0]], [[45.0, 0.0]], [[90.0, -1.0]], [[200.0, 181.0]]], np.float32)
+    out = terrain_to_model(t, dem_mean=200.0, dem_std=100.0)
+    assert out[:, 0, 0].tolist() == pytest.approx([-1.0, 0.5, 1.0, 0.0, 200 / 255], abs=1e-6)  # east-facing
+    assert out[:, 0, 1].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0, 181 / 255], abs=1e-6)  # flat: no direction
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_augmentation_moves_aspect_with_the_pixels(k, flip):
+    """Terrain of the transformed DEM equals the transformed terrain: aspect turns with the raster."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    dem = (300 + 3 * xx - 2 * yy + 5 * np.sin(xx / 5) * np.cos(yy / 7) + rng.normal(0, 0.1, (64, 64))).astype(np.float32)
+
+    def channels(d):
+        t = terrain(d, 10.0, 10.0)
+        return torch.from_numpy(terrain_to_model(np.stack([d, t.slope, t.aspect, t.hillshade]), 300.0, 50.0))
+
+    sample = {"cond": {"terrain": channels(dem)}, "target": torch.zeros(4, 64, 64), "valid": torch.ones(1, 64, 64)}
+    moved = augment(sample, k, flip)["cond"]["terrain"]
+    turned = torch.from_numpy(dem.copy())
+    expected = channels(dihedral(turned[None], k, flip)[0].numpy().copy())
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    torch.testing.assert_close(moved[0:4][inner], expected[0:4][inner], atol=2e-4, rtol=0)
+
+
+def test_dihedral_is_the_same_for_every_source():
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    sample = {"cond": {"s1": x.clone(), "lulc": x.clone()}, "target": x.clone(), "valid": x > 3}
+    out = augment(sample, 1, True)
+    assert torch.equal(out["cond"]["s1"], out["cond"]["lulc"]) and torch.equal(out["cond"]["s1"], out["target"])
+    assert torch.equal(out["valid"], out["target"] > 3)
+
+
+def test_parse_sources():
+    assert parse_sources("lulc,s1,dem") == ("lulc", "s1", "terrain")
+    assert parse_sources("dem,lulc") == ("lulc", "terrain")
+    with pytest.raises(RsgeeError, match="non-empty subset of lulc, s1, dem"):
+        parse_sources("lulc,optical")

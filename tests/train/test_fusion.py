@@ -1,0 +1,146 @@
+"""Fusion training end to end on CPU: smoke runs of both models, an overfit, resume, generate, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rsgee.errors import RsgeeError
+from rsgee.grid import Tile
+from rsgee.train.data import FusionData, collate
+from rsgee.train.evaluate import evaluate_fusion
+from rsgee.train.fusion import FusionConfig, FusionTask, load_fusion, train_fusion
+from rsgee.train.generate import generate
+from rsgee.train.trainer import read_metrics, read_run
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(**overrides) -> FusionConfig:
+    settings = dict(size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64, seed=0)
+    settings.update(overrides)
+    return FusionConfig(**settings)
+
+
+def metric_rows(run) -> list[dict]:
+    return read_metrics(run)
+
+
+@pytest.fixture(scope="module")
+def spade_run(small_archive, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "spade"
+    train_fusion(small_archive.root, run, tiny(), progress=False)
+    return run
+
+
+def test_rs_spade_smoke_run_writes_a_complete_run(spade_run):
+    info = read_run(spade_run)
+    assert info["kind"] == "fusion" and info["config"]["model"] == "rs-spade" and info["global_step"] == 4
+    assert info["config"]["betas"] == [0.0, 0.999] and info["config"]["lr_g"] == 1e-4 and info["config"]["lr_d"] == 4e-4
+    rows = metric_rows(spade_run)
+    losses = [float(r["train/g_loss_step"]) for r in rows if r.get("train/g_loss_step")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    val = [r for r in rows if r.get("val/psnr")]
+    assert len(val) == 1 and all(np.isfinite(float(val[0][k])) for k in ("val/psnr", "val/ssim", "val/sam"))
+    assert (spade_run / "checkpoints" / "last.ckpt").exists() and (spade_run / "val" / "epoch_0000.png").exists()
+    assert info["normalisation"]["s1_bands"] == ["VV", "VH"]
+
+
+@pytest.mark.parametrize("model, sources", [("pix2pix", ("lulc", "s1", "terrain")), ("rs-spade", ("lulc",)),
+                                             ("rs-spade", ("s1", "terrain"))])
+def test_baseline_and_ablations_train(small_archive, tmp_path, model, sources):
+    run = train_fusion(small_archive.root, tmp_path / "run", tiny(model=model, sources=sources), progress=False)
+    task = load_fusion(run)
+    assert task.config.sources == sources
+    if model == "pix2pix":
+        assert task.config.gan_loss == "vanilla" and task.config.l1_weight == 100.0 and task.config.betas == (0.5, 0.999)
+    assert all(np.isfinite(float(r["train/g_loss_step"])) for r in metric_rows(run) if r.get("train/g_loss_step"))
+
+
+def test_generator_l1_falls_when_overfitting_one_batch(small_archive):
+    torch.manual_seed(0)
+    data = FusionData(small_archive.root, ("lulc", "s1", "terrain"), batch_size=2, crop=64, progress=False)
+    data.prepare_data()
+    data.setup()
+    batch = collate([data.splits["train"][0], data.splits["train"][1]])
+    task = FusionTask(FusionConfig(size="tiny", l1_weight=100.0).__dict__, data.norm)
+    optimiser = torch.optim.Adam(task.generator.parameters(), lr=2e-3)
+    from rsgee.models.losses import masked_l1_loss
+
+    values = []
+    for _ in range(40):
+        loss = masked_l1_loss(task(batch["cond"]), batch["target"], batch["valid"])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        values.append(loss.item())
+    assert values[-1] < 0.5 * values[0], values[::8]
+
+
+def test_resume_continues_from_the_checkpoint(small_archive, tmp_path):
+    run = tmp_path / "run"
+    train_fusion(small_archive.root, run, tiny(), progress=False)
+    first = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert first["global_step"] == 4 and first["epoch"] == 0
+    with pytest.raises(RsgeeError, match="already holds a trained run; pass --resume"):
+        train_fusion(small_archive.root, run, tiny(), progress=False)
+    with pytest.raises(RsgeeError, match=r"other settings \(l1_weight\)"):
+        train_fusion(small_archive.root, run, tiny(epochs=2, l1_weight=1.0), resume=True, progress=False)
+    train_fusion(small_archive.root, run, tiny(epochs=2), resume=True, progress=False)
+    second = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert second["global_step"] == 8 and second["epoch"] == 1
+    epochs = {r["epoch"] for r in metric_rows(run) if r.get("train/g_loss_step")}
+    assert epochs == {"0", "1"}
+
+
+def test_generate_writes_georeferenced_pseudo_s2_and_skips_done(spade_run, small_archive, tmp_path):
+    import shutil
+
+    archive_copy = tmp_path / "archive"
+    shutil.copytree(small_archive.root, archive_copy)
+    summary = generate(spade_run, archive_copy, progress=False)
+    assert summary.written == 6 and summary.skipped == 0
+    for tile_id in [t["tile_id"] for t in small_archive.tiles()]:
+        with rasterio.open(archive_copy / "gen" / f"{tile_id}.tif") as gen, \
+             rasterio.open(archive_copy / "s2" / f"{tile_id}.tif") as real:
+            assert gen.crs == real.crs and gen.transform == real.transform == Tile.from_id(tile_id).transform
+            assert gen.dtypes == real.dtypes == ("uint16",) * 4 and gen.nodata == 0
+            values = gen.read()
+            assert values.min() >= 1 and values.max() <= 10000
+            assert gen.tags()["RSGEE_GENERATED_BY"] == str(spade_run.resolve())
+    record = json.loads((archive_copy / "gen" / "generated.json").read_text())
+    assert record["model"] == "rs-spade" and record["sources"] == "lulc+s1+dem"
+    again = generate(spade_run, archive_copy, progress=False)
+    assert again.written == 0 and again.skipped == 6
+    other = tmp_path / "other"
+    train_fusion(small_archive.root, other, tiny(sources=("lulc",)), progress=False)
+    with pytest.raises(RsgeeError, match="pass --overwrite"):
+        generate(other, archive_copy, progress=False)
+    assert generate(other, archive_copy, overwrite=True, progress=False).written == 6
+
+
+def test_evaluate_on_the_test_split(spade_run):
+    (row,) = evaluate_fusion([spade_run], progress=False)
+    assert row["model"] == "rs-spade" and row["sources"] == "lulc+s1+dem" and row["tiles"] == 1
+    assert 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and 0 <= row["sam"] <= np.pi / 2
+
+
+def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):
+    from rsgee.cli import main
+
+    run = tmp_path / "cli-run"
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(run), "--size", "tiny", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--crop", "64", "--sources", "lulc,dem", "--no-progress"])
+    assert code == 0 and "trained rs-spade (lulc,dem)" in capsys.readouterr().out
+    code = main(["evaluate", "fusion", str(run), "--out", str(tmp_path / "eval"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "| rs-spade | lulc+dem |" in out
+    assert (tmp_path / "eval" / "fusion_table.csv").read_text().startswith("model,sources,psnr,ssim,sam")
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "x"), "--sources", "optical"])
+    assert code == 1 and "non-empty subset of lulc, s1, dem" in capsys.readouterr().err
+    code = main(["evaluate", "fusion", str(tmp_path / "nothing")])
+    assert code == 1 and "is not an rsgee run" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""RS-UNet training: exact real:generated mixing, real-only evaluation, resume, evaluate seg figures."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rsgee.errors import RsgeeError
+from rsgee.train.evaluate import evaluate_segmentation
+from rsgee.train.fusion import FusionConfig, train_fusion
+from rsgee.train.generate import generate
+from rsgee.train.segmentation import (
+    MixSampler,
+    SegmentationConfig,
+    SegmentationData,
+    epoch_counts,
+    parse_mix,
+    train_segmentation,
+)
+from rsgee.train.trainer import read_metrics, read_run
+
+
+@pytest.mark.parametrize("mix, n_real, n_gen, expected", [
+    ((1, 0), 44, 0, (44, 0)), ((1, 1), 44, 44, (44, 44)), ((2, 1), 44, 44, (44, 22)), ((1, 2), 44, 44, (22, 44)),
+    ((3, 2), 10, 10, (15 // 5 * 3, 15 // 5 * 2)), ((0, 1), 44, 44, (0, 44)),
+])
+def test_epoch_counts_honour_the_ratio_exactly(mix, n_real, n_gen, expected):
+    real, gen = epoch_counts(mix, n_real, n_gen)
+    assert (real, gen) == (mix[0] * min(n_real // mix[0] if mix[0] else 10**9, n_gen // mix[1] if mix[1] else 10**9),
+                           mix[1] * min(n_real // mix[0] if mix[0] else 10**9, n_gen // mix[1] if mix[1] else 10**9))
+    assert real * mix[1] == gen * mix[0]
+
+
+def test_mix_sampler_draws_a_b_per_epoch_and_changes_with_the_epoch():
+    sampler = MixSampler(n_real=10, n_generated=10, mix=(2, 1), seed=3)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 15 and len(set(first)) == 15
+    assert sum(i < 10 for i in first) == 10 and sum(i >= 10 for i in first) == 5
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) != sorted(first) or second != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # seeded
+
+
+@pytest.mark.parametrize("text", ["1", "a:b", "-1:1", "0:0"])
+def test_bad_mixes(text):
+    with pytest.raises(RsgeeError, match="--mix"):
+        parse_mix(text)
+
+
+@pytest.fixture(scope="module")
+def generated_archive(small_archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    shutil.copytree(small_archive.root, root / "archive")
+    fusion = train_fusion(root / "archive", root / "fusion", FusionConfig(size="tiny", batch_size=2, epochs=1,
+                                                                          steps_per_epoch=1, crop=64), progress=False)
+    generate(fusion, root / "archive", progress=False)
+    return root
+
+
+def tiny(mix=(1, 1), **overrides) -> SegmentationConfig:
+    return SegmentationConfig(**{**dict(mix=mix, size="tiny", batch_size=2, epochs=2, steps_per_epoch=None, crop=64),
+                                 **overrides})
+
+
+def test_training_mixes_generated_tiles_but_validation_and_test_are_real(generated_archive):
+    data = SegmentationData(generated_archive / "archive", tiny(), progress=False)
+    data.prepare_data()
+    data.setup()
+    train = data.splits["train"]
+    assert train.n_real == 4 and len(train.generated_ids) == 4
+    seen = Counter()
+    for batch in data.train_dataloader():
+        seen.update(batch["generated"].tolist())
+    assert seen == {False: 4, True: 4}
+    for split in ("val", "test"):
+        flags = [flag for batch in getattr(data, f"{split}_dataloader")() for flag in batch["generated"].tolist()]
+        assert flags and not any(flags) and len(data.splits[split].generated_ids) == 0
+    real, twin = train[0], train[4]  # a train tile and its generated twin: same land cover, another image
+    assert real["tile_id"] == twin["tile_id"]
+    assert not np.allclose(real["image"].numpy(), twin["image"].numpy())
+
+
+def test_train_seg_runs_logs_miou_and_resumes(generated_archive, tmp_path):
+    run = train_segmentation(generated_archive / "archive", tmp_path / "mix", tiny(), progress=False)
+    info = read_run(run)
+    assert info["mix_label"] == "real:generated 1:1" and info["epoch_tiles"] == {"real": 4, "generated": 4}
+    assert info["generated_by"]["model"] == "rs-spade"
+    rows = [r for r in read_metrics(run) if r.get("val/miou")]
+    assert len(rows) == 2 and all(0 <= float(r["val/miou"]) <= 1 for r in rows)
+    share = [float(r["train/generated_share"]) for r in read_metrics(run) if r.get("train/generated_share")]
+    assert share == [0.5, 0.5]
+    train_segmentation(generated_archive / "archive", run, tiny(epochs=3), resume=True, progress=False)
+    epochs = sorted({int(r["epoch"]) for r in read_metrics(run) if r.get("val/miou")})
+    assert epochs == [0, 1, 2]
+
+
+def test_a_mix_without_generated_tiles_says_to_run_generate(small_archive, tmp_path):
+    with pytest.raises(RsgeeError, match="rsgee generate"):
+        train_segmentation(small_archive.root, tmp_path / "run", tiny(), progress=False)
+
+
+def test_evaluate_seg_table_and_figures(generated_archive, tmp_path):
+    real = train_segmentation(generated_archive / "archive", tmp_path / "real", tiny(mix=(1, 0)), progress=False)
+    mixed = train_segmentation(generated_archive / "archive", tmp_path / "mixed", tiny(), progress=False)
+    rows, figures = evaluate_segmentation([real, mixed], tmp_path / "eval", progress=False)
+    assert [r["training_set"] for r in rows] == ["real only (True Data)", "real:generated 1:1"]
+    assert all(0 <= r["miou"] <= 1 and 0 <= r["accuracy"] <= 1 and r["tiles"] == 1 for r in rows)
+    names = sorted(p.name for p in figures)
+    assert names == ["confusion_mixed.png", "confusion_real.png", "miou_curves.png", "predictions.png"]
+    assert all(p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
