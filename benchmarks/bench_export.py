@@ -30,8 +30,11 @@ from rsgee.catalog import load_catalog
 from rsgee.grid import TILE_M
 
 
-def serve(latency: float, cap: int, queue) -> None:
+def serve(latency: float, cap: int, queue, cpus: set[int] | None) -> None:
     from rsgee.acquire.earthengine.fake import FakeEarthEngine
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     with FakeEarthEngine(latency=latency, max_concurrent=cap) as fake:
         queue.put(fake.url)
@@ -65,13 +68,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per request at the fake server")
     parser.add_argument("--cap", type=int, default=40, help="concurrent requests allowed (and client workers)")
     parser.add_argument("--tiles-per-side", type=int, default=10)
+    parser.add_argument("--shared-cores", action="store_true", help="let client and fake share all cores")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"earthengine-api {ee.__version__}")
     queue = mp.get_context("spawn").Queue()
-    server = mp.get_context("spawn").Process(target=serve, args=(args.latency, args.cap, queue), daemon=True)
+    cores = sorted(os.sched_getaffinity(0))
+    split = len(cores) >= 2 and not args.shared_cores  # the fake on its own core(s), as a remote server would be
+    server_cpus = set(cores[len(cores) // 2:]) if split else None
+    server = mp.get_context("spawn").Process(target=serve, args=(args.latency, args.cap, queue, server_cpus),
+                                             daemon=True)
     server.start()
     url = queue.get(timeout=60)
+    if split:
+        os.sched_setaffinity(0, set(cores[: len(cores) // 2]))
+        print(f"client on cores {cores[: len(cores) // 2]}, fake server on {sorted(server_cpus)}")
     work = Path(tempfile.mkdtemp(prefix="rsgee-bench-export-"))
     catalog = load_catalog()
     aois = parse_aois([aoi_of(args.tiles_per_side)])

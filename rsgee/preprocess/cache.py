@@ -113,7 +113,13 @@ class PackedSplit:
         return self._arrays
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {s: np.array(a[i]) for s, a in self._open().items()}
+        return self.read(i)
+
+    def read(self, i: int, sources=None, window: tuple[slice, slice] | None = None) -> dict[str, np.ndarray]:
+        """Copies of sample ``i`` — only ``sources`` (default all), only ``window`` (rows, cols) if given."""
+        rows, cols = window or (slice(None), slice(None))
+        arrays = self._open()
+        return {s: np.array(arrays[s][i, :, rows, cols]) for s in (sources or self.sources)}
 
     def __getstate__(self) -> dict:  # pickles without open memory maps
         return dict(self.__dict__, _arrays=None)

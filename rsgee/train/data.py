@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsgee.errors import RsgeeError
+from rsgee.grid import TILE_PX
 from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import PackedSplit, open_split
@@ -184,7 +185,16 @@ class FusionSamples(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, i: int) -> dict:
-        raw = self.packed[i]
+        # crop first, then normalise only the pixels and sources used (random crops commute with the
+        # dihedral transforms, so drawing the window before rotating changes nothing but the cost)
+        digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{i}".encode()).digest() if self.augment else b""
+        window = None
+        if self.augment and self.crop and self.crop < TILE_PX:
+            room = TILE_PX - self.crop
+            row = int.from_bytes(digest[2:4], "big") % (room + 1)
+            col = int.from_bytes(digest[4:6], "big") % (room + 1)
+            window = (slice(row, row + self.crop), slice(col, col + self.crop))
+        raw = self.packed.read(i, ("s2", *self.sources), window)
         target, valid = s2_to_model(raw["s2"])
         cond = {}
         if "lulc" in self.sources:
@@ -197,13 +207,7 @@ class FusionSamples(Dataset):
         sample = {"cond": cond, "target": torch.from_numpy(target), "valid": torch.from_numpy(valid),
                   "index": i, "tile_id": self.packed.tile_ids[i]}
         if self.augment:
-            digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{i}".encode()).digest()
             sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
-            if self.crop and self.crop < sample["target"].shape[-1]:
-                room = sample["target"].shape[-1] - self.crop
-                row = int.from_bytes(digest[2:4], "big") % (room + 1)
-                col = int.from_bytes(digest[4:6], "big") % (room + 1)
-                sample = crop(sample, row, col, self.crop)
         return sample
 
 
