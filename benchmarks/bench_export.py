@@ -98,8 +98,8 @@ def main() -> None:
     ideal = args.cap / args.latency
     achieved = source.downloaded / source.download_wall
     print(f"\n{result.line()}")
-    print(f"\n| blocks | latency | cap = workers | ideal blocks/s | achieved blocks/s | ratio (goal ≥ 0.9) | "
-          f"client CPU per block | peak in flight | 429s |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| blocks | latency | cap = workers | ideal blocks/s | achieved blocks/s | ratio (goal ≥ 0.9) | "
+          "client CPU per block | peak in flight | 429s |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {source.downloaded} | {args.latency * 1000:.0f} ms | {args.cap} | {ideal:.0f} | {achieved:.1f} | "
           f"{achieved / ideal:.2f} | {source.download_cpu / source.downloaded * 1000:.1f} ms | {peak} | {throttled} |")
     print(f"\ndownload phase {source.download_wall:.2f} s; whole export incl. GeoTIFF assembly {total:.2f} s")

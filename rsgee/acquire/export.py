@@ -31,7 +31,7 @@ from rsgee.acquire.aoi import AOI
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import RasterGrid, open_for_writing, write_json_atomic
-from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
+from rsgee.grid import TILE_PX, Grid, Tile
 
 MANIFEST = "manifest.json"
 WORKDIR = ".partial"
@@ -123,7 +123,6 @@ def export_aoi(
     if overwrite and existing is not None and not _same_request(existing, manifest):
         shutil.rmtree(folder / WORKDIR, ignore_errors=True)  # blocks of another request
     (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
-    raster = RasterGrid(grid.crs, grid.transform, grid.width, grid.height)
     with ExitStack() as stack:
         writers: dict[str, object] = {}
 

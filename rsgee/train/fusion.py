@@ -25,11 +25,9 @@ from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance, parse_sources
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import checkpoint_of, keep_logs_for_resume, make_trainer, read_run, seed_everything, write_run
+from rsgee.train.trainer import checkpoint_of, finish_run, make_trainer, read_run, seed_everything, start_run, write_run
 
 MODELS = ("rs-spade", "pix2pix")
-#: Settings a resumed run may change: train longer, read with more workers.
-RESUMABLE_CHANGES = ("epochs", "num_workers")
 #: Per-model optimiser and loss defaults (paper / pix2pix reference settings).
 DEFAULTS = {
     "rs-spade": {"gan_loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "l1_weight": 10.0,
@@ -198,17 +196,7 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     run_dir = Path(run_dir)
     archive = Archive(archive)
     archive.read_meta()
-    ckpt = None
-    if resume:
-        stored = asdict(FusionConfig.from_dict(read_run(run_dir)["config"]))
-        changed = [k for k, v in asdict(config).items() if stored[k] != v and k not in RESUMABLE_CHANGES]
-        if changed:
-            raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
-                             "options (only --epochs and --workers may change) or use another --out")
-        ckpt = checkpoint_of(run_dir, "last")
-        keep_logs_for_resume(run_dir)
-    elif (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise RsgeeError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+    ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = FusionData(archive.root, config.sources, batch_size=config.batch_size, num_workers=config.num_workers,
                       crop=config.crop, seed=config.seed, progress=progress)
@@ -221,12 +209,7 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
                            monitor="val/psnr", mode="max", accelerator=accelerator, devices=devices,
                            precision=precision, progress=progress)
     trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    best = trainer.checkpoint_callback.best_model_path
-    info = read_run(run_dir)
-    info.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
-                epochs_done=int(trainer.current_epoch))
-    write_run(run_dir, info)
-    return run_dir
+    return finish_run(run_dir, trainer)
 
 
 def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "cpu") -> FusionTask:

@@ -30,7 +30,7 @@ from rsgee.preprocess.cache import open_split
 from rsgee.train.data import S2_SCALE, augment, crop
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
-from rsgee.train.trainer import checkpoint_of, keep_logs_for_resume, make_trainer, read_run, seed_everything, write_run
+from rsgee.train.trainer import checkpoint_of, finish_run, make_trainer, read_run, seed_everything, start_run, write_run
 
 IGNORE = 255
 
@@ -271,18 +271,7 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     """Train (or resume) RS-UNet on the archive with the configured real:generated mix."""
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
-    ckpt = None
-    if resume:
-        stored = read_run(run_dir)["config"]
-        changed = [k for k, v in asdict(config).items() if k not in ("epochs", "num_workers") and
-                   (list(stored[k]) if isinstance(v, tuple) else stored[k]) != (list(v) if isinstance(v, tuple) else v)]
-        if changed:
-            raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
-                             "options (only --epochs and --workers may change) or use another --out")
-        ckpt = checkpoint_of(run_dir, "last")
-        keep_logs_for_resume(run_dir)
-    elif (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise RsgeeError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+    ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = SegmentationData(archive.root, config, progress=progress)
     data.prepare_data()
@@ -296,12 +285,7 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
                            monitor="val/miou", mode="max", accelerator=accelerator, devices=devices,
                            precision=precision, progress=progress)
     trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    info = read_run(run_dir)
-    best = trainer.checkpoint_callback.best_model_path
-    info.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
-                epochs_done=int(trainer.current_epoch))
-    write_run(run_dir, info)
-    return run_dir
+    return finish_run(run_dir, trainer)
 
 
 def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationTask:

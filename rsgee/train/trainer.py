@@ -115,3 +115,34 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             with open(path, encoding="utf-8") as handle:
                 rows.extend(csv.DictReader(handle))
     return rows
+
+
+#: Settings a resumed run may change: train longer, read with more workers.
+RESUMABLE_CHANGES = ("epochs", "num_workers")
+
+
+def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
+    """Check that a run may start (or resume) in ``run_dir``; returns the checkpoint to resume from."""
+    if resume:
+        stored = read_run(run_dir)["config"]
+        fresh = json.loads(json.dumps(config))  # tuples → lists, as stored
+        changed = [k for k, v in fresh.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES]
+        if changed:
+            raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
+                             "options (only --epochs and --workers may change) or use another --out")
+        ckpt = checkpoint_of(run_dir, "last")
+        keep_logs_for_resume(run_dir)
+        return ckpt
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise RsgeeError(f"{run_dir} already holds a trained run; pass --resume to continue it or choose another --out")
+    return None
+
+
+def finish_run(run_dir: Path, trainer: L.Trainer) -> Path:
+    """Record the best checkpoint and how far training got in run.json."""
+    info = read_run(run_dir)
+    best = trainer.checkpoint_callback.best_model_path
+    info.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
+                epochs_done=int(trainer.current_epoch))
+    write_run(run_dir, info)
+    return run_dir
