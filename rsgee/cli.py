@@ -308,20 +308,32 @@ training_options = [
                       "smoke tests and the demo."),
     click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True, help="Training epochs."),
     click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
-                 help="Batches per epoch.  [default: the whole train split]"),
+                 help="Batches per epoch on each device.  [default: the device's share of the train split]"),
     click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-                 help="Samples per batch (per device)."),
+                 help="Samples per batch on each device: an optimiser step sees batch size × devices × nodes."),
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed of weights, shuffling and augmentation."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="DataLoader worker processes (0 reads the packed cache in-process, the fastest on CPU)."),
-    click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+    click.option("--resume", is_flag=True,
+                 help="Continue the run in --out from checkpoints/last.ckpt (the last completed epoch or step)."),
     click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
                  help="Where to train; auto uses CUDA when present."),
     click.option("--devices", default="auto", show_default=True,
-                 help="Number of devices; more than one CUDA device trains with DDP."),
+                 help="Devices (processes) per node; more than one trains data-parallel (DDP: NCCL on CUDA, gloo on "
+                      "CPU).  [auto: every visible GPU, 1 CPU process, or what torchrun/srun started]"),
+    click.option("--num-nodes", default="auto", show_default=True,
+                 help="Machines taking part (each runs the same command; see README).  [auto: 1, or what "
+                      "torchrun/srun started]"),
     click.option("--precision", type=click.Choice(["32-true", "16-mixed", "bf16-mixed"]), default=None,
-                 help="Numeric precision.  [default: 16-mixed on CUDA, 32-true on CPU]"),
+                 help="Numeric precision.  [default on CUDA: bf16-mixed where supported, else 32-true for the GAN and "
+                      "16-mixed for RS-UNet; 32-true on CPU]"),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Also write checkpoints/last.ckpt every N batches (besides every epoch), for long epochs."),
+    click.option("--skip-nonfinite", is_flag=True,
+                 help="Skip a batch whose loss is NaN or infinite (counted in the logs) instead of stopping the run."),
+    click.option("--clip-grad-norm", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="NORM",
+                 help="Clip the gradient norm of each optimiser to NORM.  [default: no clipping]"),
     progress_option,
 ]
 
@@ -334,13 +346,21 @@ def _with(options):
     return decorate
 
 
-def _devices(value: str):
+def _count(value: str, option: str):
     if value == "auto":
         return value
     try:
         return int(value)
     except ValueError:
-        raise click.BadParameter(f"'{value}' is not a number of devices or auto", param_hint="--devices") from None
+        raise click.BadParameter(f"'{value}' is not a whole number or auto", param_hint=option) from None
+
+
+def _say(text: str) -> None:
+    """Print once, from the main process of a multi-device run."""
+    from rsgee.train.distributed import is_main_process
+
+    if is_main_process():
+        click.echo(text)
 
 
 @train_group.command("fusion", context_settings=CONTEXT)
@@ -361,8 +381,8 @@ def _devices(value: str):
               help="Local torchvision vgg19 state-dict file enabling the VGG perceptual loss (never downloaded).")
 @_with(training_options)
 def train_fusion_cmd(archive, model, sources, crop, lr_g, lr_d, l1_weight, fm_weight, vgg_weights, run_dir, size,
-                     epochs, steps_per_epoch, batch_size, seed, workers, resume, accelerator, devices, precision,
-                     progress) -> None:
+                     epochs, steps_per_epoch, batch_size, seed, workers, resume, accelerator, devices, num_nodes,
+                     precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
     """Train RS-SPADE or pix2pix to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
 
     Reads ARCHIVE's train and val splits (through its packed cache, built when missing or stale),
@@ -374,10 +394,12 @@ def train_fusion_cmd(archive, model, sources, crop, lr_g, lr_d, l1_weight, fm_we
 
     config = FusionConfig(model=model, sources=parse_sources(sources), size=size, batch_size=batch_size, epochs=epochs,
                           steps_per_epoch=steps_per_epoch, crop=crop, lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
-                          fm_weight=fm_weight, vgg_weights=vgg_weights, seed=seed, num_workers=workers)
-    run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator, devices=_devices(devices),
+                          fm_weight=fm_weight, vgg_weights=vgg_weights, seed=seed, num_workers=workers,
+                          checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
+    run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator,
+                       devices=_count(devices, "--devices"), num_nodes=_count(num_nodes, "--num-nodes"),
                        precision=precision, progress=progress)
-    click.echo(f"trained {model} ({sources}) → {run}")
+    _say(f"trained {model} ({sources}) → {run}")
 
 
 @train_group.command("seg", context_settings=CONTEXT)
@@ -390,7 +412,8 @@ def train_fusion_cmd(archive, model, sources, crop, lr_g, lr_d, l1_weight, fm_we
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @_with(training_options)
 def train_seg_cmd(archive, mix, crop, lr, run_dir, size, epochs, steps_per_epoch, batch_size, seed, workers, resume,
-                  accelerator, devices, precision, progress) -> None:
+                  accelerator, devices, num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm,
+                  progress) -> None:
     """Train RS-UNet (9 Dynamic World classes) on real tiles or a real:generated mix.
 
     Validation and test use real tiles only; val mIoU and accuracy are logged every epoch to
@@ -400,10 +423,13 @@ def train_seg_cmd(archive, mix, crop, lr, run_dir, size, epochs, steps_per_epoch
     from rsgee.train.segmentation import SegmentationConfig, parse_mix, train_segmentation
 
     config = SegmentationConfig(mix=parse_mix(mix), size=size, batch_size=batch_size, epochs=epochs,
-                                steps_per_epoch=steps_per_epoch, crop=crop, lr=lr, seed=seed, num_workers=workers)
+                                steps_per_epoch=steps_per_epoch, crop=crop, lr=lr, seed=seed, num_workers=workers,
+                                checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+                                clip_grad_norm=clip_grad_norm)
     run = train_segmentation(archive, run_dir, config, resume=resume, accelerator=accelerator,
-                             devices=_devices(devices), precision=precision, progress=progress)
-    click.echo(f"trained RS-UNet ({config.mix_label}) → {run}")
+                             devices=_count(devices, "--devices"), num_nodes=_count(num_nodes, "--num-nodes"),
+                             precision=precision, progress=progress)
+    _say(f"trained RS-UNet ({config.mix_label}) → {run}")
 
 
 @cli.group("evaluate", context_settings=CONTEXT)

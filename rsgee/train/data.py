@@ -29,6 +29,7 @@ from rsgee.grid import TILE_PX
 from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import PackedSplit, open_split
+from rsgee.train.distributed import EvenShards, ResumableLoader, ShuffledSampler
 
 S2_SCALE = 10000.0
 #: dB range mapped to [0, 1] per Sentinel-1 band (others use the VV range).
@@ -163,7 +164,8 @@ class FusionSamples(Dataset):
         augment: draw a random flip/rotation per sample (training only).
         crop: train on random square crops of this many pixels (a multiple of 32), e.g. to make CPU
             runs affordable; None = whole 256×256 tiles.
-        seed: makes the augmentation reproducible; combined with the epoch (see :meth:`set_epoch`).
+        seed: makes the augmentation reproducible, combined with the epoch: items are indexed by
+            ``i`` or by the ``(i, epoch)`` pairs an :class:`~rsgee.train.distributed.EpochSampler` yields.
     """
 
     def __init__(self, archive: Archive, split: str, sources: Sequence[str], normalisation: dict, *,
@@ -176,18 +178,15 @@ class FusionSamples(Dataset):
         self.augment = augment
         self.crop = crop
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.packed)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         # crop first, then normalise only the pixels and sources used (random crops commute with the
         # dihedral transforms, so drawing the window before rotating changes nothing but the cost)
-        digest = hashlib.sha256(f"{self.seed}:{self.epoch}:{i}".encode()).digest() if self.augment else b""
+        digest = hashlib.sha256(f"{self.seed}:{epoch}:{i}".encode()).digest() if self.augment else b""
         window = None
         if self.augment and self.crop and self.crop < TILE_PX:
             room = TILE_PX - self.crop
@@ -243,29 +242,41 @@ class FusionData(L.LightningDataModule):
                 raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "
                                  "--split-block when tiling, or change --split-ratios")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle and
-                          len(self.splits[split]) > self.batch_size, num_workers=self.num_workers,
-                          generator=generator, collate_fn=collate, persistent_workers=False)
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        """This rank's shard of a seeded per-epoch order of the train split."""
+        rank, world = self._ranks()
+        train = self.splits["train"]
+        sampler = ShuffledSampler(len(train), seed=self.seed, rank=rank, world_size=world)
+        return ResumableLoader(train, sampler, batch_size=self.batch_size, drop_last=len(sampler) > self.batch_size,
+                               num_workers=self.num_workers, collate_fn=collate)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(EvenShards(self.splits[split], *self._ranks()), batch_size=self.batch_size,
+                          num_workers=self.num_workers, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._eval_loader("test")
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors (nested per source), keep ids as lists."""
+    """Stack tensors (nested per source) and flags (``counted``), keep ids as lists."""
     out = {"cond": {k: torch.stack([s["cond"][k] for s in samples]) for k in samples[0]["cond"]}}
     for key, value in samples[0].items():
         if key == "cond":
             continue
-        out[key] = torch.stack([s[key] for s in samples]) if torch.is_tensor(value) else [s[key] for s in samples]
+        if torch.is_tensor(value):
+            out[key] = torch.stack([s[key] for s in samples])
+        elif isinstance(value, bool):
+            out[key] = torch.tensor([s[key] for s in samples])
+        else:
+            out[key] = [s[key] for s in samples]
     return out
 
 

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -25,7 +24,8 @@ from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance, parse_sources
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import checkpoint_of, finish_run, make_trainer, read_run, seed_everything, start_run, write_run
+from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, seed_everything,
+                                 start_run)
 
 MODELS = ("rs-spade", "pix2pix")
 #: Per-model optimiser and loss defaults (paper / pix2pix reference settings).
@@ -59,6 +59,9 @@ class FusionConfig:
     seed: int = 0
     num_workers: int = 0
     val_figures: int = 4
+    checkpoint_every: int | None = None  # also write last.ckpt every N batches
+    skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
+    clip_grad_norm: float | None = None  # clip each optimiser's gradient norm to this
     overrides: dict = field(default_factory=dict)  # architecture overrides (ngf, …)
 
     def __post_init__(self) -> None:
@@ -76,7 +79,7 @@ class FusionConfig:
         return cls(**known)
 
 
-class FusionTask(L.LightningModule):
+class FusionTask(GuardedTask):
     """Generator + conditional discriminator trained as a GAN (manual optimisation)."""
 
     def __init__(self, config: dict, normalisation: dict | None = None):
@@ -90,7 +93,6 @@ class FusionTask(L.LightningModule):
                                                  c.size)
         self.adversarial = losses.AdversarialLoss(c.gan_loss)
         self.vgg = losses.VGGPerceptualLoss.from_file(c.vgg_weights) if c.vgg_weights else None
-        self.automatic_optimization = False
         self.val_metrics = FusionMetrics()
         self.test_metrics = FusionMetrics()
         self._figure_batch: dict | None = None
@@ -115,9 +117,8 @@ class FusionTask(L.LightningModule):
 
         fake_d, real_d = self._discriminate(condition, fake.detach(), real)
         d_loss = self.adversarial.discriminator(real_d, fake_d)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
+        if not self.optimise(opt_d, d_loss, {"d_loss": d_loss}, "discriminator"):
+            return
 
         fake_g, real_g = self._discriminate(condition, fake, real)
         g_gan = self.adversarial.generator(fake_g)
@@ -132,33 +133,31 @@ class FusionTask(L.LightningModule):
             g_vgg = self.vgg(fake, real)
             g_loss = g_loss + c.vgg_weight * g_vgg
             logs["train/g_vgg"] = g_vgg
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        opt_g.step()
+        if not self.optimise(opt_g, g_loss, {k.removeprefix("train/"): v for k, v in logs.items() if k != "train/d_loss"},
+                             "generator"):
+            return
         logs["train/g_loss"] = g_loss
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(real))
+        self.log_train(logs, batch_size=len(real))
         self.log("g_l1", g_l1, prog_bar=True, on_step=True, on_epoch=False, logger=False)
-
-    def on_train_epoch_start(self) -> None:
-        dataset = self.trainer.train_dataloader.dataset if self.trainer.train_dataloader is not None else None
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
 
     def _evaluate(self, batch: dict, metrics: FusionMetrics) -> torch.Tensor:
         fake = self(batch["cond"])
-        metrics.update(model_to_reflectance(fake), model_to_reflectance(batch["target"]), batch["valid"])
+        counted = batch.get("counted", torch.ones(len(fake), dtype=torch.bool, device=fake.device))
+        if counted.any():  # padding repeats of the rank shards are never scored
+            metrics.update(model_to_reflectance(fake[counted]), model_to_reflectance(batch["target"][counted]),
+                           batch["valid"][counted])
         return fake
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         fake = self._evaluate(batch, self.val_metrics)
-        if batch_idx == 0:
+        if batch_idx == 0 and self.trainer.is_global_zero:
             self._figure_batch = {"fake": fake[: self.config.val_figures].detach().cpu(), "batch": batch}
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.log_dict({f"val/{k}": values[k] for k in ("psnr", "ssim", "sam")}, prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
-        if self._figure_batch is not None and self.trainer.is_global_zero and self.trainer.log_dir:
+        if self._figure_batch is not None:
             self._write_figure(Path(self.trainer.default_root_dir) / "val" / f"epoch_{self.current_epoch:04d}.png")
         self._figure_batch = None
 
@@ -168,7 +167,6 @@ class FusionTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
         self.log_dict({f"test/{k}": values[k] for k in ("psnr", "ssim", "sam")}, sync_dist=True)
-        self.test_results = {k: float(values[k]) for k in ("psnr", "ssim", "sam")}
         self.test_metrics.reset()
 
     def _write_figure(self, path: Path) -> None:
@@ -190,26 +188,28 @@ class FusionTask(L.LightningModule):
 
 
 def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig, *, resume: bool = False,
-                 accelerator: str = "auto", devices: int | str = "auto", precision: str | None = None,
-                 progress: bool = True) -> Path:
-    """Train (or resume) a fusion run; returns the run folder."""
-    run_dir = Path(run_dir)
-    archive = Archive(archive)
+                 accelerator: str = "auto", devices: int | str = "auto", num_nodes: int | str = "auto",
+                 precision: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume) a fusion run; returns the run folder.
+
+    With several devices (or under torchrun/srun) every process calls this; ``config.batch_size`` is
+    per device, so an optimiser step sees ``batch_size × devices × nodes`` samples.
+    """
+    run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
+    launch = resolve_launch(accelerator, devices, num_nodes)
     ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = FusionData(archive.root, config.sources, batch_size=config.batch_size, num_workers=config.num_workers,
                       crop=config.crop, seed=config.seed, progress=progress)
     data.prepare_data()
     data.setup("fit")
-    write_run(run_dir, {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config),
-                        "normalisation": data.norm})
     task = FusionTask(asdict(config), data.norm)
-    trainer = make_trainer(run_dir, max_epochs=config.epochs, limit_train_batches=config.steps_per_epoch,
-                           monitor="val/psnr", mode="max", accelerator=accelerator, devices=devices,
-                           precision=precision, progress=progress)
-    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    return finish_run(run_dir, trainer)
+    trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs, launch=launch,
+                           limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
+                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
+    info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm}
+    return fit(run_dir, task, data, trainer, ckpt, info)
 
 
 def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "cpu") -> FusionTask:

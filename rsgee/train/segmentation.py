@@ -2,7 +2,8 @@
 
 ``--mix a:b`` composes every training epoch of real and generated (``ARCHIVE/gen/``) train tiles in
 exactly that ratio: with N real and G generated tiles, an epoch holds a·k real and b·k generated
-ones, k = min(N // a, G // b), drawn afresh (seeded) each epoch. ``1:0`` is the paper's "True Data"
+ones, k = min(N // a, G // b) (lowered, on several devices, until the epoch splits evenly over
+them), drawn afresh (seeded) each epoch; the ratio holds over all ranks together. ``1:0`` is the paper's "True Data"
 baseline, ``1:1`` its "Mix Data" (every real tile and its generated twin). Validation and test use
 real tiles only; generated tiles never enter them. Each tile is paired with its own land-cover map;
 pixels whose label is nodata (255) or whose real Sentinel-2 is nodata are ignored by the loss.
@@ -21,7 +22,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MeanMetric
 
 from rsgee.errors import RsgeeError
 from rsgee.models.factory import NUM_CLASSES, build_segmenter
@@ -30,7 +32,9 @@ from rsgee.preprocess.cache import open_split
 from rsgee.train.data import S2_SCALE, augment, crop
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
-from rsgee.train.trainer import checkpoint_of, finish_run, make_trainer, read_run, seed_everything, start_run, write_run
+from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
+from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, seed_everything,
+                                 start_run)
 
 IGNORE = 255
 
@@ -46,14 +50,18 @@ def parse_mix(text: str) -> tuple[int, int]:
     return a, b
 
 
-def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int) -> tuple[int, int]:
-    """How many real and generated tiles one epoch holds: (a·k, b·k) with the largest k available."""
+def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int, world_size: int = 1) -> tuple[int, int]:
+    """How many real and generated tiles one epoch holds: (a·k, b·k) with the largest k available
+    whose epoch, (a + b)·k tiles, divides evenly over ``world_size`` ranks."""
     a, b = mix
     k = min(n_real // a if a else np.inf, n_generated // b if b else np.inf)
-    if not np.isfinite(k) or k < 1:
-        raise RsgeeError(f"--mix {a}:{b} needs at least {a} real and {b} generated train tiles; "
-                         f"there are {n_real} and {n_generated}")
-    return a * int(k), b * int(k)
+    k = int(k) if np.isfinite(k) else 0
+    while k >= 1 and ((a + b) * k) % world_size:
+        k -= 1
+    if k < 1:
+        raise RsgeeError(f"--mix {a}:{b} on {world_size} device(s) needs at least {a} real and {b} generated train "
+                         f"tiles per device; there are {n_real} and {n_generated}")
+    return a * k, b * k
 
 
 def image_stats(archive: Archive) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +88,7 @@ class SegmentationSamples(Dataset):
         self.packed = open_split(archive, split, progress=progress)
         self.mean, self.std = mean[:, None, None], std[:, None, None]
         self.generated_ids = list(self.packed.tile_ids) if with_generated else []
-        self.augment, self.crop, self.seed, self.epoch = augment, crop, seed, 0
+        self.augment, self.crop, self.seed = augment, crop, seed
 
     @property
     def n_real(self) -> int:
@@ -89,10 +97,8 @@ class SegmentationSamples(Dataset):
     def __len__(self) -> int:
         return self.n_real + len(self.generated_ids)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         real_index = i if i < self.n_real else i - self.n_real
         raw = self.packed[real_index]
         labels = raw["lulc"][0].astype(np.int64)
@@ -107,7 +113,7 @@ class SegmentationSamples(Dataset):
                   "labels": torch.from_numpy(labels)[None], "generated": i >= self.n_real,
                   "tile_id": self.packed.tile_ids[real_index]}
         if self.augment:
-            digest = hashlib.sha256(f"seg:{self.seed}:{self.epoch}:{i}".encode()).digest()
+            digest = hashlib.sha256(f"seg:{self.seed}:{epoch}:{i}".encode()).digest()
             sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
             if self.crop and self.crop < image.shape[-1]:
                 room = image.shape[-1] - self.crop
@@ -117,32 +123,42 @@ class SegmentationSamples(Dataset):
                 "tile_id": sample["tile_id"]}
 
 
-class MixSampler(Sampler[int]):
-    """Each epoch: a·k real and b·k generated indices, chosen and shuffled with a per-epoch seed."""
+class MixSampler(EpochSampler):
+    """Each epoch: a·k real and b·k generated indices, chosen and shuffled with a per-epoch seed.
 
-    def __init__(self, n_real: int, n_generated: int, mix: tuple[int, int], seed: int = 0):
-        self.n_real, self.n_generated, self.mix, self.seed = n_real, n_generated, mix, seed
-        self.real_count, self.generated_count = epoch_counts(mix, n_real, n_generated)
-        self.epoch = 0
+    The order is drawn for the whole epoch and then cut into rank shards, so the ratio is exact over
+    all ranks together (and the epoch never needs padding: its length divides by the ranks).
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, n_real: int, n_generated: int, mix: tuple[int, int], seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.n_real, self.n_generated, self.mix = n_real, n_generated, mix
+        self.real_count, self.generated_count = epoch_counts(mix, n_real, n_generated, world_size)
+        super().__init__(self.real_count + self.generated_count, seed, rank, world_size)
 
-    def __len__(self) -> int:
-        return self.real_count + self.generated_count
-
-    def __iter__(self) -> Iterator[int]:
-        rng = random.Random(f"mix:{self.seed}:{self.epoch}")
+    def epoch_order(self, epoch: int) -> list[int]:
+        rng = random.Random(f"mix:{self.seed}:{epoch}")
         real = rng.sample(range(self.n_real), self.real_count)
         generated = [self.n_real + j for j in rng.sample(range(self.n_generated), self.generated_count)]
         order = real + generated
         rng.shuffle(order)
-        return iter(order)
+        return order
+
+
+def counted_labels(batch: dict) -> torch.Tensor:
+    """The batch's labels with the padding repeats of an evaluation shard (``counted`` False) ignored."""
+    labels = batch["labels"]
+    if "counted" in batch and not batch["counted"].all():
+        labels = torch.where(batch["counted"].to(labels.device)[:, None, None], labels, IGNORE)
+    return labels
 
 
 def collate_segmentation(samples: list[dict]) -> dict:
-    return {"image": torch.stack([s["image"] for s in samples]), "labels": torch.stack([s["labels"] for s in samples]),
-            "generated": torch.tensor([s["generated"] for s in samples]), "tile_id": [s["tile_id"] for s in samples]}
+    batch = {"image": torch.stack([s["image"] for s in samples]), "labels": torch.stack([s["labels"] for s in samples]),
+             "generated": torch.tensor([s["generated"] for s in samples]), "tile_id": [s["tile_id"] for s in samples]}
+    if "counted" in samples[0]:
+        batch["counted"] = torch.tensor([s["counted"] for s in samples])
+    return batch
 
 
 @dataclass
@@ -159,6 +175,9 @@ class SegmentationConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
+    checkpoint_every: int | None = None  # also write last.ckpt every N batches
+    skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
+    clip_grad_norm: float | None = None  # clip the gradient norm to this
 
     def __post_init__(self) -> None:
         self.mix = tuple(int(v) for v in self.mix)
@@ -169,7 +188,7 @@ class SegmentationConfig:
         return "real only (True Data)" if b == 0 else ("generated only" if a == 0 else f"real:generated {a}:{b}")
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(GuardedTask):
     """RS-UNet with cross-entropy (255 ignored), Adam, and dataset-level mIoU / accuracy."""
 
     def __init__(self, config: dict, in_channels: int = 4):
@@ -178,44 +197,45 @@ class SegmentationTask(L.LightningModule):
         self.config = SegmentationConfig(**{k: v for k, v in config.items() if k in SegmentationConfig.__dataclass_fields__})
         self.model = build_segmenter("rs-unet", in_channels, NUM_CLASSES, self.config.size)
         self.val_metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
+        self.val_loss = MeanMetric()
         self.test_metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
-        self.log("train/generated_share", batch["generated"].float().mean(), on_step=False, on_epoch=True,
-                 batch_size=len(logits))
-        return loss
-
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        for thing in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
-            if hasattr(thing, "set_epoch"):
-                thing.set_epoch(self.current_epoch)
+        if not self.optimise(self.optimizers(), loss, {"loss": loss}, "RS-UNet"):
+            return
+        self.log_train({"train/loss": loss, "train/generated_share": batch["generated"].float().mean()},
+                       batch_size=len(logits))
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
-        self.log("val/loss", F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE), batch_size=len(logits))
-        self.val_metrics.update(logits.argmax(1), batch["labels"])
+        labels = counted_labels(batch)
+        scored = int((labels != IGNORE).sum())
+        if scored:  # a batch of padding or of unlabelled pixels has no loss
+            self.val_loss.update(F.cross_entropy(logits, labels, ignore_index=IGNORE), weight=scored)
+        self.val_metrics.update(logits.argmax(1), labels)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.log_dict({"val/miou": scores["miou"], "val/accuracy": scores["accuracy"]}, prog_bar=True, sync_dist=True)
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)  # pixel mean over the whole split
+        self.val_loss.reset()
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self(batch["image"]).argmax(1), batch["labels"])
+        self.test_metrics.update(self(batch["image"]).argmax(1), counted_labels(batch))
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
 
 class SegmentationData(L.LightningDataModule):
-    """Mixed training set (MixSampler), real-only validation and test sets."""
+    """Mixed training set (MixSampler), real-only validation and test sets, sharded per rank."""
 
     def __init__(self, archive: str | Path, config: SegmentationConfig, progress: bool = True):
         super().__init__()
@@ -239,18 +259,28 @@ class SegmentationData(L.LightningDataModule):
                 self.splits[split] = SegmentationSamples(self.archive, split, mean, std)
         if not len(self.splits["val"]):
             raise RsgeeError(f"{self.archive.root}: the val split has no tiles; add AOIs or change the split when tiling")
+
+    def sampler(self, rank: int = 0, world_size: int = 1) -> MixSampler:
         train = self.splits["train"]
-        self.sampler = MixSampler(train.n_real, len(train.generated_ids), c.mix, c.seed)
+        return MixSampler(train.n_real, len(train.generated_ids), self.config.mix, self.config.seed, rank, world_size)
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["train"], batch_size=self.config.batch_size, sampler=self.sampler,
-                          num_workers=self.config.num_workers, collate_fn=collate_segmentation, drop_last=False)
+        return ResumableLoader(self.splits["train"], self.sampler(*self._ranks()), batch_size=self.config.batch_size,
+                               num_workers=self.config.num_workers, collate_fn=collate_segmentation, drop_last=False)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(EvenShards(self.splits[split], *self._ranks()), batch_size=self.config.batch_size,
+                          num_workers=self.config.num_workers, collate_fn=collate_segmentation)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=self.config.batch_size, collate_fn=collate_segmentation)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=self.config.batch_size, collate_fn=collate_segmentation)
+        return self._eval_loader("test")
 
 
 def check_generated(archive: Archive) -> dict:
@@ -266,26 +296,30 @@ def check_generated(archive: Archive) -> dict:
 
 
 def train_segmentation(archive: str | Path, run_dir: str | Path, config: SegmentationConfig, *, resume: bool = False,
-                       accelerator: str = "auto", devices: int | str = "auto", precision: str | None = None,
-                       progress: bool = True) -> Path:
-    """Train (or resume) RS-UNet on the archive with the configured real:generated mix."""
+                       accelerator: str = "auto", devices: int | str = "auto", num_nodes: int | str = "auto",
+                       precision: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume) RS-UNet on the archive with the configured real:generated mix.
+
+    ``config.batch_size`` is per device; the mix is exact per epoch over all devices together.
+    """
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
+    launch = resolve_launch(accelerator, devices, num_nodes)
     ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = SegmentationData(archive.root, config, progress=progress)
     data.prepare_data()
     data.setup("fit")
+    sampler = data.sampler(0, launch.world_size)
     generated = check_generated(archive) if config.mix[1] else None
-    write_run(run_dir, {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
-                        "mix_label": config.mix_label, "generated_by": generated,
-                        "epoch_tiles": {"real": data.sampler.real_count, "generated": data.sampler.generated_count}})
     task = SegmentationTask(asdict(config), in_channels=len(archive.sources()["s2"].bands))
-    trainer = make_trainer(run_dir, max_epochs=config.epochs, limit_train_batches=config.steps_per_epoch,
-                           monitor="val/miou", mode="max", accelerator=accelerator, devices=devices,
-                           precision=precision, progress=progress)
-    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    return finish_run(run_dir, trainer)
+    trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs, launch=launch,
+                           limit_train_batches=config.steps_per_epoch, monitor="val/miou", mode="max",
+                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
+    info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
+            "mix_label": config.mix_label, "generated_by": generated,
+            "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count}}
+    return fit(run_dir, task, data, trainer, ckpt, info)
 
 
 def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationTask:

@@ -1,10 +1,17 @@
-"""What every training run shares: the run folder, the Lightning trainer, seeding and resuming.
+"""What every training run shares: the run folder, the Lightning trainer, devices, checkpoints, guards.
 
 A run folder holds ``run.json`` (what was trained, on which archive, with which settings),
-``checkpoints/`` (``last.ckpt`` for ``--resume``, plus the best by the monitored metric),
-``logs/metrics.csv`` (and TensorBoard events when tensorboard is installed) and ``val/`` figures.
-CUDA, mixed precision and several GPUs (DDP, synchronised BatchNorm) are used when present; the
-same code runs on the CPU.
+``checkpoints/`` (``last.ckpt``: the last completed epoch, or the last ``--checkpoint-every`` step,
+for ``--resume``; plus the best by the monitored metric), ``logs/metrics.csv`` (and TensorBoard
+events when tensorboard is installed) and ``val/`` figures. Checkpoints are written to a temporary
+file and renamed, so a kill never leaves a truncated one, and never hold non-finite weights.
+
+Devices: one process per device through Lightning's DDP (NCCL on CUDA, gloo on CPU), launched by
+Lightning itself (``--devices N``), by ``torchrun`` or by SLURM's ``srun``; CUDA runs several GPUs
+with synchronised BatchNorm. Only the main process (global rank 0) writes ``run.json``, logs and
+figures. Both models use manual optimisation, so every optimiser step passes the same guards: a
+non-finite loss stops the run (or, with ``--skip-nonfinite``, skips the batch on every rank), and
+``--clip-grad-norm`` clips each optimiser's gradients after mixed-precision unscaling.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger
 from rsgee import __version__
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import write_json_atomic
+from rsgee.train.distributed import is_main_process
 
 RUN_FILE = "run.json"
 
@@ -53,18 +62,147 @@ def checkpoint_of(run_dir: str | Path, which: str = "best") -> Path:
     return last
 
 
-def make_trainer(run_dir: Path, *, max_epochs: int, limit_train_batches: int | None = None, monitor: str | None = None,
-                 mode: str = "max", accelerator: str = "auto", devices: int | str = "auto",
-                 precision: str | None = None, progress: bool = True, val_every: int = 1,
-                 limit_val_batches: int | float | None = None) -> L.Trainer:
-    """A Lightning trainer writing checkpoints and logs into ``run_dir``."""
-    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if precision is None:
-        precision = "16-mixed" if cuda else "32-true"
-    n_devices = torch.cuda.device_count() if cuda and devices == "auto" else (devices if devices != "auto" else 1)
-    strategy = "ddp" if cuda and isinstance(n_devices, int) and n_devices > 1 else "auto"
-    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}", auto_insert_metric_name=False,
-                                 save_last=True, monitor=monitor, mode=mode, save_top_k=1)]
+@dataclass(frozen=True)
+class Launch:
+    """Where a run trains: accelerator, devices per node, nodes, and whether an outside launcher started it."""
+
+    accelerator: str
+    devices: int
+    num_nodes: int
+    external: str | None = None  # "torchrun" or "slurm" when they started the processes
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+def resolve_launch(accelerator: str = "auto", devices: int | str = "auto", num_nodes: int | str = "auto") -> Launch:
+    """Turn ``--accelerator/--devices/--num-nodes`` (and a torchrun or srun environment) into a :class:`Launch`.
+
+    Under torchrun, ``auto`` devices and nodes come from ``LOCAL_WORLD_SIZE`` and ``WORLD_SIZE``; under
+    ``srun``, from ``SLURM_NTASKS_PER_NODE`` and ``SLURM_NNODES``. Numbers given that contradict the
+    launcher are a one-line error rather than a hang.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    cuda = torch.cuda.is_available()
+    if accelerator == "auto":
+        accelerator = "gpu" if cuda else "cpu"
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise RsgeeError("--accelerator gpu: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver), "
+                         "or train with --accelerator cpu")
+    external, per_node, nodes = None, None, None
+    if TorchElasticEnvironment.detect():
+        external = "torchrun"
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        nodes = int(os.environ["WORLD_SIZE"]) // per_node
+    elif "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1 and SLURMEnvironment.detect():
+        external = "slurm"
+        nodes = int(os.environ.get("SLURM_NNODES", "1"))
+        per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or \
+            int(os.environ["SLURM_NTASKS"]) // nodes
+    if devices == "auto":
+        devices = per_node or (torch.cuda.device_count() if accelerator in ("gpu", "cuda") else 1)
+    if num_nodes == "auto":
+        num_nodes = nodes or 1
+    devices, num_nodes = int(devices), int(num_nodes)
+    if devices < 1 or num_nodes < 1:
+        raise RsgeeError("--devices and --num-nodes must be at least 1")
+    if accelerator in ("gpu", "cuda") and devices > torch.cuda.device_count():
+        raise RsgeeError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if external and (devices, num_nodes) != (per_node, nodes):
+        raise RsgeeError(f"{external} started {per_node} process(es) per node on {nodes} node(s), but --devices "
+                         f"{devices} --num-nodes {num_nodes} were given; leave them at auto or make them match")
+    return Launch("gpu" if accelerator == "cuda" else accelerator, devices, num_nodes, external)
+
+
+#: Mixed precision used by default on CUDA. The GAN avoids fp16: spectral norm's power iteration and
+#: two GradScaler-driven optimisers overflow easily, and bf16 has fp32's range. Without bf16 support
+#: (pre-Ampere GPUs) the GAN trains in fp32 and RS-UNet in fp16.
+def default_precision(kind: str, launch: Launch) -> str:
+    if launch.accelerator != "gpu":
+        return "32-true"
+    if torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true" if kind == "fusion" else "16-mixed"
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's best-by-metric checkpoint, written to a temporary file and renamed into place."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_atomically(trainer, Path(filepath), self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` after every training epoch and, optionally, every ``every_n_batches`` batches.
+
+    Lightning ≥ 2.6 writes its own ``last.ckpt`` only when the monitored metric improves, so
+    ``--resume`` would go back to the best epoch; this one always holds where training stopped.
+    """
+
+    def __init__(self, folder: Path, every_n_batches: int | None = None):
+        self.path, self.every = Path(folder) / "last.ckpt", every_n_batches
+
+    @property
+    def state_key(self) -> str:
+        return "LastCheckpoint"
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        if self.every and done % self.every == 0 and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.save(trainer, module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.save(trainer, module)
+
+    def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        bad = [name for name, value in module.state_dict().items()
+               if value.is_floating_point() and not torch.isfinite(value).all()]
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            raise NonFiniteError(f"weights became non-finite ({', '.join(bad[:3]) or 'on another rank'}) at batch "
+                                 f"{trainer.fit_loop.epoch_loop.batch_progress.total.processed}; {self.path} keeps "
+                                 "the last good state — lower the learning rate or use --clip-grad-norm")
+        save_atomically(trainer, self.path)
+
+
+def save_atomically(trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` (a collective: every rank calls it) into a temporary file, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp, weights_only)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+    trainer.strategy.barrier("rsgee.save_atomically")
+
+
+class NonFiniteError(RsgeeError):
+    """A loss or the weights became NaN or infinite."""
+
+
+def nonfinite_terms(strategy, terms: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the loss terms that are not finite on any rank (the same answer on every rank)."""
+    flags = torch.stack([(~torch.isfinite(v.detach().float())).any() for v in terms.values()]).float()
+    flags = strategy.reduce(flags, reduce_op="sum")
+    return [name for name, flag in zip(terms, flags.tolist()) if flag > 0]
+
+
+def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, limit_train_batches: int | None = None,
+                 monitor: str | None = None, mode: str = "max", precision: str | None = None, progress: bool = True,
+                 val_every: int = 1, limit_val_batches: int | float | None = None,
+                 checkpoint_every: int | None = None) -> L.Trainer:
+    """A Lightning trainer writing checkpoints and logs into ``run_dir``.
+
+    ``kind`` is "fusion" (a GAN: two backward passes per batch, so DDP must find unused parameters)
+    or "segmentation". The trainer never replaces the samplers: rsgee's loaders shard per rank.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    callbacks = [AtomicModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:04d}",
+                                       auto_insert_metric_name=False, save_last=False, monitor=monitor, mode=mode,
+                                       save_top_k=1),
+                 LastCheckpoint(run_dir / "checkpoints", checkpoint_every)]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
@@ -77,16 +215,21 @@ def make_trainer(run_dir: Path, *, max_epochs: int, limit_train_batches: int | N
     except ImportError:
         pass
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a run
+    distributed = launch.world_size > 1
+    strategy = DDPStrategy(find_unused_parameters=kind == "fusion") if distributed else "auto"
+    gpu = launch.accelerator == "gpu"
     return L.Trainer(
-        default_root_dir=str(run_dir), max_epochs=max_epochs, limit_train_batches=limit_train_batches, accelerator=accelerator,
-        devices=n_devices if cuda else (devices if devices != "auto" else 1), strategy=strategy,
-        sync_batchnorm=strategy == "ddp", precision=precision, callbacks=callbacks, logger=loggers,
-        enable_progress_bar=progress, enable_model_summary=False, deterministic="warn" if cuda else True,
-        check_val_every_n_epoch=val_every, log_every_n_steps=1, num_sanity_val_steps=0,
-        limit_val_batches=limit_val_batches,
+        default_root_dir=str(run_dir), max_epochs=max_epochs, limit_train_batches=limit_train_batches,
+        accelerator=launch.accelerator, devices=launch.devices, num_nodes=launch.num_nodes, strategy=strategy,
+        sync_batchnorm=distributed and gpu,  # SyncBatchNorm has no CPU kernel; DDP broadcasts rank 0's statistics
+        use_distributed_sampler=False, precision=precision or default_precision(kind, launch), callbacks=callbacks,
+        logger=loggers, enable_progress_bar=progress, enable_model_summary=False,
+        deterministic="warn" if gpu else True, check_val_every_n_epoch=val_every, log_every_n_steps=1,
+        num_sanity_val_steps=0, limit_val_batches=limit_val_batches,
     )
 
 
@@ -117,19 +260,26 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-#: Settings a resumed run may change: train longer, read with more workers.
-RESUMABLE_CHANGES = ("epochs", "num_workers")
+#: Settings a resumed run may change: train longer, read with more workers, checkpoint or guard differently.
+RESUMABLE_CHANGES = ("epochs", "num_workers", "checkpoint_every", "skip_nonfinite", "clip_grad_norm")
 
 
 def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
-    """Check that a run may start (or resume) in ``run_dir``; returns the checkpoint to resume from."""
+    """Check that a run may start (or resume) in ``run_dir``; returns the checkpoint to resume from.
+
+    Every process of a multi-device run calls this; only the main one checks and moves files, the
+    others just learn which checkpoint to load.
+    """
+    if not is_main_process():
+        return checkpoint_of(run_dir, "last") if resume else None
     if resume:
         stored = read_run(run_dir)["config"]
         fresh = json.loads(json.dumps(config))  # tuples → lists, as stored
         changed = [k for k, v in fresh.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES]
         if changed:
             raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
-                             "options (only --epochs and --workers may change) or use another --out")
+                             "options (only --epochs, --workers, --checkpoint-every, --skip-nonfinite and "
+                             "--clip-grad-norm may change) or use another --out")
         ckpt = checkpoint_of(run_dir, "last")
         keep_logs_for_resume(run_dir)
         return ckpt
@@ -138,11 +288,75 @@ def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
     return None
 
 
-def finish_run(run_dir: Path, trainer: L.Trainer) -> Path:
-    """Record the best checkpoint and how far training got in run.json."""
-    info = read_run(run_dir)
-    best = trainer.checkpoint_callback.best_model_path
-    info.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
-                epochs_done=int(trainer.current_epoch))
-    write_run(run_dir, info)
+def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, trainer: L.Trainer,
+        ckpt: Path | None, info: dict) -> Path:
+    """Write run.json, train (resuming from ``ckpt``), then record how far training got (main process only)."""
+    launch = {"accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
+              "devices": trainer.num_devices, "num_nodes": trainer.num_nodes, "world_size": trainer.world_size,
+              "precision": trainer.precision}
+    if is_main_process():
+        write_run(run_dir, dict(info, launch=launch))
+    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    if trainer.is_global_zero:
+        stored = read_run(run_dir)
+        best = trainer.checkpoint_callback.best_model_path
+        stored.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
+                      epochs_done=int(trainer.current_epoch), launch=launch)
+        write_run(run_dir, stored)
     return run_dir
+
+
+class GuardedTask(L.LightningModule):
+    """Manual optimisation with the run's guards; both fusion and segmentation tasks build on it.
+
+    Subclasses set ``self.config`` with ``skip_nonfinite`` and ``clip_grad_norm`` and call
+    :meth:`optimise` once per optimiser and batch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.skipped_batches = 0
+
+    def optimise(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor], which: str) -> bool:
+        """One guarded step: False (nothing changed) when a term is non-finite and skipping is allowed."""
+        bad = nonfinite_terms(self.trainer.strategy, terms)
+        if bad:
+            batch = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            if not self.config.skip_nonfinite:
+                raise NonFiniteError(
+                    f"non-finite loss ({', '.join(bad)}) in the {which} step of batch {batch} (epoch "
+                    f"{self.current_epoch}); checkpoints keep the last good state — resume with --skip-nonfinite "
+                    "to skip such batches, or lower the learning rate or set --clip-grad-norm")
+            self.skipped_batches += 1  # a batch skips at its first bad step, so this counts batches
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        return True
+
+    def log_train(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """``<name>_step`` (this rank's value, logged by rank 0) and ``<name>_epoch`` (mean over all ranks).
+
+        Every rank logs the same names at every step (skips are decided together), so the epoch-end
+        reduction lines up; step values are not reduced, which would cost a collective per value.
+        """
+        self.log_dict({f"{k}_step": v for k, v in values.items()}, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict({f"{k}_epoch": v for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=True,
+                      batch_size=batch_size)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.log("train/skipped_nonfinite", float(self.skipped_batches), on_step=True, on_epoch=False,
+                 batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip after mixed precision has unscaled the gradients (Lightning calls this hook right before the step)."""
+        if self.config.clip_grad_norm:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rsgee_skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_batches = checkpoint.get("rsgee_skipped_batches", 0)
