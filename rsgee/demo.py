@@ -51,6 +51,9 @@ class DemoResult:
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, aois: str | Path = DEMO_AOIS,
              progress: bool = True, say=print) -> DemoResult:
     """Run (or resume) every step of the demo into ``out``."""
+    from rsgee.optional import require
+
+    require("train")  # before minutes of export and tiling, not after
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
     from rsgee.acquire.synthetic import SyntheticSource

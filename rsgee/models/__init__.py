@@ -7,6 +7,11 @@ The factory is the entry point: :func:`build_generator`, :func:`build_discrimina
 reads is a user's local VGG19 weights file, through :meth:`VGGPerceptualLoss.from_file`.
 """
 
+from rsgee.optional import require
+
+require("train")
+
+
 from rsgee.models.discriminator import (
     MultiScaleDiscriminator,
     PatchDiscriminator,

@@ -154,10 +154,12 @@ class Archive:
         gc.disable()  # parsing builds ~10 containers per tile; collector passes would double the time
         try:
             data = json.loads(text)
+            return {f["id"]: f for f in data["features"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptIndex(self, f"{type(exc).__name__}: {exc}") from None
         finally:
             if enabled:
                 gc.enable()
-        return {f["id"]: f for f in data["features"]}
 
     def write_index(self, features: dict[str, dict]) -> None:
         """Write the index atomically, sorted by tile id (same tiles → same bytes)."""
@@ -234,6 +236,16 @@ class Journal:
             self._handle.write(json.dumps(feature, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
+
+
+class CorruptIndex(RsgeeError):
+    """index.geojson cannot be parsed (a disk filled up, a hand edit, a copy cut short)."""
+
+    def __init__(self, archive: Archive, reason: str):
+        self.reason = reason
+        super().__init__(f"{archive.index_path} is not a valid tile index ({reason}); run `rsgee check {archive.root}` "
+                         "to see the state of the archive, and restore the file or rebuild the archive with "
+                         "`rsgee tile` into a new folder")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

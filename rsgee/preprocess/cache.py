@@ -11,6 +11,7 @@ Layout: ``ARCHIVE/cache/<split>/<source>.npy`` (N, bands, 256, 256) in the archi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -126,11 +127,22 @@ class PackedSplit:
 
 
 def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: bool = True) -> PackedSplit:
-    """The packed cache of ``split``, (re)built first when missing or stale (unless ``rebuild`` is False)."""
+    """The packed cache of ``split``, (re)built first when missing or stale (unless ``rebuild`` is False).
+
+    Processes that open the same split at once (the ranks of a torchrun job) wait for one builder.
+    """
     if not is_current(archive, split):
         if not rebuild:
             raise RsgeeError(f"{archive.root}: the packed cache of split '{split}' is missing or stale; run rsgee cache")
-        build_cache(archive, split, progress=progress)
+        folder = archive.root / "cache"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not is_current(archive, split):  # another process may have built it meanwhile
+                    build_cache(archive, split, progress=progress)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
     return PackedSplit(archive, split)
 
 

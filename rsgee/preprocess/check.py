@@ -16,7 +16,7 @@ from rsgee.catalog import SourceSpec
 from rsgee.errors import GridError, RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV
 from rsgee.grid import TILE_PX, Tile
-from rsgee.preprocess.archive import Archive
+from rsgee.preprocess.archive import Archive, CorruptIndex
 from rsgee.preprocess.cache import cache_dir, is_current, verify_cache
 from rsgee.preprocess.split import SPLITS, SplitConfig
 from rsgee.preprocess.stats import compute_stats, read_stats
@@ -47,7 +47,11 @@ def check_archive(root, *, workers: int = 1, progress: bool = True) -> CheckRepo
         report.problems.append("index.journal exists: a tile run was interrupted; re-run rsgee tile to finish it")
     try:
         index = archive.read_index()
-    except (OSError, ValueError, KeyError) as exc:
+    except CorruptIndex as exc:
+        report.problems.append(f"index.geojson unreadable ({exc.reason}); restore it, or rebuild the archive with "
+                               "rsgee tile into a new folder")
+        return report
+    except OSError as exc:
         report.problems.append(f"index.geojson unreadable ({exc})")
         return report
     report.tiles = len(index)

@@ -1,1 +1,5 @@
-"""Datasets over the archive, fusion and segmentation training, metrics, generation."""
+"""Training, evaluation and generation (the ``train`` extra: torch, Lightning, torchmetrics, matplotlib)."""
+
+from rsgee.optional import require
+
+require("train")

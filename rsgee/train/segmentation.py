@@ -51,12 +51,16 @@ def parse_mix(text: str) -> tuple[int, int]:
 
 
 def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int, world_size: int = 1) -> tuple[int, int]:
-    """How many real and generated tiles one epoch holds: (a·k, b·k) with the largest k available
-    whose epoch, (a + b)·k tiles, divides evenly over ``world_size`` ranks."""
+    """How many real and generated tiles one epoch holds: (a·k, b·k) with the largest k available.
+
+    A true mix on several ranks lowers k until the epoch, (a + b)·k tiles, divides evenly over them:
+    padding would repeat tiles of one kind and break the ratio. A single kind (1:0, 0:1) is padded
+    instead, so that every tile is seen each epoch.
+    """
     a, b = mix
     k = min(n_real // a if a else np.inf, n_generated // b if b else np.inf)
     k = int(k) if np.isfinite(k) else 0
-    while k >= 1 and ((a + b) * k) % world_size:
+    while a and b and k >= 1 and ((a + b) * k) % world_size:
         k -= 1
     if k < 1:
         raise RsgeeError(f"--mix {a}:{b} on {world_size} device(s) needs at least {a} real and {b} generated train "
@@ -127,7 +131,7 @@ class MixSampler(EpochSampler):
     """Each epoch: a·k real and b·k generated indices, chosen and shuffled with a per-epoch seed.
 
     The order is drawn for the whole epoch and then cut into rank shards, so the ratio is exact over
-    all ranks together (and the epoch never needs padding: its length divides by the ranks).
+    all ranks together (a true mix never needs padding: its length divides by the ranks).
     """
 
     def __init__(self, n_real: int, n_generated: int, mix: tuple[int, int], seed: int = 0, rank: int = 0,

@@ -349,6 +349,23 @@ class GuardedTask(L.LightningModule):
         self.log("train/skipped_nonfinite", float(self.skipped_batches), on_step=True, on_epoch=False,
                  batch_size=1)
 
+    def on_validation_epoch_start(self) -> None:
+        self.broadcast_buffers()
+
+    def on_test_epoch_start(self) -> None:
+        self.broadcast_buffers()
+
+    def broadcast_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics, spectral-norm vectors) before evaluating.
+
+        DDP broadcasts buffers in forward, but not under manual optimisation (Lightning turns the
+        forward sync off), and SyncBatchNorm has no CPU kernel: without this, each rank would score
+        its shard with its own running statistics instead of those the checkpoint holds.
+        """
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip after mixed precision has unscaled the gradients (Lightning calls this hook right before the step)."""
         if self.config.clip_grad_norm:

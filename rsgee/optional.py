@@ -1,0 +1,32 @@
+"""Optional dependencies, guarded in one place.
+
+The core (export, tile, check, cache) needs only rasterio and friends; training, evaluation,
+generation and the demo need the ``train`` extra. A missing extra is a one-line error naming the
+command that installs it, never an ``ImportError`` from deep inside a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rsgee.errors import RsgeeError
+
+#: Extra name → the modules it provides (as imported).
+EXTRAS = {"train": ("torch", "lightning", "torchmetrics", "matplotlib")}
+
+
+class MissingExtra(RsgeeError):
+    """An optional dependency group is not installed."""
+
+
+def require(extra: str) -> None:
+    """Raise :class:`MissingExtra` unless every module of ``extra`` imports."""
+    missing = []
+    for module in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MissingExtra(f"this needs rsgee's optional '{extra}' dependencies ({', '.join(missing)} not installed); "
+                           f"install them with: pip install 'rsgee[{extra}]'")

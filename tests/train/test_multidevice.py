@@ -1,0 +1,99 @@
+"""Data-parallel training as users launch it: `rsgee train … --devices 2` and torchrun, 2 gloo processes on CPU.
+
+Each run is a real multi-process job through the command line. The val metric logged during
+training must be the metric of the whole split — the same number ``rsgee evaluate --split val``
+gives for that checkpoint on one process — and everything a run writes is written once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsgee.train.evaluate import evaluate_fusion
+from rsgee.train.trainer import read_metrics, read_run
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--size", "tiny", "--epochs", "2", "--batch-size", "2", "--crop", "64", "--accelerator", "cpu", "--no-progress"]
+
+
+def run_cli(*args, launcher=(sys.executable, "-m", "rsgee"), timeout=300) -> subprocess.CompletedProcess:
+    """The command line in a fresh process, one thread per rank (two ranks on two cores)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("MASTER_PORT", None)
+    result = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def best_val(run: Path, metric: str) -> float:
+    """The logged val metric of the epoch whose checkpoint is the run's best."""
+    info = read_run(run)
+    epoch = int(info["best_checkpoint"].removeprefix("epoch").removesuffix(".ckpt"))
+    (row,) = [r for r in read_metrics(run) if r.get(metric) and int(r["epoch"]) == epoch]
+    return float(row[metric])
+
+
+@pytest.mark.parametrize("model", ["rs-spade", "pix2pix"])
+def test_two_process_fusion_scores_the_whole_val_split_and_writes_once(ddp_archive, tmp_path, model):
+    run = tmp_path / model
+    result = run_cli("train", "fusion", ddp_archive.root, "--model", model, "--out", run, "--devices", "2", *TINY)
+    assert result.stdout.count("trained ") == 1  # printed by rank 0 only
+    info = read_run(run)
+    assert info["launch"]["world_size"] == 2 and info["launch"]["accelerator"] == "cpu"
+    # 5 train tiles → 3 per rank (one repeat), batch 2 → 1 batch per rank and epoch, 2 optimiser steps each
+    assert info["global_step"] == 4 and info["epochs_done"] == 2
+    assert sorted(p.name for p in (run / "val").iterdir()) == ["epoch_0000.png", "epoch_0001.png"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(["last.ckpt", info["best_checkpoint"]])
+    (row,) = evaluate_fusion([run], split="val", progress=False)
+    assert row["tiles"] == 3
+    assert best_val(run, "val/psnr") == pytest.approx(row["psnr"], abs=2e-3)
+    assert best_val(run, "val/ssim") == pytest.approx(row["ssim"], abs=2e-4)
+
+
+def test_two_process_segmentation_and_resume_on_one_device(ddp_archive, tmp_path):
+    from rsgee.train.evaluate import evaluate_segmentation
+
+    run = tmp_path / "seg"
+    result = run_cli("train", "seg", ddp_archive.root, "--out", run, "--devices", "2", *TINY)
+    assert result.stdout.count("trained RS-UNet") == 1
+    info = read_run(run)
+    assert info["launch"]["world_size"] == 2 and info["global_step"] == 2 * 2  # ceil(5/2) = 3 → 2 batches of ≤ 2
+    rows, _ = evaluate_segmentation([run], tmp_path / "eval", split="val", progress=False)
+    assert rows[0]["tiles"] == 3 and best_val(run, "val/miou") == pytest.approx(rows[0]["miou"], abs=1e-4)
+    assert best_val(run, "val/accuracy") == pytest.approx(rows[0]["accuracy"], abs=1e-4)
+    # an end-of-epoch checkpoint resumes on another number of devices
+    run_cli("train", "seg", ddp_archive.root, "--out", run, "--devices", "1", "--resume", *TINY, "--epochs", "3")
+    info = read_run(run)
+    assert info["epochs_done"] == 3 and info["launch"]["world_size"] == 1
+    assert info["global_step"] == 4 + 3  # then one device: 5 tiles in batches of 2
+    epochs = sorted({int(r["epoch"]) for r in read_metrics(run) if r.get("val/miou")})
+    assert epochs == [0, 1, 2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_torchrun_launch(ddp_archive, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    run = tmp_path / "seg"
+    result = run_cli("train", "seg", ddp_archive.root, "--out", run, *TINY,
+                     launcher=(torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                               str(free_port()), "-m", "rsgee"), timeout=180)
+    assert result.stdout.count("trained RS-UNet") == 1
+    info = read_run(run)
+    assert info["launch"] == {"accelerator": "cpu", "devices": 2, "num_nodes": 1, "world_size": 2,
+                              "precision": "32-true"}
+    assert json.loads((run / "run.json").read_text())["global_step"] == 4
