@@ -134,9 +134,7 @@ def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: 
     if not is_current(archive, split):
         if not rebuild:
             raise RsgeeError(f"{archive.root}: the packed cache of split '{split}' is missing or stale; run rsgee cache")
-        folder = archive.root / "cache"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as lock:
+        with open(archive.root / ".cache.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not is_current(archive, split):  # another process may have built it meanwhile

@@ -133,10 +133,10 @@ class FusionTask(GuardedTask):
             g_vgg = self.vgg(fake, real)
             g_loss = g_loss + c.vgg_weight * g_vgg
             logs["train/g_vgg"] = g_vgg
+        logs["train/g_loss"] = g_loss
         if not self.optimise(opt_g, g_loss, {k.removeprefix("train/"): v for k, v in logs.items() if k != "train/d_loss"},
                              "generator"):
             return
-        logs["train/g_loss"] = g_loss
         self.log_train(logs, batch_size=len(real))
         self.log("g_l1", g_l1, prog_bar=True, on_step=True, on_epoch=False, logger=False)
 
