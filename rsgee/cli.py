@@ -437,6 +437,22 @@ def evaluate_group() -> None:
     """The paper's comparison tables, on real test tiles."""
 
 
+device_options = [
+    click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+                 help="Where to run; auto uses CUDA when present."),
+    click.option("--devices", default="auto", show_default=True,
+                 help="Devices (processes) per node; each takes a share of the tiles.  [auto: every visible GPU, 1 "
+                      "CPU process, or what torchrun/srun started]"),
+    click.option("--num-nodes", default="auto", show_default=True, help="Machines taking part.  [auto: 1, or what "
+                 "torchrun/srun started]"),
+]
+
+
+def _on_devices(accelerator, devices, num_nodes) -> dict:
+    return {"accelerator": accelerator, "devices": _count(devices, "--devices"),
+            "num_nodes": _count(num_nodes, "--num-nodes")}
+
+
 @evaluate_group.command("fusion", context_settings=CONTEXT)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--archive", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -445,15 +461,19 @@ def evaluate_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"),
               show_default=True, help="Folder for fusion_table.csv and fusion_table.md.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per batch.")
+@_with(device_options)
 @progress_option
-def evaluate_fusion_cmd(runs, archive, split, out_dir, batch_size, progress) -> None:
+def evaluate_fusion_cmd(runs, archive, split, out_dir, batch_size, accelerator, devices, num_nodes, progress) -> None:
     """Table 1/2: model, sources, PSNR (dB), SSIM and SAM (rad) of each fusion RUN's best checkpoint."""
+    from rsgee.train.distributed import is_main_process
     from rsgee.train.evaluate import FUSION_COLUMNS, FUSION_HEADERS, evaluate_fusion, markdown_table, write_table
 
-    rows = evaluate_fusion(runs, archive=archive, split=split, batch_size=batch_size, progress=progress)
-    click.echo(markdown_table(rows, FUSION_COLUMNS, FUSION_HEADERS), nl=False)
-    csv_path, md_path = write_table(rows, out_dir, "fusion_table", FUSION_COLUMNS, FUSION_HEADERS)
-    click.echo(f"written: {csv_path}, {md_path}")
+    rows = evaluate_fusion(runs, archive=archive, split=split, batch_size=batch_size, progress=progress,
+                           **_on_devices(accelerator, devices, num_nodes))
+    if is_main_process():
+        click.echo(markdown_table(rows, FUSION_COLUMNS, FUSION_HEADERS), nl=False)
+        csv_path, md_path = write_table(rows, out_dir, "fusion_table", FUSION_COLUMNS, FUSION_HEADERS)
+        click.echo(f"written: {csv_path}, {md_path}")
 
 
 @evaluate_group.command("seg", context_settings=CONTEXT)
@@ -464,22 +484,25 @@ def evaluate_fusion_cmd(runs, archive, split, out_dir, batch_size, progress) -> 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"),
               show_default=True, help="Folder for seg_table.csv/.md and the PNG figures.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per batch.")
+@_with(device_options)
 @progress_option
-def evaluate_seg_cmd(runs, archive, split, out_dir, batch_size, progress) -> None:
+def evaluate_seg_cmd(runs, archive, split, out_dir, batch_size, accelerator, devices, num_nodes, progress) -> None:
     """Table 3: training set, mIoU and accuracy of each segmentation RUN on real test tiles, plus figures.
 
     Writes the mIoU-versus-epoch curves of all runs (the paper's Figure 8), a confusion matrix per run
     and the runs' predictions side by side on test tiles (Figure 9).
     """
+    from rsgee.train.distributed import is_main_process
     from rsgee.train.evaluate import SEG_COLUMNS, SEG_HEADERS, evaluate_segmentation, markdown_table, write_table
 
     rows, figures = evaluate_segmentation(runs, out_dir, archive=archive, split=split, batch_size=batch_size,
-                                          progress=progress)
-    click.echo(markdown_table(rows, SEG_COLUMNS, SEG_HEADERS), nl=False)
-    csv_path, md_path = write_table(rows, out_dir, "seg_table", SEG_COLUMNS, SEG_HEADERS)
-    click.echo(f"written: {csv_path}, {md_path}")
-    for figure in figures:
-        click.echo(f"figure: {figure}")
+                                          progress=progress, **_on_devices(accelerator, devices, num_nodes))
+    if is_main_process():
+        click.echo(markdown_table(rows, SEG_COLUMNS, SEG_HEADERS), nl=False)
+        csv_path, md_path = write_table(rows, out_dir, "seg_table", SEG_COLUMNS, SEG_HEADERS)
+        click.echo(f"written: {csv_path}, {md_path}")
+        for figure in figures:
+            click.echo(f"figure: {figure}")
 
 
 @cli.command("generate", context_settings=CONTEXT)
@@ -487,8 +510,9 @@ def evaluate_seg_cmd(runs, archive, split, out_dir, batch_size, progress) -> Non
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per batch.")
 @click.option("--overwrite", is_flag=True, help="Replace tiles another run generated.")
+@_with(device_options)
 @progress_option
-def generate_cmd(run, archive, batch_size, overwrite, progress) -> None:
+def generate_cmd(run, archive, batch_size, overwrite, accelerator, devices, num_nodes, progress) -> None:
     """Write a pseudo-Sentinel-2 for every tile of ARCHIVE as ARCHIVE/gen/<tile_id>.tif with RUN's generator.
 
     Same grid as the tile's s2 file, uint16 reflectance × 10000; ARCHIVE/gen/generated.json records the
@@ -496,8 +520,9 @@ def generate_cmd(run, archive, batch_size, overwrite, progress) -> None:
     """
     from rsgee.train.generate import generate
 
-    summary = generate(run, archive, batch_size=batch_size, overwrite=overwrite, progress=progress)
-    click.echo(f"generated {summary.written} tile(s), {summary.skipped} already done → {summary.folder}")
+    summary = generate(run, archive, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                       **_on_devices(accelerator, devices, num_nodes))
+    _say(f"generated {summary.written} tile(s), {summary.skipped} already done → {summary.folder}")
 
 
 @cli.command("demo", context_settings=CONTEXT)

@@ -26,31 +26,43 @@ from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionSamples, collate, model_to_reflectance
 from rsgee.train.fusion import load_fusion, sources_label
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import read_run
+from rsgee.train.distributed import EvenShards
+from rsgee.train.trainer import read_run, start_processes
 
 
 def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
-                    batch_size: int = 8, progress: bool = True) -> list[dict]:
-    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default)."""
+                    batch_size: int = 8, progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
+                    num_nodes: int | str = "auto") -> list[dict]:
+    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default).
+
+    On several devices each process scores its share of the tiles and the metrics are computed over
+    all of them; every process returns the same rows.
+    """
+    fabric = start_processes(accelerator, devices, num_nodes)
     rows = []
     for run in runs:
         info = read_run(run)
-        task = load_fusion(run)
+        task = load_fusion(run).to(fabric.device)
         root = Archive(archive or info["archive"])
         samples = FusionSamples(root, split, task.config.sources, info["normalisation"], progress=progress)
         if not len(samples):
             raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
-        metrics = FusionMetrics()
-        loader = DataLoader(samples, batch_size=batch_size, collate_fn=collate)
-        for batch in tqdm(loader, desc=f"evaluate {Path(run).name}", unit="batch", disable=not progress,
-                          file=sys.stderr):
+        metrics = FusionMetrics().to(fabric.device)
+        loader = DataLoader(EvenShards(samples, fabric.global_rank, fabric.world_size), batch_size=batch_size,
+                            collate_fn=collate)
+        for batch in tqdm(loader, desc=f"evaluate {Path(run).name}", unit="batch",
+                          disable=not progress or fabric.global_rank > 0, file=sys.stderr):
+            batch = fabric.to_device(batch)
+            counted = batch["counted"]
             with torch.no_grad():
                 fake = task(batch["cond"])
-            metrics.update(model_to_reflectance(fake), model_to_reflectance(batch["target"]), batch["valid"])
+            if counted.any():
+                metrics.update(model_to_reflectance(fake[counted]), model_to_reflectance(batch["target"][counted]),
+                               batch["valid"][counted])
         values = metrics.compute()
         rows.append({"run": str(run), "model": task.config.model, "sources": sources_label(task.config.sources),
                      "psnr": round(float(values["psnr"]), 3), "ssim": round(float(values["ssim"]), 4),
-                     "sam": round(float(values["sam"]), 4), "tiles": len(samples), "split": split})
+                     "sam": round(float(values["sam"]), 4), "tiles": int(values["n_images"]), "split": split})
     return rows
 
 
@@ -86,51 +98,67 @@ SEG_HEADERS = ("training set", "mIoU", "accuracy", "mIoU (absent = 0)", "classes
 
 
 def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, archive: str | Path | None = None,
-                          split: str = "test", batch_size: int = 8, figure_tiles: int = 4,
-                          progress: bool = True) -> tuple[list[dict], list[Path]]:
+                          split: str = "test", batch_size: int = 8, figure_tiles: int = 4, progress: bool = True,
+                          accelerator: str = "auto", devices: int | str = 1,
+                          num_nodes: int | str = "auto") -> tuple[list[dict], list[Path]]:
     """Table 3 rows (real test tiles only) and the figures: mIoU-vs-epoch curves (Figure 8), one
-    confusion matrix per run, and predictions side by side on test tiles (Figure 9)."""
+    confusion matrix per run, and predictions side by side on test tiles (Figure 9).
+
+    On several devices each process predicts its share and the confusion matrices are summed over
+    all of them; the main process draws the figures (from the tiles of its own share).
+    """
     from rsgee.train.figures import confusion_figure, curves, prediction_grid
     from rsgee.train.metrics import SegmentationMetrics
-    from rsgee.train.segmentation import IGNORE, NUM_CLASSES, load_segmentation, predict, real_test_samples
+    from rsgee.train.segmentation import (IGNORE, NUM_CLASSES, collate_segmentation, counted_labels, load_segmentation,
+                                          real_test_samples)
 
+    fabric = start_processes(accelerator, devices, num_nodes)
+    main = fabric.global_rank == 0
     out_dir = Path(out_dir)
     rows, figures, shown, series = [], [], {}, {}
     truth = reflectance = titles = None
     classes = None
     for run in runs:
         info = read_run(run)
-        task = load_segmentation(run)
+        task = load_segmentation(run).to(fabric.device)
         root = Archive(archive or info["archive"])
         classes = classes or list(root.sources()["lulc"].classes)
         samples = real_test_samples(root, split)
         if not len(samples):
             raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
-        metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE)
-        kept = []
-        for batch, predicted in tqdm(predict(task, samples, batch_size), desc=f"evaluate {Path(run).name}",
-                                     unit="batch", disable=not progress, file=sys.stderr):
-            metrics.update(predicted, batch["labels"])
-            kept.append((batch, predicted))
+        metrics = SegmentationMetrics(NUM_CLASSES, ignore_index=IGNORE).to(fabric.device)
+        loader = DataLoader(EvenShards(samples, fabric.global_rank, fabric.world_size), batch_size=batch_size,
+                            collate_fn=collate_segmentation)
+        kept = []  # the first figure_tiles counted tiles: (image, labels, prediction, tile id)
+        for batch in tqdm(loader, desc=f"evaluate {Path(run).name}", unit="batch", disable=not progress or not main,
+                          file=sys.stderr):
+            batch = fabric.to_device(batch)
+            with torch.no_grad():
+                predicted = task(batch["image"]).argmax(1)
+            metrics.update(predicted, counted_labels(batch))
+            kept += [(batch["image"][i].cpu(), batch["labels"][i].cpu(), predicted[i].cpu(), batch["tile_id"][i])
+                     for i in range(len(predicted)) if batch["counted"][i]][: figure_tiles - len(kept)]
         scores = metrics.compute()
         label = f"{info['mix_label']} — {Path(run).name}"
         rows.append({"training_set": info["mix_label"], "miou": round(float(scores["miou"]), 4),
                      "accuracy": round(float(scores["accuracy"]), 4),
                      "miou_absent_as_zero": round(float(scores["miou_absent_as_zero"]), 4),
                      "classes_present": int(scores["n_classes_present"]), "tiles": len(samples), "run": str(run)})
+        if not main:
+            continue
         figures.append(confusion_figure(out_dir / f"confusion_{Path(run).name}.png",
                                         scores["confusion"].cpu().numpy(), classes, f"{label}: {split} split"))
         series[label] = _val_miou_by_epoch(Path(run))
-        images = torch.cat([b["image"] for b, _ in kept])[:figure_tiles]
-        shown[label] = torch.cat([p for _, p in kept])[:figure_tiles].numpy()
+        shown[label] = torch.stack([k[2] for k in kept]).numpy()
         if truth is None:
-            labels = torch.cat([b["labels"] for b, _ in kept])[:figure_tiles].numpy()
+            labels = torch.stack([k[1] for k in kept]).numpy()
             truth = np.where(labels == IGNORE, NUM_CLASSES, labels)
-            reflectance = images.numpy() * samples.std + samples.mean
-            titles = sum((b["tile_id"] for b, _ in kept), [])[:figure_tiles]
-    figures.append(curves(out_dir / "miou_curves.png", series, ylabel="val mIoU", title="mIoU during training"))
-    figures.append(prediction_grid(out_dir / "predictions.png", reflectance=reflectance, truth=truth,
-                                   predictions=shown, titles=titles, suptitle=f"RS-UNet predictions, {split} tiles"))
+            reflectance = torch.stack([k[0] for k in kept]).numpy() * samples.std + samples.mean
+            titles = [k[3] for k in kept]
+    if main:
+        figures.append(curves(out_dir / "miou_curves.png", series, ylabel="val mIoU", title="mIoU during training"))
+        figures.append(prediction_grid(out_dir / "predictions.png", reflectance=reflectance, truth=truth,
+                                       predictions=shown, titles=titles, suptitle=f"RS-UNet predictions, {split} tiles"))
     return rows, figures
 
 

@@ -26,7 +26,8 @@ from rsgee.preprocess.archive import Archive, file_sha256
 from rsgee.preprocess.split import SPLITS
 from rsgee.train.data import FusionSamples, collate, reflectance_to_s2
 from rsgee.train.fusion import load_fusion, reflectance_batch, sources_label
-from rsgee.train.trainer import checkpoint_of, read_run
+from rsgee.train.distributed import EvenShards
+from rsgee.train.trainer import checkpoint_of, read_run, start_processes
 
 
 @dataclass
@@ -37,41 +38,54 @@ class GenerateSummary:
 
 
 def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int = 8, overwrite: bool = False,
-             progress: bool = True) -> GenerateSummary:
-    """Write gen/<tile_id>.tif for every tile of every split of the archive."""
+             progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
+             num_nodes: int | str = "auto") -> GenerateSummary:
+    """Write gen/<tile_id>.tif for every tile of every split of the archive.
+
+    On several devices each process writes its share of the tiles (each tile once); every process
+    returns the totals.
+    """
     run_dir, archive = Path(run_dir), Archive(archive_root)
     archive.read_meta()
     info = read_run(run_dir)
+    fabric = start_processes(accelerator, devices, num_nodes)
+    main = fabric.global_rank == 0
     ckpt = checkpoint_of(run_dir, "best")
     record = {"run": str(run_dir.resolve()), "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt),
               "model": info["config"]["model"], "sources": sources_label(info["config"]["sources"])}
-    _claim(archive, record, overwrite)
-    task = load_fusion(run_dir)
+    if main:
+        _claim(archive, record, overwrite)
+    fabric.barrier()  # every process sees what the claim left before listing what is to do
+    task = load_fusion(run_dir).to(fabric.device)
     spec = archive.sources()["s2"]
     tags = {"RSGEE_GENERATED_BY": record["run"], "RSGEE_CHECKPOINT": ckpt.name, "RSGEE_MODEL": record["model"],
             "RSGEE_SOURCES": record["sources"], "RSGEE_SYNTHETIC_S2": "generated, not observed"}
-    summary = GenerateSummary(folder=archive.generated_dir)
     todo = {split: [t["tile_id"] for t in archive.tiles(split) if not _done(archive, t["tile_id"])] for split in SPLITS}
-    summary.skipped = len(archive.tiles()) - sum(len(v) for v in todo.values())
-    bar = tqdm(total=sum(len(v) for v in todo.values()), desc="generate", unit="tile", disable=not progress,
-               file=sys.stderr)
+    fabric.barrier()  # the lists are taken before anyone writes
+    written = 0
+    bar = tqdm(total=sum(len(v) for v in todo.values()), desc="generate", unit="tile",
+               disable=not progress or not main, file=sys.stderr)
     for split, tile_ids in todo.items():
         if not tile_ids:
             continue
         samples = FusionSamples(archive, split, task.config.sources, info["normalisation"], progress=progress)
         wanted = set(tile_ids)
         indices = [i for i, t in enumerate(samples.packed.tile_ids) if t in wanted]
-        loader = DataLoader(torch.utils.data.Subset(samples, indices), batch_size=batch_size, collate_fn=collate)
-        for batch in loader:
-            reflectance = reflectance_batch(task, batch["cond"])
-            for tile_id, image in zip(batch["tile_id"], reflectance):
+        shard = EvenShards(torch.utils.data.Subset(samples, indices), fabric.global_rank, fabric.world_size)
+        for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
+            reflectance = reflectance_batch(task, fabric.to_device(batch["cond"]))
+            for tile_id, image, counted in zip(batch["tile_id"], reflectance, batch["counted"].tolist()):
+                if not counted:
+                    continue
                 tile = Tile.from_id(tile_id)
                 write_array(archive.generated_path(tile_id), reflectance_to_s2(image), spec,
                             RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX), tags=tags, compress="zstd")
-                summary.written += 1
-                bar.update(1)
+                written += 1
+            bar.update(int(batch["counted"].sum()) * fabric.world_size)
     bar.close()
-    return summary
+    written = int(fabric.all_reduce(torch.tensor(written, device=fabric.device), reduce_op="sum"))
+    todo_total = sum(len(v) for v in todo.values())
+    return GenerateSummary(written=written, skipped=len(archive.tiles()) - todo_total, folder=archive.generated_dir)
 
 
 def _claim(archive: Archive, record: dict, overwrite: bool) -> None:

@@ -16,7 +16,6 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 import numpy as np
@@ -336,11 +335,3 @@ def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationT
 def real_test_samples(archive: Archive, split: str = "test") -> SegmentationSamples:
     mean, std = image_stats(archive)
     return SegmentationSamples(archive, split, mean, std)
-
-
-def predict(task: SegmentationTask, samples: SegmentationSamples, batch_size: int = 8) -> Iterator[tuple[dict, torch.Tensor]]:
-    """(batch, predicted classes) over a dataset, in order."""
-    for batch in DataLoader(samples, batch_size=batch_size, collate_fn=collate_segmentation):
-        with torch.no_grad():
-            yield batch, task(batch["image"]).argmax(1)
-

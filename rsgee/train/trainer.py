@@ -116,6 +116,22 @@ def resolve_launch(accelerator: str = "auto", devices: int | str = "auto", num_n
     return Launch("gpu" if accelerator == "cuda" else accelerator, devices, num_nodes, external)
 
 
+def start_processes(accelerator: str = "auto", devices: int | str = 1, num_nodes: int | str = "auto"):
+    """Lightning Fabric on the requested devices, one process each, for evaluation and generation.
+
+    With several devices the processes are started here (the command re-runs in each) or were
+    started by torchrun/srun; each then works on its :class:`~rsgee.train.distributed.EvenShards`
+    share, and torchmetrics states are reduced over all of them when computed.
+    """
+    from lightning.fabric import Fabric
+
+    launch = resolve_launch(accelerator, devices, num_nodes)
+    fabric = Fabric(accelerator=launch.accelerator, devices=launch.devices, num_nodes=launch.num_nodes,
+                    strategy="ddp" if launch.world_size > 1 else "auto", precision="32-true")
+    fabric.launch()
+    return fabric
+
+
 #: Mixed precision used by default on CUDA. The GAN avoids fp16: spectral norm's power iteration and
 #: two GradScaler-driven optimisers overflow easily, and bf16 has fp32's range. Without bf16 support
 #: (pre-Ampere GPUs) the GAN trains in fp32 and RS-UNet in fp16.

@@ -71,6 +71,11 @@ def test_two_process_segmentation_and_resume_on_one_device(ddp_archive, tmp_path
     rows, _ = evaluate_segmentation([run], tmp_path / "eval", split="val", progress=False)
     assert rows[0]["tiles"] == 3 and best_val(run, "val/miou") == pytest.approx(rows[0]["miou"], abs=1e-4)
     assert best_val(run, "val/accuracy") == pytest.approx(rows[0]["accuracy"], abs=1e-4)
+    result = run_cli("evaluate", "seg", run, "--split", "val", "--out", tmp_path / "eval2", "--devices", "2",
+                     "--accelerator", "cpu", "--no-progress")
+    assert result.stdout.count("figure: ") == 4 and result.stdout.count("| real only (True Data) |") == 1
+    row = (tmp_path / "eval2" / "seg_table.csv").read_text().splitlines()[1].split(",")
+    assert (float(row[1]), float(row[2])) == (rows[0]["miou"], rows[0]["accuracy"])
     # an end-of-epoch checkpoint resumes on another number of devices
     run_cli("train", "seg", ddp_archive.root, "--out", run, "--devices", "1", "--resume", *TINY, "--epochs", "3")
     info = read_run(run)
@@ -97,3 +102,33 @@ def test_torchrun_launch(ddp_archive, tmp_path):
     assert info["launch"] == {"accelerator": "cpu", "devices": 2, "num_nodes": 1, "world_size": 2,
                               "precision": "32-true"}
     assert json.loads((run / "run.json").read_text())["global_step"] == 4
+
+
+def test_evaluate_and_generate_on_two_processes_score_and_write_each_tile_once(ddp_archive, tmp_path):
+    import numpy as np
+    import rasterio
+
+    from rsgee.train.fusion import FusionConfig, train_fusion
+    from rsgee.train.generate import generate
+
+    run = train_fusion(ddp_archive.root, tmp_path / "gan", FusionConfig(size="tiny", batch_size=2, epochs=1,
+                       steps_per_epoch=1, crop=64), progress=False)
+    (alone,) = evaluate_fusion([run], split="val", progress=False)
+    result = run_cli("evaluate", "fusion", run, "--split", "val", "--out", tmp_path / "eval", "--devices", "2",
+                     "--accelerator", "cpu", "--no-progress")
+    assert result.stdout.count("| rs-spade |") == 1
+    row = (tmp_path / "eval" / "fusion_table.csv").read_text().splitlines()[1].split(",")
+    assert [float(v) for v in row[2:5]] == [alone["psnr"], alone["ssim"], alone["sam"]] and row[5] == "3"
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(ddp_archive.root, one)
+    shutil.copytree(ddp_archive.root, two)
+    assert generate(run, one, progress=False).written == 9
+    result = run_cli("generate", run, two, "--devices", "2", "--accelerator", "cpu", "--no-progress")
+    assert result.stdout.count("generated 9 tile(s), 0 already done") == 1
+    assert sorted(p.name for p in (two / "gen").glob("*.tif")) == sorted(p.name for p in (one / "gen").glob("*.tif"))
+    for path in (one / "gen").glob("*.tif"):
+        with rasterio.open(path) as a, rasterio.open(two / "gen" / path.name) as b:
+            assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1  # batch composition only
+    again = run_cli("generate", run, two, "--devices", "2", "--accelerator", "cpu", "--no-progress")
+    assert "generated 0 tile(s), 9 already done" in again.stdout
