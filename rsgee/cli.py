@@ -609,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"rsgee: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback "
                    "and please report it)", err=True)
         return 1
+    finally:
+        if "torch.distributed" in sys.modules:  # a multi-device train, evaluate or generate ran
+            from rsgee.train.distributed import close_process_group
+
+            close_process_group()
     return code if isinstance(code, int) else 0
 
 

@@ -44,6 +44,18 @@ def is_main_process() -> bool:
     return launched_rank() == 0
 
 
+def close_process_group() -> None:
+    """Tear down the process group of a multi-device command before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's threads can die with "terminate called without an active
+    exception" on stderr.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class EpochSampler(Sampler):
     """A seeded global order per epoch, padded to a multiple of the ranks and cut into rank shards.
 

@@ -126,10 +126,17 @@ def start_processes(accelerator: str = "auto", devices: int | str = 1, num_nodes
     from lightning.fabric import Fabric
 
     launch = resolve_launch(accelerator, devices, num_nodes)
+    quiet_lightning()
     fabric = Fabric(accelerator=launch.accelerator, devices=launch.devices, num_nodes=launch.num_nodes,
                     strategy="ddp" if launch.world_size > 1 else "auto", precision="32-true")
     fabric.launch()
     return fabric
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners (devices, process groups) as warnings only: rsgee prints its own summary."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 #: Mixed precision used by default on CUDA. The GAN avoids fp16: spectral norm's power iteration and
@@ -230,8 +237,7 @@ def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, l
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     except ImportError:
         pass
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    quiet_lightning()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a run
