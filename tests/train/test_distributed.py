@@ -141,3 +141,15 @@ def test_launch_follows_torchrun_and_refuses_contradictions(monkeypatch):
 def test_asking_for_a_gpu_without_one_is_one_line():
     with pytest.raises(RsgeeError, match="no CUDA device is visible"):
         resolve_launch("gpu", "auto", "auto")
+
+
+def test_launch_follows_srun(monkeypatch):
+    for key, value in dict(SLURM_NTASKS="16", SLURM_NTASKS_PER_NODE="8(x2)", SLURM_NNODES="2",
+                           SLURM_JOB_NAME="train").items():
+        monkeypatch.setenv(key, value)
+    launch = resolve_launch("cpu", "auto", "auto")
+    assert (launch.devices, launch.num_nodes, launch.external) == (8, 2, "slurm")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert launched_rank() == 3
+    with pytest.raises(RsgeeError, match="slurm started 8 process"):
+        resolve_launch("cpu", "auto", 1)

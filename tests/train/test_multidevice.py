@@ -132,3 +132,21 @@ def test_evaluate_and_generate_on_two_processes_score_and_write_each_tile_once(d
             assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1  # batch composition only
     again = run_cli("generate", run, two, "--devices", "2", "--accelerator", "cpu", "--no-progress")
     assert "generated 0 tile(s), 9 already done" in again.stdout
+
+
+def test_a_slurm_launch_of_two_tasks(ddp_archive, tmp_path):
+    """Two processes started as `srun --ntasks-per-node 2` starts them: SLURM's variables, no launcher of our own."""
+    run, port = tmp_path / "seg", str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", SLURM_NTASKS="2",
+                   SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                   SLURM_NODEID="0", SLURM_NODELIST="127.0.0.1", SLURM_JOB_ID="4242", SLURM_JOB_NAME="rsgee",
+                   MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "rsgee", "train", "seg", str(ddp_archive.root), "--out",
+                                       str(run), *TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, stdin=subprocess.DEVNULL))
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum(out.count("trained RS-UNet") for out, _ in outputs) == 1  # task 0 only
+    assert read_run(run)["launch"]["world_size"] == 2 and read_run(run)["global_step"] == 4
