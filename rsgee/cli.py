@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                    "and please report it)", err=True)
         return 1
     finally:
-        if "torch.distributed" in sys.modules:  # a multi-device train, evaluate or generate ran
+        if "rsgee.train.distributed" in sys.modules:  # a train, evaluate or generate ran (maybe on several devices)
             from rsgee.train.distributed import close_process_group
 
             close_process_group()
