@@ -464,7 +464,12 @@ def _on_devices(accelerator, devices, num_nodes) -> dict:
 @_with(device_options)
 @progress_option
 def evaluate_fusion_cmd(runs, archive, split, out_dir, batch_size, accelerator, devices, num_nodes, progress) -> None:
-    """Table 1/2: model, sources, PSNR (dB), SSIM and SAM (rad) of each fusion RUN's best checkpoint."""
+    """Table 1/2: model, sources, PSNR (dB), SSIM and SAM (rad) of each fusion RUN's best checkpoint.
+
+    The rows of two trivial predictors on the same tiles come first: constant-mean (the train split's
+    per-band mean everywhere) and class-mean (each land-cover class's train mean spectrum); a run that
+    does not beat constant-mean is marked.
+    """
     from rsgee.train.distributed import is_main_process
     from rsgee.train.evaluate import FUSION_COLUMNS, FUSION_HEADERS, evaluate_fusion, markdown_table, write_table
 
@@ -490,7 +495,9 @@ def evaluate_seg_cmd(runs, archive, split, out_dir, batch_size, accelerator, dev
     """Table 3: training set, mIoU and accuracy of each segmentation RUN on real test tiles, plus figures.
 
     Writes the mIoU-versus-epoch curves of all runs (the paper's Figure 8), a confusion matrix per run
-    and the runs' predictions side by side on test tiles (Figure 9).
+    and the runs' predictions side by side on test tiles (Figure 9). The rows of two trivial predictors
+    come first — majority-class and class-mean-spectrum (nearest train mean spectrum) — and a run that
+    does not beat them is marked.
     """
     from rsgee.train.distributed import is_main_process
     from rsgee.train.evaluate import SEG_COLUMNS, SEG_HEADERS, evaluate_segmentation, markdown_table, write_table

@@ -34,8 +34,10 @@ def test_demo_runs_every_step_and_resumes(tmp_path, aois):
     messages = []
     result = run_demo(tmp_path / "demo", MINIMAL, aois=aois, progress=False, say=messages.append)
     assert [m[:3] for m in messages if m[1] == "/"] == ["1/7", "2/7", "3/7", "3/7", "4/7", "5/7", "6/7", "6/7", "7/7"]
-    assert [r["model"] for r in result.fusion_table] == ["rs-spade", "pix2pix"]
-    assert [r["training_set"] for r in result.seg_table] == ["real only (True Data)", "real:generated 1:1"]
+    assert [r["model"] for r in result.fusion_table] == ["constant-mean", "class-mean", "rs-spade", "pix2pix"]
+    assert [r["training_set"] for r in result.seg_table] == ["majority-class (baseline)",
+                                                             "class-mean-spectrum (baseline)",
+                                                             "real only (True Data)", "real:generated 1:1"]
     assert {p.name for p in result.tables} == {"fusion_table.csv", "fusion_table.md", "seg_table.csv", "seg_table.md"}
     assert {"miou_curves.png", "predictions.png"} <= {p.name for p in result.figures}
     assert all(p.exists() for p in result.tables + result.figures)

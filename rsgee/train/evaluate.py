@@ -22,21 +22,25 @@ from tqdm import tqdm
 
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import atomic_path
+from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionSamples, collate, model_to_reflectance
 from rsgee.train.fusion import load_fusion, sources_label
-from rsgee.train.metrics import FusionMetrics
+from rsgee.train.baselines import fusion_baselines, segmentation_baselines
 from rsgee.train.distributed import EvenShards
+from rsgee.train.metrics import FusionMetrics
 from rsgee.train.trainer import read_run, start_processes
 
 
 def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
                     batch_size: int = 8, progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
-                    num_nodes: int | str = "auto") -> list[dict]:
-    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default).
+                    num_nodes: int | str = "auto", baselines: bool = True) -> list[dict]:
+    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default),
+    after the rows of the trivial baselines on the same tiles (:mod:`rsgee.train.baselines`).
 
-    On several devices each process scores its share of the tiles and the metrics are computed over
-    all of them; every process returns the same rows.
+    A run whose PSNR does not beat ``constant-mean`` says so in its ``note``. On several devices each
+    process scores its share of the tiles and the metrics are computed over all of them; every
+    process returns the same rows.
     """
     fabric = start_processes(accelerator, devices, num_nodes)
     rows = []
@@ -61,13 +65,34 @@ def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = 
                                batch["valid"][counted])
         values = metrics.compute()
         rows.append({"run": str(run), "model": task.config.model, "sources": sources_label(task.config.sources),
-                     "psnr": round(float(values["psnr"]), 3), "ssim": round(float(values["ssim"]), 4),
-                     "sam": round(float(values["sam"]), 4), "tiles": int(values["n_images"]), "split": split})
-    return rows
+                     **_fusion_scores(values), "params": _millions(task.generator), "split": split,
+                     "archive": str(root.root.resolve()), "note": ""})
+    if not baselines:
+        return rows
+    references = []
+    for root in dict.fromkeys(r["archive"] for r in rows):
+        scores = fusion_baselines(Archive(root), split, batch_size)
+        references += [{"run": "baseline", "model": name, "sources": "lulc" if name == "class-mean" else "—",
+                        **_fusion_scores(values), "params": "0", "split": split, "archive": root, "note": ""}
+                       for name, values in scores.items()]
+    for row in rows:
+        floor = next(r for r in references if r["archive"] == row["archive"] and r["model"] == "constant-mean")
+        if not row["psnr"] > floor["psnr"]:
+            row["note"] = "below constant-mean"
+    return references + rows
 
 
-FUSION_COLUMNS = ("model", "sources", "psnr", "ssim", "sam", "tiles", "run")
-FUSION_HEADERS = ("model", "sources", "PSNR (dB)", "SSIM", "SAM (rad)", "test tiles", "run")
+def _fusion_scores(values: dict) -> dict:
+    return {"psnr": round(float(values["psnr"]), 3), "ssim": round(float(values["ssim"]), 4),
+            "sam": round(float(values["sam"]), 4), "tiles": int(values["n_images"])}
+
+
+def _millions(module: torch.nn.Module) -> str:
+    return f"{count_parameters(module) / 1e6:.2f} M"
+
+
+FUSION_COLUMNS = ("model", "sources", "psnr", "ssim", "sam", "params", "tiles", "note", "run")
+FUSION_HEADERS = ("model", "sources", "PSNR (dB)", "SSIM", "SAM (rad)", "generator params", "test tiles", "note", "run")
 
 
 def markdown_table(rows: list[dict], columns: Sequence[str], headers: Sequence[str]) -> str:
@@ -93,16 +118,21 @@ def write_table(rows: list[dict], out_dir: str | Path, name: str, columns: Seque
     return csv_path, md_path
 
 
-SEG_COLUMNS = ("training_set", "miou", "accuracy", "miou_absent_as_zero", "classes_present", "tiles", "run")
-SEG_HEADERS = ("training set", "mIoU", "accuracy", "mIoU (absent = 0)", "classes present", "test tiles", "run")
+SEG_COLUMNS = ("training_set", "miou", "accuracy", "miou_absent_as_zero", "classes_present", "params", "tiles", "note",
+               "run")
+SEG_HEADERS = ("training set", "mIoU", "accuracy", "mIoU (absent = 0)", "classes present", "params", "test tiles",
+               "note", "run")
 
 
 def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, archive: str | Path | None = None,
                           split: str = "test", batch_size: int = 8, figure_tiles: int = 4, progress: bool = True,
-                          accelerator: str = "auto", devices: int | str = 1,
-                          num_nodes: int | str = "auto") -> tuple[list[dict], list[Path]]:
+                          accelerator: str = "auto", devices: int | str = 1, num_nodes: int | str = "auto",
+                          baselines: bool = True) -> tuple[list[dict], list[Path]]:
     """Table 3 rows (real test tiles only) and the figures: mIoU-vs-epoch curves (Figure 8), one
     confusion matrix per run, and predictions side by side on test tiles (Figure 9).
+
+    The rows of ``majority-class`` and ``class-mean-spectrum`` (:mod:`rsgee.train.baselines`) on the
+    same tiles come first; a run that does not beat one of them by mIoU says so in its ``note``.
 
     On several devices each process predicts its share and the confusion matrices are summed over
     all of them; the main process draws the figures (from the tiles of its own share).
@@ -140,10 +170,9 @@ def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, ar
                      for i in range(len(predicted)) if batch["counted"][i]][: figure_tiles - len(kept)]
         scores = metrics.compute()
         label = f"{info['mix_label']} — {Path(run).name}"
-        rows.append({"training_set": info["mix_label"], "miou": round(float(scores["miou"]), 4),
-                     "accuracy": round(float(scores["accuracy"]), 4),
-                     "miou_absent_as_zero": round(float(scores["miou_absent_as_zero"]), 4),
-                     "classes_present": int(scores["n_classes_present"]), "tiles": len(samples), "run": str(run)})
+        rows.append({"training_set": info["mix_label"], **_seg_scores(scores), "tiles": len(samples),
+                     "params": _millions(task.model), "run": str(run), "archive": str(root.root.resolve()),
+                     "note": ""})
         if not main:
             continue
         figures.append(confusion_figure(out_dir / f"confusion_{Path(run).name}.png",
@@ -159,7 +188,30 @@ def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, ar
         figures.append(curves(out_dir / "miou_curves.png", series, ylabel="val mIoU", title="mIoU during training"))
         figures.append(prediction_grid(out_dir / "predictions.png", reflectance=reflectance, truth=truth,
                                        predictions=shown, titles=titles, suptitle=f"RS-UNet predictions, {split} tiles"))
+    if baselines:
+        rows = _with_seg_baselines(rows, split, batch_size)
     return rows, figures
+
+
+def _seg_scores(scores: dict) -> dict:
+    return {"miou": round(float(scores["miou"]), 4), "accuracy": round(float(scores["accuracy"]), 4),
+            "miou_absent_as_zero": round(float(scores["miou_absent_as_zero"]), 4),
+            "classes_present": int(scores["n_classes_present"])}
+
+
+def _with_seg_baselines(rows: list[dict], split: str, batch_size: int) -> list[dict]:
+    references = []
+    for root in dict.fromkeys(r["archive"] for r in rows):
+        archive = Archive(root)
+        tiles = len(archive.tiles(split))
+        references += [{"training_set": f"{name} (baseline)", **_seg_scores(scores), "tiles": tiles, "params": "0",
+                        "run": "baseline", "archive": root, "note": ""}
+                       for name, scores in segmentation_baselines(archive, split, batch_size).items()]
+    for row in rows:
+        below = [r["training_set"].removesuffix(" (baseline)") for r in references
+                 if r["archive"] == row["archive"] and not row["miou"] > r["miou"]]
+        row["note"] = "below " + ", ".join(below) if below else ""
+    return references + rows
 
 
 def _val_miou_by_epoch(run: Path) -> tuple[list[int], list[float]]:

@@ -19,6 +19,7 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.models import losses
+from rsgee.models.layers import count_parameters
 from rsgee.models.factory import DEFAULT_DISCRIMINATOR, build_discriminator, build_generator, discriminator_in_channels
 from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance, parse_sources
@@ -208,7 +209,9 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
-    info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm}
+    info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
+            "parameters": {"generator": count_parameters(task.generator),
+                           "discriminator": count_parameters(task.discriminator)}}
     return fit(run_dir, task, data, trainer, ckpt, info)
 
 

@@ -26,6 +26,7 @@ from torchmetrics import MeanMetric
 
 from rsgee.errors import RsgeeError
 from rsgee.models.factory import NUM_CLASSES, build_segmenter
+from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
 from rsgee.train.data import S2_SCALE, augment, crop
@@ -321,7 +322,8 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
     info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
             "mix_label": config.mix_label, "generated_by": generated,
-            "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count}}
+            "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count},
+            "parameters": {"rs-unet": count_parameters(task.model)}}
     return fit(run_dir, task, data, trainer, ckpt, info)
 
 

@@ -124,9 +124,14 @@ def test_generate_writes_georeferenced_pseudo_s2_and_skips_done(spade_run, small
 
 
 def test_evaluate_on_the_test_split(spade_run):
-    (row,) = evaluate_fusion([spade_run], progress=False)
-    assert row["model"] == "rs-spade" and row["sources"] == "lulc+s1+dem" and row["tiles"] == 1
+    rows = evaluate_fusion([spade_run], progress=False)
+    assert [r["model"] for r in rows] == ["constant-mean", "class-mean", "rs-spade"]  # baselines first, same tiles
+    constant, _, row = rows
+    assert row["sources"] == "lulc+s1+dem" and row["tiles"] == constant["tiles"] == 1
     assert 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and 0 <= row["sam"] <= np.pi / 2
+    assert row["note"] == ("" if row["psnr"] > constant["psnr"] else "below constant-mean")
+    assert row["params"].endswith(" M") and float(row["params"][:-2]) > 0.1 and constant["params"] == "0"
+    assert [r["model"] for r in evaluate_fusion([spade_run], progress=False, baselines=False)] == ["rs-spade"]
 
 
 def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):

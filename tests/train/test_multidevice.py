@@ -7,6 +7,7 @@ gives for that checkpoint on one process — and everything a run writes is writ
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -35,6 +36,11 @@ def run_cli(*args, launcher=(sys.executable, "-m", "rsgee"), timeout=300) -> sub
     return result
 
 
+def table(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def best_val(run: Path, metric: str) -> float:
     """The logged val metric of the epoch whose checkpoint is the run's best."""
     info = read_run(run)
@@ -54,7 +60,7 @@ def test_two_process_fusion_scores_the_whole_val_split_and_writes_once(ddp_archi
     assert info["global_step"] == 4 and info["epochs_done"] == 2
     assert sorted(p.name for p in (run / "val").iterdir()) == ["epoch_0000.png", "epoch_0001.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(["last.ckpt", info["best_checkpoint"]])
-    (row,) = evaluate_fusion([run], split="val", progress=False)
+    (row,) = evaluate_fusion([run], split="val", progress=False, baselines=False)
     assert row["tiles"] == 3
     assert best_val(run, "val/psnr") == pytest.approx(row["psnr"], abs=2e-3)
     assert best_val(run, "val/ssim") == pytest.approx(row["ssim"], abs=2e-4)
@@ -68,14 +74,14 @@ def test_two_process_segmentation_and_resume_on_one_device(ddp_archive, tmp_path
     assert result.stdout.count("trained RS-UNet") == 1
     info = read_run(run)
     assert info["launch"]["world_size"] == 2 and info["global_step"] == 2 * 2  # ceil(5/2) = 3 → 2 batches of ≤ 2
-    rows, _ = evaluate_segmentation([run], tmp_path / "eval", split="val", progress=False)
+    rows, _ = evaluate_segmentation([run], tmp_path / "eval", split="val", progress=False, baselines=False)
     assert rows[0]["tiles"] == 3 and best_val(run, "val/miou") == pytest.approx(rows[0]["miou"], abs=1e-4)
     assert best_val(run, "val/accuracy") == pytest.approx(rows[0]["accuracy"], abs=1e-4)
     result = run_cli("evaluate", "seg", run, "--split", "val", "--out", tmp_path / "eval2", "--devices", "2",
                      "--accelerator", "cpu", "--no-progress")
     assert result.stdout.count("figure: ") == 3 and result.stdout.count("| real only (True Data) |") == 1
-    row = (tmp_path / "eval2" / "seg_table.csv").read_text().splitlines()[1].split(",")
-    assert (float(row[1]), float(row[2])) == (rows[0]["miou"], rows[0]["accuracy"])
+    (row,) = [r for r in table(tmp_path / "eval2" / "seg_table.csv") if r["run"] != "baseline"]
+    assert (float(row["miou"]), float(row["accuracy"])) == (rows[0]["miou"], rows[0]["accuracy"])
     # an end-of-epoch checkpoint resumes on another number of devices
     run_cli("train", "seg", ddp_archive.root, "--out", run, "--devices", "1", "--resume", *TINY, "--epochs", "3")
     info = read_run(run)
@@ -113,12 +119,13 @@ def test_evaluate_and_generate_on_two_processes_score_and_write_each_tile_once(d
 
     run = train_fusion(ddp_archive.root, tmp_path / "gan", FusionConfig(size="tiny", batch_size=2, epochs=1,
                        steps_per_epoch=1, crop=64), progress=False)
-    (alone,) = evaluate_fusion([run], split="val", progress=False)
+    (alone,) = evaluate_fusion([run], split="val", progress=False, baselines=False)
     result = run_cli("evaluate", "fusion", run, "--split", "val", "--out", tmp_path / "eval", "--devices", "2",
                      "--accelerator", "cpu", "--no-progress")
     assert result.stdout.count("| rs-spade |") == 1
-    row = (tmp_path / "eval" / "fusion_table.csv").read_text().splitlines()[1].split(",")
-    assert [float(v) for v in row[2:5]] == [alone["psnr"], alone["ssim"], alone["sam"]] and row[5] == "3"
+    (row,) = [r for r in table(tmp_path / "eval" / "fusion_table.csv") if r["run"] != "baseline"]
+    assert [float(row[k]) for k in ("psnr", "ssim", "sam")] == [alone["psnr"], alone["ssim"], alone["sam"]]
+    assert row["tiles"] == "3"
 
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(ddp_archive.root, one)

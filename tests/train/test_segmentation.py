@@ -108,8 +108,12 @@ def test_evaluate_seg_table_and_figures(generated_archive, tmp_path):
     real = train_segmentation(generated_archive / "archive", tmp_path / "real", tiny(mix=(1, 0)), progress=False)
     mixed = train_segmentation(generated_archive / "archive", tmp_path / "mixed", tiny(), progress=False)
     rows, figures = evaluate_segmentation([real, mixed], tmp_path / "eval", progress=False)
-    assert [r["training_set"] for r in rows] == ["real only (True Data)", "real:generated 1:1"]
+    assert [r["training_set"] for r in rows] == ["majority-class (baseline)", "class-mean-spectrum (baseline)",
+                                                 "real only (True Data)", "real:generated 1:1"]
     assert all(0 <= r["miou"] <= 1 and 0 <= r["accuracy"] <= 1 and r["tiles"] == 1 for r in rows)
+    for row in rows[2:]:
+        below = [b["training_set"].split()[0] for b in rows[:2] if not row["miou"] > b["miou"]]
+        assert row["note"] == ("below " + ", ".join(below) if below else "")
     names = sorted(p.name for p in figures)
     assert names == ["confusion_mixed.png", "confusion_real.png", "miou_curves.png", "predictions.png"]
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
