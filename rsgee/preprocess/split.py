@@ -80,3 +80,29 @@ class SplitConfig:
             if u < edge:
                 return name
         return SPLITS[-1]
+
+
+#: Fewer evaluation tiles than this and a comparison between models is noise.
+MIN_SPLIT_TILES = 10
+
+
+def split_warning(tiles: list[dict], classes: list[str], *, block: int | None = None) -> str | None:
+    """One line naming what makes the splits unusable for a comparison, with the fix; None when fine.
+
+    Checks that no split is empty, that val and test hold at least :data:`MIN_SPLIT_TILES` tiles, and
+    that every class present in train appears in val and test (``tiles`` are index properties).
+    """
+    counts = {s: sum(t["split"] == s for t in tiles) for s in SPLITS}
+    problems = [f"the {s} split is empty" for s in SPLITS if not counts[s]]
+    problems += [f"only {counts[s]} {s} tiles (< {MIN_SPLIT_TILES})" for s in ("val", "test")
+                 if 0 < counts[s] < MIN_SPLIT_TILES]
+    present = {s: {k for t in tiles if t["split"] == s for k, n in enumerate(t["class_hist"]) if n} for s in SPLITS}
+    for s in ("val", "test"):
+        missing = sorted(present["train"] - present[s]) if counts[s] else []
+        if missing:
+            problems.append(f"{s} lacks {', '.join(classes[k] for k in missing)} (present in train)")
+    if not problems:
+        return None
+    fixes = ([f"--split-block 1 (now {block})"] if block and block > 1 else []) + ["more AOIs",
+                                                                                   "--split-by aoi over several AOIs"]
+    return f"splits cannot carry a model comparison: {'; '.join(problems)} — re-tile with {', or '.join(fixes)}"

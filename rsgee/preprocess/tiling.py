@@ -34,7 +34,7 @@ from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array
 from rsgee.grid import TILE_PX, Grid, Tile, to_utm
 from rsgee.preprocess.archive import FORMAT, FORMAT_VERSION, Archive, file_sha256, terrain_units, tile_sources
 from rsgee.preprocess.radiometry import linear_to_db, looks_linear
-from rsgee.preprocess.split import SplitConfig
+from rsgee.preprocess.split import SplitConfig, split_warning
 from rsgee.preprocess.stats import compute_stats, stats_are_current
 from rsgee.preprocess.terrain import terrain
 
@@ -86,6 +86,7 @@ class TileSummary:
     aois_skipped: list[str] = field(default_factory=list)
     index_tiles: int = 0
     splits: Counter = field(default_factory=Counter)
+    split_warning: str | None = None  # why the splits cannot carry a comparison, and the fix
 
     def lines(self) -> list[str]:
         out = [f"tiles written: {self.written}, already in the archive: {self.existing}, "
@@ -355,6 +356,11 @@ def build_archive(
         index = archive.read_index()
         summary.index_tiles = len(index)
         summary.splits = Counter(f["properties"]["split"] for f in index.values())
+        summary.split_warning = split_warning([f["properties"] for f in index.values()],
+                                              list(specs["lulc"].classes) if "lulc" in specs else [],
+                                              block=split.block if split.by == "block" else None)
+        if summary.split_warning:
+            log.warning(summary.split_warning)
         if not stats_are_current(archive):
             compute_stats(archive, workers=workers, progress=progress)
     return summary

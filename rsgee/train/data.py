@@ -237,7 +237,7 @@ class FusionData(L.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = FusionSamples(self.archive, split, self.sources, self.norm,
                                                    augment=split == "train", crop=self.crop, seed=self.seed)
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):  # test too: evaluate would fail only after training
             if not len(self.splits[split]):
                 raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "
                                  "--split-block when tiling, or change --split-ratios")

@@ -261,8 +261,10 @@ class SegmentationData(L.LightningDataModule):
                                                        augment=True, crop=c.crop, seed=c.seed)
             for split in ("val", "test"):
                 self.splits[split] = SegmentationSamples(self.archive, split, mean, std)
-        if not len(self.splits["val"]):
-            raise RsgeeError(f"{self.archive.root}: the val split has no tiles; add AOIs or change the split when tiling")
+        for split in ("val", "test"):  # test too: evaluate would fail only after training
+            if not len(self.splits[split]):
+                raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "
+                                 "--split-block when tiling, or change --split-ratios")
 
     def sampler(self, rank: int = 0, world_size: int = 1) -> MixSampler:
         train = self.splits["train"]

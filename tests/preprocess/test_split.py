@@ -66,3 +66,28 @@ def test_round_trip():
     config = SplitConfig((6.0, 3.0, 1.0), "aoi", 2, 5)
     assert SplitConfig.from_dict(config.to_dict()) == config
     assert SplitConfig.parse_ratios("7:2:1") == (7.0, 2.0, 1.0)
+
+
+CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub", "built", "bare", "snow_and_ice"]
+
+
+def tiles(counts: dict[str, int], hist=(1, 1, 0, 0, 0, 0, 0, 0, 0)) -> list[dict]:
+    return [{"split": s, "class_hist": list(hist)} for s, n in counts.items() for _ in range(n)]
+
+
+def test_usable_splits_give_no_warning():
+    from rsgee.preprocess.split import split_warning
+
+    assert split_warning(tiles({"train": 70, "val": 20, "test": 10}), CLASSES, block=4) is None
+
+
+def test_small_empty_or_class_poor_splits_warn_in_one_line_with_the_fix():
+    from rsgee.preprocess.split import split_warning
+
+    message = split_warning(tiles({"train": 5, "val": 16}), CLASSES, block=4)  # the one small AOI
+    assert "\n" not in message and "the test split is empty" in message and "--split-block 1 (now 4)" in message
+    message = split_warning(tiles({"train": 40, "val": 9, "test": 12}), CLASSES, block=1)
+    assert "only 9 val tiles (< 10)" in message and "--split-block" not in message and "more AOIs" in message
+    snowy = tiles({"train": 1}, hist=(0, 0, 0, 0, 0, 0, 0, 0, 5)) + tiles({"train": 40, "val": 10, "test": 10})
+    message = split_warning(snowy, CLASSES, block=2)
+    assert "val lacks snow_and_ice (present in train)" in message and "test lacks snow_and_ice" in message

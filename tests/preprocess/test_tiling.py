@@ -353,3 +353,14 @@ def test_second_writer_is_refused(archive, exports, tmp_path):
     with Archive(copy).lock():
         with pytest.raises(RsgeeError, match="another rsgee process is writing"):
             build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False)
+
+
+def test_one_small_aoi_with_default_blocks_warns_that_its_splits_are_unusable(exports, tmp_path, capsys):
+    from rsgee.cli import main
+
+    code = main(["tile", str(exports), "--out", str(tmp_path / "a"), "--no-progress"])  # default 4×4 blocks
+    assert code == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rsgee: warning: splits")]
+    assert len(warnings) == 1 and "--split-block 1 (now 4)" in warnings[0]
+    summary = build_archive([exports], tmp_path / "a", load_catalog(), progress=False)
+    assert summary.split_warning == warnings[0].removeprefix("rsgee: warning: ")

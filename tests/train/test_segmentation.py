@@ -117,3 +117,23 @@ def test_evaluate_seg_table_and_figures(generated_archive, tmp_path):
     names = sorted(p.name for p in figures)
     assert names == ["confusion_mixed.png", "confusion_real.png", "miou_curves.png", "predictions.png"]
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
+
+
+def test_training_refuses_an_archive_without_test_tiles_before_training(tmp_path):
+    import datetime as dt
+
+    from rsgee.acquire.aoi import parse_aois
+    from rsgee.acquire.export import export_aois
+    from rsgee.acquire.synthetic import SyntheticSource
+    from rsgee.catalog import load_catalog
+    from rsgee.preprocess.split import SplitConfig
+    from rsgee.preprocess.tiling import TileFilters, build_archive
+
+    source = SyntheticSource(seed=0, cloud_cover=0.0, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
+    export_aois(parse_aois(["v=10.60,46.60,10.66,46.64"]), tmp_path / "e", source, load_catalog(), progress=False)
+    build_archive([tmp_path / "e"], tmp_path / "a", load_catalog(), split=SplitConfig(ratios=(1, 1, 0), block=1),
+                  filters=TileFilters(max_s2_nodata=1.0), progress=False)
+    for train, config in ((train_segmentation, tiny(mix=(1, 0))), (train_fusion, FusionConfig(size="tiny"))):
+        with pytest.raises(RsgeeError, match="the test split has no tiles"):
+            train(tmp_path / "a", tmp_path / "run", config, progress=False)
+        assert not (tmp_path / "run" / "checkpoints").exists()
