@@ -152,6 +152,10 @@ class Pix2PixGenerator(nn.Module):
         """Names of the enabled sources, in concatenation order."""
         return tuple(self.source_channels)
 
+    def output_layer(self) -> nn.Module:
+        """The layer right before tanh (its bias sets where an untrained generator starts)."""
+        return self.unet.up[1]
+
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Generate RGBN from a dict of source tensors (extra keys are ignored).
 

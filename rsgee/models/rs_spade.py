@@ -259,6 +259,10 @@ class RsSpadeGenerator(nn.Module):
     def _embed(self, tensors: list[Tensor]) -> Tensor:
         return torch.cat([self.stems[n](x) for n, x in zip(self.sources, tensors)], dim=1)
 
+    def output_layer(self) -> nn.Module:
+        """The layer right before tanh (its bias sets where an untrained generator starts)."""
+        return self.out_conv
+
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Generate RGBN from a dict of source tensors (extra keys such as the target are ignored).
 

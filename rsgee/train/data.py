@@ -149,8 +149,10 @@ def archive_normalisation(archive: Archive) -> dict:
     dem = stats["sources"]["terrain"]["dem"]
     if not dem.get("count"):
         raise RsgeeError(f"{archive.root}: the train split is empty; add AOIs or change --split-ratios")
+    s2 = stats["sources"]["s2"]
     return {"dem_mean": float(dem["mean"]), "dem_std": float(dem["std"]),
-            "s1_bands": list(archive.sources()["s1"].band_names)}  # stats.json keys are sorted: not the band order
+            "s1_bands": list(archive.sources()["s1"].band_names),  # stats.json keys are sorted: not the band order
+            "s2_mean": [float(s2[b]["mean"]) / S2_SCALE for b in archive.sources()["s2"].band_names]}
 
 
 class FusionSamples(Dataset):

@@ -63,6 +63,7 @@ class FusionConfig:
     checkpoint_every: int | None = None  # also write last.ckpt every N batches
     skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
     clip_grad_norm: float | None = None  # clip each optimiser's gradient norm to this
+    start_at_band_means: bool = True  # output bias so that an untrained generator paints the train band means
     overrides: dict = field(default_factory=dict)  # architecture overrides (ngf, …)
 
     def __post_init__(self) -> None:
@@ -90,6 +91,8 @@ class FusionTask(GuardedTask):
         self.norm = normalisation
         c = self.config
         self.generator = build_generator(c.model, c.sources, c.size, **c.overrides)
+        if c.start_at_band_means and normalisation and "s2_mean" in normalisation:
+            start_at(self.generator, normalisation["s2_mean"])
         self.discriminator = build_discriminator(DEFAULT_DISCRIMINATOR[c.model], discriminator_in_channels(c.sources),
                                                  c.size)
         self.adversarial = losses.AdversarialLoss(c.gan_loss)
@@ -115,6 +118,7 @@ class FusionTask(GuardedTask):
         cond, real, valid = batch["cond"], batch["target"], batch["valid"]
         condition = condition_tensor(cond, c.sources)
         fake = self(cond)
+        real = observed(real, fake, valid)
 
         fake_d, real_d = self._discriminate(condition, fake.detach(), real)
         d_loss = self.adversarial.discriminator(real_d, fake_d)
@@ -186,6 +190,26 @@ class FusionTask(GuardedTask):
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=c.betas)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr_d, betas=c.betas)
         return [opt_g, opt_d]
+
+
+def observed(real: torch.Tensor, fake: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The real image as D, feature matching and VGG see it: cloud gaps filled with the (detached) fake.
+
+    Nodata is −1 after normalisation; left in, it tells D which image is real, and feature matching
+    would pull the generator towards painting holes.
+    """
+    return torch.where(valid, real, fake.detach())
+
+
+def start_at(generator: torch.nn.Module, band_means: Sequence[float]) -> None:
+    """Set the generator's output bias so that tanh(bias) is the train mean of each band.
+
+    Targets are 2·reflectance − 1, around −0.9 for visible bands: a zero bias starts every pixel at
+    reflectance 0.5, in tanh's flat region, and the first hundreds of steps only walk to the means.
+    """
+    target = torch.as_tensor(band_means, dtype=torch.float32).clamp(1e-3, 1 - 1e-3) * 2 - 1
+    with torch.no_grad():
+        generator.output_layer().bias.copy_(torch.atanh(target))
 
 
 def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig, *, resume: bool = False,

@@ -11,7 +11,7 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import Tile
-from rsgee.train.data import FusionData, collate
+from rsgee.train.data import FusionData, collate, model_to_reflectance
 from rsgee.train.evaluate import evaluate_fusion
 from rsgee.train.fusion import FusionConfig, FusionTask, load_fusion, train_fusion
 from rsgee.train.generate import generate
@@ -149,3 +149,39 @@ def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):
     assert code == 1 and "non-empty subset of lulc, s1, dem" in capsys.readouterr().err
     code = main(["evaluate", "fusion", str(tmp_path / "nothing")])
     assert code == 1 and "is not an rsgee run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["rs-spade", "pix2pix"])
+def test_an_untrained_generator_starts_at_the_train_band_means(ddp_archive, model):
+    data = FusionData(ddp_archive.root, ("lulc", "s1", "terrain"), batch_size=2, progress=False)
+    data.prepare_data()
+    data.setup()
+    batch = collate([data.splits["val"][i] for i in range(2)])
+    task = FusionTask(vars(tiny(model=model)), data.norm)  # training mode: BatchNorm on batch statistics
+    with torch.no_grad():
+        start = model_to_reflectance(task(batch["cond"])).mean(dim=(0, 2, 3))
+    assert np.allclose(start.numpy(), data.norm["s2_mean"], atol=0.03), (start, data.norm["s2_mean"])
+    off = FusionTask(vars(tiny(model=model, start_at_band_means=False)), data.norm)
+    with torch.no_grad():
+        assert model_to_reflectance(off(batch["cond"])).mean() == pytest.approx(0.5, abs=0.05)  # tanh(0)
+
+
+def test_cloud_gaps_never_reach_the_discriminator(ddp_archive, tmp_path, monkeypatch):
+    from rsgee.train.fusion import observed
+
+    real, fake = -torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2, requires_grad=True)
+    valid = torch.tensor([[[[True, False], [True, True]]]])
+    seen = observed(real, fake, valid)
+    assert seen[0, :, 0, 1].tolist() == [0.0] * 4 and seen[0, :, 0, 0].tolist() == [-1.0] * 4
+    assert not seen.requires_grad  # the fill carries no gradient to the generator
+    assert any(t["valid_s2"] < 1 for t in ddp_archive.tiles("train"))  # there are gaps to hide
+    gaps = []
+    original = FusionTask._discriminate
+
+    def spy(self, condition, fake, real):
+        gaps.append(int((real == -1).all(dim=1).sum()))
+        return original(self, condition, fake, real)
+
+    monkeypatch.setattr(FusionTask, "_discriminate", spy)
+    train_fusion(ddp_archive.root, tmp_path / "run", tiny(crop=None, steps_per_epoch=None), progress=False)
+    assert len(gaps) == 2 * 2 and sum(gaps) == 0  # two batches × (D step, G step), never a nodata pixel
