@@ -355,6 +355,18 @@ def _count(value: str, option: str):
         raise click.BadParameter(f"'{value}' is not a whole number or auto", param_hint=option) from None
 
 
+def _betas(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        b1, b2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not two numbers like 0.5,0.999", param_hint="--betas") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise click.BadParameter(f"'{text}': Adam betas lie in [0, 1)", param_hint="--betas")
+    return b1, b2
+
+
 def _say(text: str) -> None:
     """Print once, from the main process of a multi-device run."""
     from rsgee.train.distributed import is_main_process
@@ -373,14 +385,25 @@ def _say(text: str) -> None:
 @click.option("--crop", type=click.IntRange(32, 256), default=None,
               help="Train on random square crops of this many pixels (multiple of 32); validation uses whole tiles.  "
                    "[default: whole 256×256 tiles]")
-@click.option("--lr-g", type=float, default=None, help="Generator learning rate.  [default: 1e-4 rs-spade, 2e-4 pix2pix]")
-@click.option("--lr-d", type=float, default=None, help="Discriminator learning rate.  [default: 4e-4 rs-spade, 2e-4 pix2pix]")
-@click.option("--l1-weight", type=float, default=None, help="λ of the L1 reconstruction loss.  [default: 10 rs-spade, 100 pix2pix]")
-@click.option("--fm-weight", type=float, default=None, help="λ of discriminator feature matching.  [default: 10 rs-spade, 0 pix2pix]")
+@click.option("--recipe", type=click.Choice(["pix2pix", "spade", "hybrid"]), default=None,
+              help="Training recipe, apart from the architecture: pix2pix (vanilla GAN + L1 ×100, Adam 2e-4 (0.5, "
+                   "0.999), 70×70 PatchGAN), spade (hinge + feature matching ×10, no L1, Adam 1e-4/4e-4 (0, 0.999), "
+                   "2-scale D) or hybrid (spade + L1 ×10). The options below override single parts.  "
+                   "[default: hybrid for rs-spade, pix2pix for pix2pix]")
+@click.option("--gan-loss", type=click.Choice(["hinge", "vanilla"]), default=None, help="Adversarial loss.  [default: the recipe's]")
+@click.option("--discriminator", type=click.Choice(["multiscale", "patchgan70"]), default=None,
+              help="Conditional discriminator.  [default: the recipe's]")
+@click.option("--betas", default=None, metavar="B1,B2", help="Adam betas of both optimisers.  [default: the recipe's]")
+@click.option("--lr-g", type=float, default=None, help="Generator learning rate.  [default: the recipe's]")
+@click.option("--lr-d", type=float, default=None, help="Discriminator learning rate.  [default: the recipe's]")
+@click.option("--l1-weight", type=float, default=None, help="λ of the L1 reconstruction loss.  [default: the recipe's]")
+@click.option("--fm-weight", type=float, default=None,
+              help="λ of discriminator feature matching (multiscale D only).  [default: the recipe's]")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Local torchvision vgg19 state-dict file enabling the VGG perceptual loss (never downloaded).")
 @_with(training_options)
-def train_fusion_cmd(archive, model, sources, crop, lr_g, lr_d, l1_weight, fm_weight, vgg_weights, run_dir, size,
+def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discriminator, betas, lr_g, lr_d, l1_weight,
+                     fm_weight, vgg_weights, run_dir, size,
                      epochs, steps_per_epoch, batch_size, seed, workers, resume, accelerator, devices, num_nodes,
                      precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
     """Train RS-SPADE or pix2pix to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
@@ -393,7 +416,8 @@ def train_fusion_cmd(archive, model, sources, crop, lr_g, lr_d, l1_weight, fm_we
     from rsgee.train.fusion import FusionConfig, train_fusion
 
     config = FusionConfig(model=model, sources=parse_sources(sources), size=size, batch_size=batch_size, epochs=epochs,
-                          steps_per_epoch=steps_per_epoch, crop=crop, lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
+                          steps_per_epoch=steps_per_epoch, crop=crop, recipe=recipe, gan_loss=gan_loss,
+                          discriminator=discriminator, betas=_betas(betas), lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
                           fm_weight=fm_weight, vgg_weights=vgg_weights, seed=seed, num_workers=workers,
                           checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
     run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator,

@@ -185,3 +185,34 @@ def test_cloud_gaps_never_reach_the_discriminator(ddp_archive, tmp_path, monkeyp
     monkeypatch.setattr(FusionTask, "_discriminate", spy)
     train_fusion(ddp_archive.root, tmp_path / "run", tiny(crop=None, steps_per_epoch=None), progress=False)
     assert len(gaps) == 2 * 2 and sum(gaps) == 0  # two batches × (D step, G step), never a nodata pixel
+
+
+@pytest.mark.parametrize("model", ["rs-spade", "pix2pix"])
+@pytest.mark.parametrize("recipe", ["pix2pix", "spade", "hybrid"])
+def test_any_generator_trains_with_any_recipe(small_archive, tmp_path, model, recipe):
+    from rsgee.train.fusion import RECIPES
+
+    run = train_fusion(small_archive.root, tmp_path / "run", tiny(model=model, recipe=recipe, steps_per_epoch=1),
+                       progress=False)
+    config = read_run(run)["config"]
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES[recipe].items()}
+    assert {k: config[k] for k in expected} == expected and config["model"] == model
+    task = load_fusion(run)
+    assert type(task.discriminator).__name__ == {"multiscale": "MultiScaleDiscriminator",
+                                                 "patchgan70": "Pix2PixPatchDiscriminator"}[expected["discriminator"]]
+    assert all(np.isfinite(float(r["train/g_loss_step"])) for r in metric_rows(run) if r.get("train/g_loss_step"))
+
+
+def test_recipe_parts_override_and_bad_combinations_are_one_line(small_archive, capsys, tmp_path):
+    from rsgee.cli import main
+
+    config = tiny(model="pix2pix", recipe="spade", l1_weight=5.0, betas=(0.9, 0.99), gan_loss="vanilla")
+    assert (config.l1_weight, config.betas, config.gan_loss, config.fm_weight) == (5.0, (0.9, 0.99), "vanilla", 10.0)
+    assert tiny().recipe == "hybrid" and tiny(model="pix2pix").recipe == "pix2pix"
+    with pytest.raises(RsgeeError, match="needs the multiscale discriminator"):
+        tiny(model="pix2pix", fm_weight=10.0)  # used to crash inside feature matching
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "r"), "--model", "pix2pix",
+                 "--fm-weight", "10"])
+    assert code == 1 and "use --discriminator multiscale or --fm-weight 0" in capsys.readouterr().err
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "r"), "--betas", "0.5"])
+    assert code == 2 and "--betas" in capsys.readouterr().err
