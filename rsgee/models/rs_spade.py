@@ -281,14 +281,24 @@ class RsSpadeGenerator(nn.Module):
                 pyramid[size] = resize_to(embedding, size, self.interpolation)
             return pyramid[size]
 
-        start = (height >> self.n_up, width >> self.n_up)
-        x = self.fc(cond_at(start))
+        # the decoder never starts below MIN_START² (a 64-px crop would start at 2×2 with n_up = 5, a
+        # 256-px tile at 8×8): on small inputs the first upsamplings are skipped, the blocks all run
+        skip = 0
+        while (min(height, width) >> (self.n_up - skip)) < min(MIN_START, min(height, width)):
+            skip += 1
+        x = self.fc(cond_at((height >> (self.n_up - skip), width >> (self.n_up - skip))))
         for block, upsample in zip(self.blocks, self.upsample_before):
-            if upsample:
+            if upsample and skip:
+                skip -= 1
+            elif upsample:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(x, cond_at(tuple(x.shape[-2:])))
         x = self.out_conv(F.leaky_relu(x, LEAKY_SLOPE))
         return torch.tanh(x)
+
+
+#: Smallest grid the decoder starts from, whatever the input size.
+MIN_START = 8
 
 
 def _reset_default(module: nn.Module) -> None:
