@@ -28,7 +28,8 @@ class DemoSettings:
 
     seed: int = 0
     cloud_cover: float = 0.05
-    split_block: int = 2
+    split_block: int = 1
+    split_ratios: tuple[float, float, float] = (5.0, 3.0, 2.0)  # val 12 and test 10 of the 51 tiles
     fusion_epochs: int = 10
     fusion_steps: int = 12
     fusion_batch: int = 4
@@ -76,8 +77,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, aois: 
             raise RsgeeError(r.line())
         say(f"    {r.line()}")
     say("2/7 tile: archive with terrain, filters, splits, stats")
-    summary = build_archive([out / "exports"], out / "archive", catalog, split=SplitConfig(block=s.split_block,
-                            seed=s.seed), workers=s.workers, progress=progress)
+    summary = build_archive([out / "exports"], out / "archive", catalog, split=SplitConfig(s.split_ratios,
+                            block=s.split_block, seed=s.seed), workers=s.workers, progress=progress)
     for line in summary.lines():
         say(f"    {line}")
     report = check_archive(out / "archive", workers=s.workers, progress=False)
