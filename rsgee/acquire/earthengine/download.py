@@ -7,10 +7,13 @@ keeps up to ``workers`` requests in flight. Each block is validated and saved at
 resumes by downloading only what is missing, and the final GeoTIFFs — assembled from the saved
 blocks in raster order — are byte-identical to those of an uninterrupted run.
 
-Errors are classified: quota (429), "Too many concurrent aggregations", "Computation timed out",
-5xx, dropped connections, timeouts and truncated bodies are retried with capped exponential
-backoff and jitter; "User memory limit exceeded", request-size and invalid-argument errors are
-not — they are recorded per block with the server's message, and ``--retry-failed`` tries them again.
+Errors are classified: quota (429), "Too many concurrent aggregations", 5xx, dropped connections,
+client timeouts and truncated bodies are retried with capped exponential backoff and jitter;
+"User memory limit exceeded", request-size and invalid-argument errors are not — they are recorded
+per block with the server's message, and ``--retry-failed`` tries them again. "Computation timed
+out." is retried once only: the server bills each try for its ~5 minutes of compute, and a block
+that timed out once usually times out again (the hint recorded with it names ``--via batch``).
+A token refresh that Google refuses stops the run with one line naming ``earthengine authenticate``.
 """
 
 from __future__ import annotations
@@ -30,20 +33,27 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import ee
+import google.auth.exceptions
 import numpy as np
 from tqdm import tqdm
 
 from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window, build_recipe
-from rsgee.acquire.earthengine.session import SessionConfig, initialize
+from rsgee.acquire.earthengine.session import SessionConfig, initialize, refused
 from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
 
 #: Extra pixels around every DEM block (terrain needs one ring of true neighbours).
 DEM_HALO = 1
+#: How often a block whose computation timed out on the server is tried again (each try is billed).
+TIMEOUT_RETRIES = 1
+TIMEOUT_HINT = ("tried {tries}×, each billed for up to ~5 min of Earth Engine compute; export this AOI with --via batch "
+                "(no interactive time limit) or shorten its date window, then --retry-failed")
+_TIMED_OUT = "computation timed out"
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
-_RETRYABLE_TEXT = ("too many concurrent aggregations", "computation timed out", "capacity exceeded", "too many requests",
-                   "rate limit", "internal error", "service unavailable", "backend error", "deadline exceeded",
+_RETRYABLE_TEXT = (_TIMED_OUT, "too many concurrent aggregations", "capacity exceeded", "too many requests",
+                   "rate limit", "internal error", "internal server error", "service unavailable",
+                   "currently unavailable", "quota exceeded", "backend error", "deadline exceeded",
                    "temporarily unavailable", "try again")
 _FATAL_TEXT = ("user memory limit exceeded", "total request size", "pixel grid dimensions",
                "output of image computation is too large", "invalid argument", "parameter '", "not found",
@@ -70,6 +80,11 @@ class BlockError(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+    @property
+    def timed_out(self) -> bool:
+        """The server gave up on the computation after its interactive time limit (billed in full)."""
+        return _TIMED_OUT in self.message.lower()
 
 
 def classify(exc: BaseException) -> BlockError:
@@ -329,12 +344,19 @@ class EarthEngineSource:
             recipe = recipes[spec.name]
             size = _block_size(spec)
             request_grid = _request_grid(tile, size)
+            timeouts = 0
             for attempt in range(self.policy.attempts):
                 try:
                     data = self._fetch(recipe.image, request_grid, encoded[spec.name])
                     block = decode_block(data, spec, size, recipe.fill)
+                except google.auth.exceptions.RefreshError as exc:
+                    raise refused(exc) from None
                 except Exception as exc:  # noqa: BLE001 — every failure is classified, none is lost
                     error = classify(exc)
+                    if error.timed_out:
+                        timeouts += 1
+                        if timeouts > TIMEOUT_RETRIES:
+                            error = BlockError(f"{error.message} ({TIMEOUT_HINT.format(tries=timeouts)})", False)
                     if error.retryable and attempt + 1 < self.policy.attempts:
                         self.counts.add("retried")
                         with lock:

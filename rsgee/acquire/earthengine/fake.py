@@ -15,6 +15,12 @@ GET, prefix listing) from a separate process, so that GDAL reads ``/vsigs/<bucke
 it with :meth:`FakeEarthEngine.gdal_env` — a separate process because rasterio holds the GIL
 during some GDAL calls that read over HTTP, so an in-process server would deadlock.
 
+It is also Google's OAuth token endpoint (``POST /token``, see :data:`TOKEN_PATH`) for credentials
+files whose ``token_uri``/``token_url`` point at it: refresh tokens (``authorized_user``), signed
+JWTs (service-account keys) and STS token exchange (``external_account``) get access tokens, and a
+refresh token listed in ``revoked`` gets Google's ``invalid_grant`` answer. Every request records
+its ``Authorization`` header.
+
 Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it with
 ``--ee-url URL --no-auth --project fake``.
 """
@@ -46,6 +52,10 @@ from rsgee.acquire.earthengine.recipes import fill_value
 from rsgee.catalog import Catalog, SourceSpec, load_catalog
 
 EE_TESTS = os.path.join(os.path.dirname(ee.__file__), "tests")
+#: The fake's OAuth 2.0 token endpoint (Google's is https://oauth2.googleapis.com/token).
+TOKEN_PATH = "/token"
+_GRANTS = {"refresh_token": "refresh", "urn:ietf:params:oauth:grant-type:jwt-bearer": "jwt",
+           "urn:ietf:params:oauth:grant-type:token-exchange": "sts"}
 
 
 def fake_pixels(spec: SourceSpec, band: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
@@ -106,6 +116,7 @@ class Recorded:
     body: dict | None
     source: str | None = None
     status: int = 200
+    authorization: str | None = None
 
 
 @dataclass
@@ -126,6 +137,8 @@ class _State:
     operations: dict[str, dict] = field(default_factory=dict)  # operation name → {"op", "polls", ...}
     by_request_id: dict[str, str] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=itertools.count)
+    revoked: set[str] = field(default_factory=set)
+    tokens: dict[str, str] = field(default_factory=dict)  # access token → grant kind that issued it
 
 
 class FakeEarthEngine:
@@ -170,6 +183,17 @@ class FakeEarthEngine:
 
     def pixel_requests(self) -> list[Recorded]:
         return [r for r in self.state.requests if r.path.endswith("image:computePixels")]
+
+    def revoke(self, refresh_token: str) -> None:
+        """Make the token endpoint answer ``invalid_grant`` for this refresh token (expired or revoked)."""
+        with self.state.lock:
+            self.state.revoked.add(refresh_token)
+
+    def grant_of(self, authorization: str | None) -> str | None:
+        """Which grant issued the bearer token of an ``Authorization`` header ("refresh", "jwt", "sts"), if any."""
+        token = (authorization or "").removeprefix("Bearer ")
+        with self.state.lock:
+            return self.state.tokens.get(token)
 
     def add_fault(self, fault: Fault) -> None:
         with self.state.lock:
@@ -265,7 +289,7 @@ def _handler(state: _State):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             with state.lock:
-                state.requests.append(Recorded("GET", path, None))
+                state.requests.append(Recorded("GET", path, None, authorization=self.headers.get("Authorization")))
             if path.startswith("/$discovery/rest"):
                 doc = dict(discovery, rootUrl=f"http://{self.headers['Host']}/", baseUrl=f"http://{self.headers['Host']}/")
                 self.send(200, json.dumps(doc).encode())
@@ -278,10 +302,13 @@ def _handler(state: _State):
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
             path = self.path.split("?")[0]
+            if path == TOKEN_PATH:
+                return self.token(urllib.parse.parse_qs(raw.decode()))
+            body = json.loads(raw or b"{}")
             source = _source_of(state.catalog, json.dumps(body.get("expression", "")))
-            record = Recorded("POST", path, body, source)
+            record = Recorded("POST", path, body, source, authorization=self.headers.get("Authorization"))
             with state.lock:
                 state.requests.append(record)
             if path.endswith("value:compute"):
@@ -293,6 +320,28 @@ def _handler(state: _State):
             if path.endswith("image:export"):
                 return self.export(body, source, path, record)
             self.error(404, f"{path} is not faked")
+
+        def token(self, form: dict[str, list[str]]) -> None:
+            """Google's OAuth token endpoint: an access token per grant, ``invalid_grant`` for a revoked one."""
+            grant = _GRANTS.get(form.get("grant_type", [""])[0])
+            with state.lock:
+                state.requests.append(Recorded("POST", TOKEN_PATH, {"grant": grant}))
+                revoked = grant == "refresh" and form.get("refresh_token", [""])[0] in state.revoked
+                access = f"ya29.fake-{grant}-{next(state.ids)}"
+                if grant is not None and not revoked:
+                    state.tokens[access] = grant
+            if grant is None:
+                body = {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."}
+                return self.send(400, json.dumps(body).encode())
+            if revoked:
+                body = {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
+                return self.send(400, json.dumps(body).encode())
+            body = {"access_token": access, "expires_in": 3599, "token_type": "Bearer"}
+            if form.get("scope"):
+                body["scope"] = form["scope"][0]  # all requested scopes granted
+            if grant == "sts":
+                body["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"
+            self.send(200, json.dumps(body).encode())
 
         def export(self, body: dict, source: str | None, path: str, record: Recorded) -> None:
             """Start a batch task: answer an Operation, as ``ee.data.exportImage`` expects.

@@ -3,8 +3,12 @@
 Pixel downloads go to the high-volume endpoint by default (it is meant for many concurrent,
 stateless requests). ``--ee-url`` points the real client at another base URL, and ``--no-auth``
 sends no credentials (private endpoints and the loopback fake used by the tests). Credentials come
-from a service-account key (``--service-account`` or ``GOOGLE_APPLICATION_CREDENTIALS``) or from
-``earthengine authenticate``; key material is never printed or logged.
+from a JSON file (``--service-account`` or ``GOOGLE_APPLICATION_CREDENTIALS``) or from
+``earthengine authenticate``; key material is never printed or logged. The file may be a
+service-account key, or — the usual content of ``GOOGLE_APPLICATION_CREDENTIALS`` — the
+``authorized_user`` file of ``gcloud auth application-default login`` or an ``external_account``
+(workload identity federation) file; those two are loaded with google-auth's loader for their type
+(what ``google.auth.default()`` would pick), so that only the file types rsgee names are accepted.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ee
+import google.auth.exceptions
 
 from rsgee.errors import RsgeeError
 
@@ -24,6 +29,16 @@ log = logging.getLogger("rsgee")
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 #: Earth Engine's default limit of concurrent requests per project.
 MAX_WORKERS = 40
+#: Interactive requests (computePixels) are cut off by the server after about 5 minutes; the client
+#: waits longer, so that an answer arriving near that limit is received instead of paid for twice.
+DEFAULT_TIMEOUT_S = 330.0
+#: What the manifest calls each kind of credentials file (its JSON "type").
+_FILE_TYPES = {"service_account": "service account", "authorized_user": "authorized user",
+               "external_account": "external account"}
+
+
+class CredentialsError(RsgeeError):
+    """Credentials are missing, unreadable, or refused by Google's token endpoint."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +47,12 @@ class SessionConfig:
 
     Attributes:
         project: Google Cloud project with Earth Engine enabled (``--project`` / ``EE_PROJECT``).
-        service_account: path of a service-account JSON key, or None for stored user credentials.
+        service_account: path of a credentials JSON file (service-account key, authorized_user or
+            external_account), or None for the credentials of ``earthengine authenticate``.
         url: API base URL; None means the high-volume endpoint.
         auth: False sends no credentials at all.
         workers: concurrent requests, which also sizes the HTTP connection pool.
-        timeout_s: per-request deadline in seconds.
+        timeout_s: per-request deadline in seconds; keep it above the server's ~300 s limit.
     """
 
     project: str | None = None
@@ -44,10 +60,11 @@ class SessionConfig:
     url: str | None = None
     auth: bool = True
     workers: int = 16
-    timeout_s: float = 300.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     @classmethod
-    def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=16, timeout_s=300.0):
+    def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=16,
+                 timeout_s=DEFAULT_TIMEOUT_S):
         """Fill unset values from EE_PROJECT, GOOGLE_APPLICATION_CREDENTIALS and RSGEE_EE_URL."""
         key = service_account or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
         return cls(project or os.environ.get("EE_PROJECT") or None, Path(key) if key and auth else None,
@@ -55,8 +72,13 @@ class SessionConfig:
 
     def describe(self) -> dict:
         """What the manifest records (never credentials)."""
-        return {"project": self.project, "endpoint": self.url or HIGH_VOLUME_URL,
-                "auth": "none" if not self.auth else ("service account" if self.service_account else "user")}
+        if not self.auth:
+            auth = "none"
+        elif self.service_account is None:
+            auth = "user"
+        else:
+            auth = _FILE_TYPES.get(_file_type(self.service_account), "credentials file")
+        return {"project": self.project, "endpoint": self.url or HIGH_VOLUME_URL, "auth": auth}
 
 
 def initialize(config: SessionConfig) -> None:
@@ -71,6 +93,8 @@ def initialize(config: SessionConfig) -> None:
     try:
         ee.Initialize(credentials=credentials, url=config.url or HIGH_VOLUME_URL, project=config.project)
         ee.data.setDeadline(int(config.timeout_s * 1000))  # rebuilds the API resource with the timeout
+    except google.auth.exceptions.RefreshError as exc:
+        raise refused(exc) from None
     except ee.EEException as exc:
         raise RsgeeError(f"Earth Engine refused to initialise: {_first_line(exc)}") from None
     except (ConnectionError, TimeoutError, OSError) as exc:
@@ -79,25 +103,77 @@ def initialize(config: SessionConfig) -> None:
     _tune_requests_session(config.workers)
 
 
+def refused(exc: BaseException) -> CredentialsError:
+    """The one-line error for credentials that Google's token endpoint refused (expired, revoked)."""
+    return CredentialsError(f"Google refused the Earth Engine credentials ({_first_line(exc).rstrip('.')}): run "
+                            "`earthengine authenticate` (or `gcloud auth application-default login` for a "
+                            "GOOGLE_APPLICATION_CREDENTIALS file), or pass --service-account KEY.json")
+
+
+def _file_type(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _credentials(config: SessionConfig):
     if config.service_account is not None:
-        path = config.service_account
-        try:
-            email = json.loads(path.read_text(encoding="utf-8"))["client_email"]
-        except FileNotFoundError:
-            raise RsgeeError(f"service-account key {path} not found") from None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise RsgeeError(f"{path} is not a service-account JSON key (no client_email); download a key for the "
-                             "service account from the Cloud console") from None
-        try:
-            return ee.ServiceAccountCredentials(email, key_file=str(path))
-        except Exception:  # the library's message may quote key material: never show it
-            raise RsgeeError(f"{path}: the service-account key could not be loaded") from None
+        return _file_credentials(config.service_account)
     try:
         return ee.data.get_persistent_credentials()
     except ee.EEException:
-        raise RsgeeError("no Earth Engine credentials: run `earthengine authenticate`, or pass --service-account "
-                         "KEY.json (or set GOOGLE_APPLICATION_CREDENTIALS)") from None
+        raise CredentialsError("no Earth Engine credentials: run `earthengine authenticate`, or pass --service-account "
+                               "KEY.json (or set GOOGLE_APPLICATION_CREDENTIALS)") from None
+
+
+def _file_credentials(path: Path):
+    """A credentials file by its ``type``: service-account keys through ee, the others through google-auth."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CredentialsError(f"credentials file {path} not found") from None
+    except (OSError, ValueError):
+        raise CredentialsError(f"{path} is not a JSON credentials file; download a service-account key from the "
+                               "Cloud console or run `gcloud auth application-default login`") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        if not info.get("client_email"):
+            raise CredentialsError(f"{path} is not a service-account JSON key (no client_email); download a key for "
+                                   "the service account from the Cloud console")
+        try:
+            return ee.ServiceAccountCredentials(info["client_email"], key_file=str(path))
+        except Exception:  # the library's message may quote key material: never show it
+            raise CredentialsError(f"{path}: the service-account key could not be loaded") from None
+    loaders = {"authorized_user": _authorized_user, "external_account": _external_account}
+    if kind not in loaders:
+        raise CredentialsError(f"{path}: credentials of type {kind!r} are not supported (expected a service_account, "
+                               "authorized_user or external_account file)")
+    try:
+        return loaders[kind](info)
+    except (ValueError, KeyError, google.auth.exceptions.GoogleAuthError) as exc:
+        raise CredentialsError(f"{path}: the {kind} credentials could not be loaded ({_first_line(exc)})") from None
+
+
+def _authorized_user(info: dict):
+    """What ``gcloud auth application-default login`` writes: a refresh token and an OAuth client."""
+    from google.oauth2 import credentials
+
+    return credentials.Credentials.from_authorized_user_info(info, scopes=ee.oauth.SCOPES)
+
+
+def _external_account(info: dict):
+    """Workload identity federation, by credential source, as ``google.auth.default()`` chooses it."""
+    from google.auth import aws, identity_pool, pluggable
+
+    source = info.get("credential_source") or {}
+    if str(source.get("environment_id", "")).startswith("aws"):
+        loader = aws.Credentials
+    elif "executable" in source:
+        loader = pluggable.Credentials
+    else:
+        loader = identity_pool.Credentials
+    return loader.from_info(info, scopes=ee.oauth.SCOPES)
 
 
 def _tune_requests_session(workers: int) -> None:

@@ -113,7 +113,7 @@ def test_masked_pixels_become_each_sources_nodata(tmp_path):
         Fault("http", 429, "Too many concurrent aggregations.", times=5),
         Fault("http", 500, "An internal error has occurred (abc).", times=3),
         Fault("http", 503, "Service unavailable", times=2),
-        Fault("http", 400, "Computation timed out.", times=2),
+        Fault("http", 400, "Computation timed out.", times=1),
         Fault("truncate", times=2),
         Fault("short", times=2),
         Fault("hang", seconds=3.0, times=1),
@@ -148,6 +148,34 @@ def test_non_retryable_error_is_recorded_and_retry_failed_fetches_only_it(fake, 
     grid = parse_aois([AOI])[0].grid()
     np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / "s2.tif").read(), expected_raster("s2", grid))
     assert "failed_blocks" not in read_manifest(tmp_path / "v")
+
+
+def test_a_computation_timeout_is_tried_twice_at_most_and_names_batch(fake, tmp_path):
+    """The server bills each try for its ~5 minutes: 2 requests for that block, not --attempts (6)."""
+    target = lambda source, x, y: source == "s1" and x == 622080 and y == 5166080  # noqa: E731
+    fake.add_fault(Fault("http", 400, "Computation timed out.", times=100, match=target))
+    (result,) = export(fake, tmp_path, attempts=6)
+    timed_out = [r for r in fake.pixel_requests() if r.status == 400]
+    assert len(timed_out) == 2 and {r.source for r in timed_out} == {"s1"}
+    assert len(fake.pixel_requests()) == 17 and result.counts == {"ok": 15, "skipped": 0, "retried": 1, "failed": 1}
+    message = result.failed_blocks["s1/32632_243_2017"]
+    assert message.startswith("Computation timed out. (tried 2×, each billed for up to ~5 min")
+    assert "--via batch" in message
+
+
+def test_a_refused_token_refresh_stops_the_run_in_one_line(fake, tmp_path):
+    import google.auth.exceptions
+
+    def refused(*args):
+        raise google.auth.exceptions.RefreshError("invalid_grant: Token has been expired or revoked.")
+
+    src = source(fake)
+    src._fetch = refused
+    (result,) = export_aois(parse_aois([AOI]), tmp_path, src, CATALOG, progress=False)
+    assert result.status == "failed" and result.error.count("\n") == 0
+    assert result.error.startswith("Google refused the Earth Engine credentials (invalid_grant: Token has been expired "
+                                   "or revoked): run `earthengine authenticate`")
+    assert not (tmp_path / "v" / ".partial" / "failed.jsonl").exists()  # no block is blamed for it
 
 
 def test_retries_give_up_after_the_last_attempt(fake, tmp_path):
@@ -244,7 +272,7 @@ def test_session_errors_are_one_line_and_never_show_key_material(tmp_path, monke
         initialize(SessionConfig(project="p", service_account=key))
     assert "MIIEsecret" not in str(info.value) and "could not be loaded" in str(info.value)
     with pytest.raises(RsgeeError, match="not a service-account JSON key"):
-        (tmp_path / "bad.json").write_text("{}")
+        (tmp_path / "bad.json").write_text('{"type": "service_account"}')
         initialize(SessionConfig(project="p", service_account=tmp_path / "bad.json"))
 
 
@@ -255,7 +283,8 @@ def test_environment_fills_the_session(monkeypatch, tmp_path):
     config = SessionConfig.from_env()
     assert (config.project, config.url, config.service_account) == ("from-env", "http://127.0.0.1:1", tmp_path / "k.json")
     assert SessionConfig.from_env(auth=False).service_account is None
-    assert config.describe() == {"project": "from-env", "endpoint": "http://127.0.0.1:1", "auth": "service account"}
+    assert config.describe() == {"project": "from-env", "endpoint": "http://127.0.0.1:1", "auth": "credentials file"}
+    assert SessionConfig.from_env().timeout_s == 330.0  # above the server's ~300 s limit
 
 
 @pytest.mark.slow

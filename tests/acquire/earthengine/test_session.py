@@ -1,0 +1,95 @@
+"""Credentials files of every kind, through the real ee client and google-auth against the fake's token endpoint."""
+
+from __future__ import annotations
+
+import json
+
+import ee
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rsgee.acquire.earthengine.fake import TOKEN_PATH, FakeEarthEngine
+from rsgee.acquire.earthengine.session import CredentialsError, SessionConfig, initialize
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    """The fake, also standing in for Google's token endpoint.
+
+    google-auth sends ``authorized_user`` refreshes to its own constant endpoint whatever the file
+    says (``from_authorized_user_info`` "always overrides" token_uri), so that constant is moved.
+    """
+    from google.oauth2 import credentials
+
+    with FakeEarthEngine() as server:
+        monkeypatch.setattr(credentials, "_GOOGLE_OAUTH2_TOKEN_ENDPOINT", server.url + TOKEN_PATH)
+        yield server
+    ee.Reset()
+
+
+def authorized_user(fake, path, refresh_token="1//refresh-ok"):
+    """What `gcloud auth application-default login` writes."""
+    path.write_text(json.dumps({"type": "authorized_user", "client_id": "764086051850-x.apps.googleusercontent.com",
+                                "client_secret": "d-FL95Q19q7MQmFpd7hHD0Ty", "refresh_token": refresh_token,
+                                "quota_project_id": "fake"}))
+    return path
+
+
+def service_account(fake, path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({"type": "service_account", "project_id": "fake", "private_key_id": "k1",
+                                "private_key": pem, "client_email": "rsgee@fake.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": fake.url + TOKEN_PATH}))
+    return path
+
+
+def external_account(fake, path):
+    """A workload-identity-federation file whose subject token comes from a file."""
+    subject = path.with_name("subject-token.jwt")
+    subject.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln")
+    path.write_text(json.dumps({
+        "type": "external_account",
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/gh",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "token_url": fake.url + TOKEN_PATH,
+        "credential_source": {"file": str(subject)}}))
+    return path
+
+
+@pytest.mark.parametrize("kind, make, grant", [("authorized user", authorized_user, "refresh"),
+                                               ("service account", service_account, "jwt"),
+                                               ("external account", external_account, "sts")])
+def test_each_credentials_file_type_signs_the_requests(fake, tmp_path, kind, make, grant):
+    path = make(fake, tmp_path / "credentials.json")
+    config = SessionConfig(project="fake", service_account=path, url=fake.url, workers=2)
+    initialize(config)
+    assert ee.Number(1).getInfo() == 12  # the fake answers every value:compute with 12
+    api = [r for r in fake.requests if r.path != TOKEN_PATH]
+    assert api and {fake.grant_of(r.authorization) for r in api} == {grant}
+    assert {r.body["grant"] for r in fake.requests if r.path == TOKEN_PATH} == {grant}
+    assert config.describe()["auth"] == kind
+
+
+def test_a_revoked_refresh_token_is_one_line_naming_earthengine_authenticate(fake, tmp_path):
+    fake.revoke("1//refresh-gone")
+    path = authorized_user(fake, tmp_path / "adc.json", refresh_token="1//refresh-gone")
+    with pytest.raises(CredentialsError) as info:
+        initialize(SessionConfig(project="fake", service_account=path, url=fake.url, workers=2))
+    text = str(info.value)
+    assert text.count("\n") == 0 and "run `earthengine authenticate`" in text
+    assert "invalid_grant: Token has been expired or revoked" in text
+    assert not [r for r in fake.requests if r.path != TOKEN_PATH]  # nothing reached Earth Engine unsigned
+
+
+def test_files_that_are_no_credentials_are_one_line_errors(tmp_path):
+    (tmp_path / "other.json").write_text(json.dumps({"type": "something_else"}))
+    with pytest.raises(CredentialsError, match="expected a service_account, authorized_user or external_account"):
+        initialize(SessionConfig(project="p", service_account=tmp_path / "other.json"))
+    (tmp_path / "text.json").write_text("not json")
+    with pytest.raises(CredentialsError, match="is not a JSON credentials file"):
+        initialize(SessionConfig(project="p", service_account=tmp_path / "text.json"))
+    with pytest.raises(CredentialsError, match="not found"):
+        initialize(SessionConfig(project="p", service_account=tmp_path / "missing.json"))
+    assert SessionConfig(project="p", service_account=tmp_path / "text.json").describe()["auth"] == "credentials file"
