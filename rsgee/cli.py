@@ -80,19 +80,22 @@ def cli(debug: bool) -> None:
 @click.option("--project", envvar="EE_PROJECT", default=None, metavar="PROJECT",
               help="Google Cloud project registered for Earth Engine (or EE_PROJECT).  [earthengine]")
 @click.option("--service-account", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="KEY.json",
-              help="Service-account JSON key (or GOOGLE_APPLICATION_CREDENTIALS); default: the credentials of "
-                   "`earthengine authenticate`.  [earthengine]")
+              help="Credentials JSON file (or GOOGLE_APPLICATION_CREDENTIALS): a service-account key, the "
+                   "authorized_user file of `gcloud auth application-default login`, or an external_account "
+                   "(workload identity) file; default: the credentials of `earthengine authenticate`.  [earthengine]")
 @click.option("--ee-url", envvar="RSGEE_EE_URL", default=None, metavar="URL",
               help="Earth Engine API base URL (or RSGEE_EE_URL).  [default: the high-volume endpoint "
                    "https://earthengine-highvolume.googleapis.com]")
 @click.option("--no-auth", is_flag=True, help="Send no credentials (private endpoints, local test servers).")
 @click.option("--workers", type=click.IntRange(1, 40), default=16, show_default=True,
               help="Concurrent Earth Engine requests, 1–40 (40 is the per-project limit).  [earthengine]")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
-              help="Per-request deadline in seconds.  [earthengine]")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=330.0, show_default=True,
+              help="Per-request deadline in seconds; above Earth Engine's ~300 s limit, so that a slow answer is "
+                   "received rather than paid for twice.  [earthengine]")
 @click.option("--attempts", type=click.IntRange(min=1), default=6, show_default=True,
               help="Tries per block for retryable errors (429, 5xx, timeouts, dropped connections), with capped "
-                   "exponential backoff and jitter.  [earthengine]")
+                   "exponential backoff and jitter; \"Computation timed out.\" is tried twice at most (each try is "
+                   "billed).  [earthengine]")
 @click.option("--retry-failed", is_flag=True,
               help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json); with "
                    "--via batch, restart only the failed or cancelled tasks.")
