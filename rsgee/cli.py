@@ -386,7 +386,8 @@ def _say(text: str) -> None:
               help="Conditioning inputs, any non-empty subset of lulc, s1, dem (dem = DEM + slope, aspect, hillshade): "
                    "the paper's ablation.")
 @click.option("--crop", type=click.IntRange(32, 256), default=None,
-              help="Train on random square crops of this many pixels (multiple of 32); validation uses whole tiles.  "
+              help="Train on random square crops of this many pixels (multiple of 32); validation scores whole "
+                   "tiles, and also crop-size windows stitched back when the crop divides 256.  "
                    "[default: whole 256×256 tiles]")
 @click.option("--recipe", type=click.Choice(["pix2pix", "spade", "hybrid"]), default=None,
               help="Training recipe, apart from the architecture: pix2pix (vanilla GAN + L1 ×100, Adam 2e-4 (0.5, "
@@ -404,9 +405,14 @@ def _say(text: str) -> None:
               help="λ of discriminator feature matching (multiscale D only).  [default: the recipe's]")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Local torchvision vgg19 state-dict file enabling the VGG perceptual loss (never downloaded).")
+@click.option("--ema-decay", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.999, show_default=True,
+              help="Keep an exponential moving average of the generator weights (scored beside the raw ones by "
+                   "validation and evaluate; generate --weights ema uses it); 0 = none.")
+@click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Validate (and choose the best checkpoint) every N epochs.")
 @_with(training_options)
 def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discriminator, betas, lr_g, lr_d, l1_weight,
-                     fm_weight, vgg_weights, run_dir, size,
+                     fm_weight, vgg_weights, ema_decay, val_every, run_dir, size,
                      epochs, steps_per_epoch, batch_size, seed, workers, resume, accelerator, devices, num_nodes,
                      precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
     """Train RS-SPADE or pix2pix to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
@@ -421,8 +427,9 @@ def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discrimina
     config = FusionConfig(model=model, sources=parse_sources(sources), size=size, batch_size=batch_size, epochs=epochs,
                           steps_per_epoch=steps_per_epoch, crop=crop, recipe=recipe, gan_loss=gan_loss,
                           discriminator=discriminator, betas=_betas(betas), lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
-                          fm_weight=fm_weight, vgg_weights=vgg_weights, seed=seed, num_workers=workers,
-                          checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
+                          fm_weight=fm_weight, vgg_weights=vgg_weights, ema_decay=ema_decay, val_every=val_every,
+                          seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
+                          skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
     run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator,
                        devices=_count(devices, "--devices"), num_nodes=_count(num_nodes, "--num-nodes"),
                        precision=precision, progress=progress)
@@ -543,10 +550,12 @@ def evaluate_seg_cmd(runs, archive, split, out_dir, batch_size, accelerator, dev
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per batch.")
-@click.option("--overwrite", is_flag=True, help="Replace tiles another run generated.")
+@click.option("--overwrite", is_flag=True, help="Replace tiles another run (or the other weights) generated.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="The generator's trained weights or their moving average (runs trained with --ema-decay > 0).")
 @_with(device_options)
 @progress_option
-def generate_cmd(run, archive, batch_size, overwrite, accelerator, devices, num_nodes, progress) -> None:
+def generate_cmd(run, archive, batch_size, overwrite, weights, accelerator, devices, num_nodes, progress) -> None:
     """Write a pseudo-Sentinel-2 for every tile of ARCHIVE as ARCHIVE/gen/<tile_id>.tif with RUN's generator.
 
     Same grid as the tile's s2 file, uint16 reflectance × 10000; ARCHIVE/gen/generated.json records the
@@ -554,9 +563,95 @@ def generate_cmd(run, archive, batch_size, overwrite, accelerator, devices, num_
     """
     from rsgee.train.generate import generate
 
-    summary = generate(run, archive, batch_size=batch_size, overwrite=overwrite, progress=progress,
+    summary = generate(run, archive, batch_size=batch_size, overwrite=overwrite, progress=progress, weights=weights,
                        **_on_devices(accelerator, devices, num_nodes))
     _say(f"generated {summary.written} tile(s), {summary.skipped} already done → {summary.folder}")
+
+
+@cli.group("experiment", context_settings=CONTEXT)
+def experiment_group() -> None:
+    """The paper's comparisons as controlled experiments over seeds, with baselines and paired differences."""
+
+
+experiment_options = [
+    click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="Folder for the runs (reused when the experiment is run again) and the tables."),
+    click.option("--seeds", type=click.IntRange(min=2), default=3, show_default=True,
+                 help="Repeats of every arm, seeds 0…N-1 (a winner needs |mean difference| > 2 sd)."),
+    click.option("--size", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True,
+                 help="Model width preset of every run."),
+    click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+                 help="Batches per epoch.  [default: the whole train split]"),
+    progress_option,
+]
+
+
+@experiment_group.command("fusion", context_settings=CONTEXT)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--models", default="rs-spade,pix2pix", show_default=True, metavar="NAMES",
+              help="Generators of Table 1.")
+@click.option("--recipes", default="pix2pix,spade,hybrid", show_default=True, metavar="NAMES",
+              help="Recipes every generator of Table 1 is trained with.")
+@click.option("--ablation-model", type=click.Choice(["rs-spade", "pix2pix", "none"]), default="rs-spade",
+              show_default=True, help="Generator of the sources ablation (Table 2, its default recipe); none = skip it.")
+@click.option("--ablation-sources", default="lulc;lulc,s1;lulc,dem;lulc,s1,dem", show_default=True, metavar="SETS",
+              help="Source subsets of the ablation, separated by ';'.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Epochs of every run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Samples per batch.")
+@click.option("--crop", type=click.IntRange(32, 256), default=64, show_default=True,
+              help="Random square training crops (multiple of 32; 256 = whole tiles).")
+@click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Validate every N epochs.")
+@_with(experiment_options)
+def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sources, epochs, batch_size, crop,
+                          val_every, out_dir, seeds, size, steps_per_epoch, progress) -> None:
+    """Tables 1 and 2 over seeds: generators × recipes, and the sources ablation, at one budget.
+
+    Every run has the same epochs, batches and crops; each is scored on ARCHIVE's test split beside
+    constant-mean and class-mean, with raw and EMA weights. Writes OUT/fusion_tables.md and
+    OUT/fusion_runs.csv and prints the tables.
+    """
+    from rsgee.train.experiment import FusionExperiment, run_fusion_experiment
+    from rsgee.train.fusion import FusionConfig
+
+    base = FusionConfig(size=size, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        crop=None if crop == 256 else crop, val_every=val_every)
+    experiment = FusionExperiment(base=base, models=_names(models), recipes=_names(recipes),
+                                  ablation_model=None if ablation_model == "none" else ablation_model,
+                                  ablation_sources=tuple(s for s in ablation_sources.split(";") if s.strip()),
+                                  seeds=seeds)
+    result = run_fusion_experiment(archive, out_dir, experiment, progress=progress, say=click.echo)
+    click.echo("\n" + result.text())
+    click.echo(f"written: {', '.join(str(f) for f in result.files)}")
+
+
+@experiment_group.command("seg", context_settings=CONTEXT)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Epochs of every run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per batch.")
+@click.option("--crop", type=click.IntRange(32, 256), default=128, show_default=True,
+              help="Random square training crops (multiple of 32; 256 = whole tiles).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@_with(experiment_options)
+def experiment_seg_cmd(archive, epochs, batch_size, crop, lr, out_dir, seeds, size, steps_per_epoch, progress) -> None:
+    """Table 3 over seeds: RS-UNet on real tiles (1:0) against the 1:1 mix, matched two ways.
+
+    "1:1 steps matched" gets 1:0's optimiser steps; "1:1 paper protocol" whole mixed epochs (twice the
+    steps, the same real-sample exposure). ARCHIVE must hold generated tiles (`rsgee generate`).
+    Writes OUT/seg_tables.md and OUT/seg_runs.csv and prints the tables.
+    """
+    from rsgee.train.experiment import run_seg_experiment
+    from rsgee.train.segmentation import SegmentationConfig
+
+    base = SegmentationConfig(size=size, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                              crop=None if crop == 256 else crop, lr=lr)
+    result = run_seg_experiment(archive, out_dir, base, seeds=seeds, progress=progress, say=click.echo)
+    click.echo("\n" + result.text())
+    click.echo(f"written: {', '.join(str(f) for f in result.files)}")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @cli.command("demo", context_settings=CONTEXT)

@@ -34,7 +34,9 @@ def test_demo_runs_every_step_and_resumes(tmp_path, aois):
     messages = []
     result = run_demo(tmp_path / "demo", MINIMAL, aois=aois, progress=False, say=messages.append)
     assert [m[:3] for m in messages if m[1] == "/"] == ["1/7", "2/7", "3/7", "3/7", "4/7", "5/7", "6/7", "6/7", "7/7"]
-    assert [r["model"] for r in result.fusion_table] == ["constant-mean", "class-mean", "rs-spade", "pix2pix"]
+    assert [(r["model"], r["weights"]) for r in result.fusion_table] == [
+        ("constant-mean", "—"), ("class-mean", "—"), ("rs-spade", "raw"), ("rs-spade", "ema"), ("pix2pix", "raw"),
+        ("pix2pix", "ema")]
     assert [r["training_set"] for r in result.seg_table] == ["majority-class (baseline)",
                                                              "class-mean-spectrum (baseline)",
                                                              "real only (True Data)", "real:generated 1:1"]

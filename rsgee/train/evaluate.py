@@ -35,8 +35,9 @@ from rsgee.train.trainer import read_run, start_processes
 def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
                     batch_size: int = 8, progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
                     num_nodes: int | str = "auto", baselines: bool = True) -> list[dict]:
-    """One row per run: model, sources, PSNR, SSIM, SAM on ``split`` (the run's own archive by default),
-    after the rows of the trivial baselines on the same tiles (:mod:`rsgee.train.baselines`).
+    """One row per run and weights (``raw``, and ``ema`` when the run kept an average): model, sources,
+    PSNR, SSIM, SAM on ``split`` (the run's own archive by default), after the rows of the trivial
+    baselines on the same tiles (:mod:`rsgee.train.baselines`).
 
     A run whose PSNR does not beat ``constant-mean`` says so in its ``note``. On several devices each
     process scores its share of the tiles and the metrics are computed over all of them; every
@@ -51,28 +52,34 @@ def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = 
         samples = FusionSamples(root, split, task.config.sources, info["normalisation"], progress=progress)
         if not len(samples):
             raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
-        metrics = FusionMetrics().to(fabric.device)
+        generators = {"raw": task.generator}
+        if task.generator_ema is not None:
+            generators["ema"] = task.generator_ema.module
+        metrics = {name: FusionMetrics().to(fabric.device) for name in generators}
         loader = DataLoader(EvenShards(samples, fabric.global_rank, fabric.world_size), batch_size=batch_size,
                             collate_fn=collate)
         for batch in tqdm(loader, desc=f"evaluate {Path(run).name}", unit="batch",
                           disable=not progress or fabric.global_rank > 0, file=sys.stderr):
             batch = fabric.to_device(batch)
             counted = batch["counted"]
-            with torch.no_grad():
-                fake = task(batch["cond"])
-            if counted.any():
-                metrics.update(model_to_reflectance(fake[counted]), model_to_reflectance(batch["target"][counted]),
-                               batch["valid"][counted])
-        values = metrics.compute()
-        rows.append({"run": str(run), "model": task.config.model, "sources": sources_label(task.config.sources),
-                     **_fusion_scores(values), "params": _millions(task.generator), "split": split,
-                     "archive": str(root.root.resolve()), "note": ""})
+            if not counted.any():
+                continue
+            real = model_to_reflectance(batch["target"][counted])
+            for name, generator in generators.items():
+                with torch.no_grad():
+                    fake = generator(batch["cond"])
+                metrics[name].update(model_to_reflectance(fake[counted]), real, batch["valid"][counted])
+        for name, metric in metrics.items():
+            rows.append({"run": str(run), "model": task.config.model, "weights": name,
+                         "sources": sources_label(task.config.sources), **_fusion_scores(metric.compute()),
+                         "params": _millions(task.generator), "split": split, "archive": str(root.root.resolve()),
+                         "note": ""})
     if not baselines:
         return rows
     references = []
     for root in dict.fromkeys(r["archive"] for r in rows):
         scores = fusion_baselines(Archive(root), split, batch_size)
-        references += [{"run": "baseline", "model": name, "sources": "lulc" if name == "class-mean" else "—",
+        references += [{"run": "baseline", "model": name, "weights": "—", "sources": "lulc" if name == "class-mean" else "—",
                         **_fusion_scores(values), "params": "0", "split": split, "archive": root, "note": ""}
                        for name, values in scores.items()]
     for row in rows:
@@ -91,8 +98,9 @@ def _millions(module: torch.nn.Module) -> str:
     return f"{count_parameters(module) / 1e6:.2f} M"
 
 
-FUSION_COLUMNS = ("model", "sources", "psnr", "ssim", "sam", "params", "tiles", "note", "run")
-FUSION_HEADERS = ("model", "sources", "PSNR (dB)", "SSIM", "SAM (rad)", "generator params", "test tiles", "note", "run")
+FUSION_COLUMNS = ("model", "weights", "sources", "psnr", "ssim", "sam", "params", "tiles", "note", "run")
+FUSION_HEADERS = ("model", "weights", "sources", "PSNR (dB)", "SSIM", "SAM (rad)", "generator params", "test tiles",
+                  "note", "run")
 
 
 def markdown_table(rows: list[dict], columns: Sequence[str], headers: Sequence[str]) -> str:

@@ -5,7 +5,14 @@ generated images (conditioned on the inputs), then a generator step. The generat
 the recipe (GAN loss, loss weights, optimiser, discriminator) are separate choices, so that an
 architecture comparison can hold the recipe fixed: any generator trains with any of :data:`RECIPES`,
 and every part of a recipe can be overridden. A VGG perceptual loss is added only when a local
-weights file is given. Validation computes PSNR, SSIM and SAM on reflectance and writes a PNG grid.
+weights file is given.
+
+An exponential moving average (EMA) of the generator's weights is kept beside the trained ones (GAN
+generators' raw weights oscillate with the discriminator; the average is usually the better image
+model), and both are scored. Validation computes PSNR, SSIM and SAM on reflectance on whole tiles
+(``val/psnr``, the monitored metric, as the test tables are) for the raw and the EMA weights, and, when
+training on crops (of a size that divides the tile), also on the tiles cut into crop-size windows and stitched back (``val/psnr_crop``):
+a generator whose output depends on its input size shows the gap there. It writes a PNG grid.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from rsgee.errors import RsgeeError
+from rsgee.grid import TILE_PX
 from rsgee.models import losses
 from rsgee.models.layers import count_parameters
 from rsgee.models.factory import build_discriminator, build_generator, discriminator_in_channels
@@ -73,6 +82,8 @@ class FusionConfig:
     skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
     clip_grad_norm: float | None = None  # clip each optimiser's gradient norm to this
     start_at_band_means: bool = True  # output bias so that an untrained generator paints the train band means
+    ema_decay: float = 0.999  # EMA of the generator weights (warmed up: min(decay, (1+n)/(10+n))); 0 = none
+    val_every: int = 1  # validate every N epochs
     overrides: dict = field(default_factory=dict)  # architecture overrides (ngf, …)
 
     def __post_init__(self) -> None:
@@ -86,6 +97,8 @@ class FusionConfig:
             if getattr(self, key) is None:
                 setattr(self, key, value)
         self.betas = tuple(float(b) for b in self.betas)  # torch 2.13 Adam wants both floats
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise RsgeeError(f"--ema-decay {self.ema_decay:g}: use a value in [0, 1) (0.999 is usual; 0 = no EMA)")
         if self.fm_weight and self.discriminator != "multiscale":
             raise RsgeeError(f"feature matching (--fm-weight {self.fm_weight:g}) needs the multiscale discriminator, "
                              f"whose intermediate features it compares; the {self.discriminator} discriminator returns "
@@ -109,15 +122,28 @@ class FusionTask(GuardedTask):
         self.generator = build_generator(c.model, c.sources, c.size, **c.overrides)
         if c.start_at_band_means and normalisation and "s2_mean" in normalisation:
             start_at(self.generator, normalisation["s2_mean"])
+        self.generator_ema = generator_average(self.generator, c.ema_decay) if c.ema_decay else None
         self.discriminator = build_discriminator(c.discriminator, discriminator_in_channels(c.sources), c.size)
         self.adversarial = losses.AdversarialLoss(c.gan_loss)
         self.vgg = losses.VGGPerceptualLoss.from_file(c.vgg_weights) if c.vgg_weights else None
-        self.val_metrics = FusionMetrics()
+        self.val_metrics = torch.nn.ModuleDict({name: FusionMetrics() for name in self.validation_variants()})
         self.test_metrics = FusionMetrics()
         self._figure_batch: dict | None = None
 
     def forward(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.generator(cond)
+
+    def validation_variants(self) -> tuple[str, ...]:
+        """What validation scores: ``full`` (raw weights, whole tiles), ``ema``, ``crop`` (crop-size windows)."""
+        crop = self.config.crop
+        windows = bool(crop) and crop < TILE_PX and TILE_PX % crop == 0  # 96-px crops do not tile 256-px tiles
+        return ("full",) + (("ema",) if self.config.ema_decay else ()) + (("crop",) if windows else ())
+
+    def use_ema(self) -> None:
+        """Generate with the averaged weights from now on (evaluation and generation of a loaded run)."""
+        if self.generator_ema is None:
+            raise RsgeeError("this run kept no EMA of its generator (trained with --ema-decay 0); use the raw weights")
+        self.generator = self.generator_ema.module
 
     def _discriminate(self, condition: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
         """Fake and real through D in one batch (same normalisation statistics), split back."""
@@ -157,32 +183,40 @@ class FusionTask(GuardedTask):
         if not self.optimise(opt_g, g_loss, {k.removeprefix("train/"): v for k, v in logs.items() if k != "train/d_loss"},
                              "generator"):
             return
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
         self.log_train(logs, batch_size=len(real))
         self.log("g_l1", g_l1, prog_bar=True, on_step=True, on_epoch=False, logger=False)
 
-    def _evaluate(self, batch: dict, metrics: FusionMetrics) -> torch.Tensor:
-        fake = self(batch["cond"])
+    def _score(self, fake: torch.Tensor, batch: dict, metrics: FusionMetrics) -> None:
         counted = batch.get("counted", torch.ones(len(fake), dtype=torch.bool, device=fake.device))
         if counted.any():  # padding repeats of the rank shards are never scored
             metrics.update(model_to_reflectance(fake[counted]), model_to_reflectance(batch["target"][counted]),
                            batch["valid"][counted])
-        return fake
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        fake = self._evaluate(batch, self.val_metrics)
+        fake = self(batch["cond"])
+        self._score(fake, batch, self.val_metrics["full"])
+        if "ema" in self.val_metrics:
+            self._score(self.generator_ema(batch["cond"]), batch, self.val_metrics["ema"])
+        if "crop" in self.val_metrics:
+            self._score(in_windows(self.generator, batch["cond"], self.config.crop), batch, self.val_metrics["crop"])
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._figure_batch = {"fake": fake[: self.config.val_figures].detach().cpu(), "batch": batch}
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.log_dict({f"val/{k}": values[k] for k in ("psnr", "ssim", "sam")}, prog_bar=True, sync_dist=True)
-        self.val_metrics.reset()
+        for variant, metrics in self.val_metrics.items():
+            values = metrics.compute()
+            suffix = "" if variant == "full" else f"_{variant}"
+            self.log_dict({f"val/{k}{suffix}": values[k] for k in ("psnr", "ssim", "sam")}, prog_bar=variant == "full",
+                          sync_dist=True)
+            metrics.reset()
         if self._figure_batch is not None:
             self._write_figure(Path(self.trainer.default_root_dir) / "val" / f"epoch_{self.current_epoch:04d}.png")
         self._figure_batch = None
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self._score(self(batch["cond"]), batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
@@ -216,6 +250,46 @@ def observed(real: torch.Tensor, fake: torch.Tensor, valid: torch.Tensor) -> tor
     return torch.where(valid, real, fake.detach())
 
 
+def generator_average(generator: torch.nn.Module, decay: float) -> AveragedModel:
+    """A frozen copy of ``generator`` whose weights follow theirs as an exponential moving average.
+
+    The decay is warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short
+    run's average is not dominated by the initial weights. Buffers (BatchNorm statistics, spectral-norm
+    vectors) are copied from the trained generator, not averaged, as StyleGAN's EMA does.
+    """
+
+    @torch.no_grad()
+    def ema(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        weight = 1.0 - min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, weight)
+
+    average = AveragedModel(generator, multi_avg_fn=ema, use_buffers=False)
+    return average.requires_grad_(False)
+
+
+def in_windows(generator: torch.nn.Module, cond: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Generate each ``size``×``size`` window of the inputs on its own and stitch the outputs back.
+
+    This is how a generator trained on crops sees the world; comparing it with whole-tile output
+    shows how much the result depends on the input size (``val/psnr_crop`` against ``val/psnr``).
+    """
+    first = next(iter(cond.values()))
+    batch, _, height, width = first.shape
+    if height % size or width % size:
+        raise RsgeeError(f"tiles of {height}×{width} px do not split into {size}-px windows")
+    rows, cols = height // size, width // size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        return (x.reshape(batch, channels, rows, size, cols, size).permute(0, 2, 4, 1, 3, 5)
+                .reshape(batch * rows * cols, channels, size, size))
+
+    out = generator({name: split(x) for name, x in cond.items()})
+    bands = out.shape[1]
+    return (out.reshape(batch, rows, cols, bands, size, size).permute(0, 3, 1, 4, 2, 5)
+            .reshape(batch, bands, height, width))
+
+
 def start_at(generator: torch.nn.Module, band_means: Sequence[float]) -> None:
     """Set the generator's output bias so that tanh(bias) is the train mean of each band.
 
@@ -247,19 +321,28 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     task = FusionTask(asdict(config), data.norm)
     trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
-                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
+                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
+                           val_every=config.val_every)
     info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
             "parameters": {"generator": count_parameters(task.generator),
                            "discriminator": count_parameters(task.discriminator)}}
     return fit(run_dir, task, data, trainer, ckpt, info)
 
 
-def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "cpu") -> FusionTask:
-    """The trained task of a run, in eval mode."""
+#: Which generator weights of a run to use: the trained ones or their moving average.
+WEIGHTS = ("raw", "ema")
+
+
+def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "cpu", weights: str = "raw") -> FusionTask:
+    """The trained task of a run, in eval mode, generating with its ``raw`` or ``ema`` weights."""
     info = read_run(run_dir)
     if info.get("kind") != "fusion":
         raise RsgeeError(f"{run_dir} is not a fusion run")
+    if weights not in WEIGHTS:
+        raise RsgeeError(f"unknown weights '{weights}'; choose raw or ema")
     task = FusionTask.load_from_checkpoint(checkpoint_of(run_dir, which), map_location=map_location)
+    if weights == "ema":
+        task.use_ema()
     return task.eval()
 
 

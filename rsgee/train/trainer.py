@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -326,6 +326,28 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
                       epochs_done=int(trainer.current_epoch), launch=launch)
         write_run(run_dir, stored)
     return run_dir
+
+
+def train_or_reuse(train, archive: Path, run_dir: Path, config, progress: bool = True) -> Path:
+    """Train a run, resume an interrupted one, or reuse a finished one (the demo's and experiments' steps).
+
+    ``train`` is :func:`~rsgee.train.fusion.train_fusion` or :func:`~rsgee.train.segmentation.train_segmentation`;
+    a run left with other settings is an error from :func:`start_run`, never silently reused.
+    """
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        info = read_run(run_dir)
+        same = info.get("config") == json.loads(json.dumps(asdict(config)))  # as run.json stores it
+        if same and info.get("epochs_done", 0) >= config.epochs and info.get("best_checkpoint"):
+            return run_dir
+        return train(archive, run_dir, config, resume=True, progress=progress)
+    return train(archive, run_dir, config, progress=progress)
+
+
+def batches_per_epoch(n_tiles: int, batch_size: int, limit: int | None, *, drop_last: bool) -> int:
+    """Optimiser steps per epoch on one device, as the training loaders cut the train split (the fusion
+    loader drops an incomplete last batch when there is more than one; segmentation keeps it)."""
+    full = (n_tiles // batch_size if n_tiles > batch_size else 1) if drop_last else -(-n_tiles // batch_size)
+    return min(full, limit) if limit else full
 
 
 class GuardedTask(L.LightningModule):

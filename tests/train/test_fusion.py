@@ -125,13 +125,16 @@ def test_generate_writes_georeferenced_pseudo_s2_and_skips_done(spade_run, small
 
 def test_evaluate_on_the_test_split(spade_run):
     rows = evaluate_fusion([spade_run], progress=False)
-    assert [r["model"] for r in rows] == ["constant-mean", "class-mean", "rs-spade"]  # baselines first, same tiles
-    constant, _, row = rows
+    # baselines first, same tiles; then the run with its raw and its EMA weights
+    assert [(r["model"], r["weights"]) for r in rows] == [("constant-mean", "—"), ("class-mean", "—"),
+                                                         ("rs-spade", "raw"), ("rs-spade", "ema")]
+    constant, _, row, ema = rows
     assert row["sources"] == "lulc+s1+dem" and row["tiles"] == constant["tiles"] == 1
     assert 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and 0 <= row["sam"] <= np.pi / 2
     assert row["note"] == ("" if row["psnr"] > constant["psnr"] else "below constant-mean")
     assert row["params"].endswith(" M") and float(row["params"][:-2]) > 0.1 and constant["params"] == "0"
-    assert [r["model"] for r in evaluate_fusion([spade_run], progress=False, baselines=False)] == ["rs-spade"]
+    assert ema["psnr"] != row["psnr"]  # the average of 2 steps is not the last weights
+    assert [r["model"] for r in evaluate_fusion([spade_run], progress=False, baselines=False)] == ["rs-spade"] * 2
 
 
 def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):
@@ -143,8 +146,8 @@ def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):
     assert code == 0 and "trained rs-spade (lulc,dem)" in capsys.readouterr().out
     code = main(["evaluate", "fusion", str(run), "--out", str(tmp_path / "eval"), "--no-progress"])
     out = capsys.readouterr().out
-    assert code == 0 and "| rs-spade | lulc+dem |" in out
-    assert (tmp_path / "eval" / "fusion_table.csv").read_text().startswith("model,sources,psnr,ssim,sam")
+    assert code == 0 and "| rs-spade | raw | lulc+dem |" in out and "| rs-spade | ema | lulc+dem |" in out
+    assert (tmp_path / "eval" / "fusion_table.csv").read_text().startswith("model,weights,sources,psnr,ssim,sam")
     code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "x"), "--sources", "optical"])
     assert code == 1 and "non-empty subset of lulc, s1, dem" in capsys.readouterr().err
     code = main(["evaluate", "fusion", str(tmp_path / "nothing")])
@@ -226,3 +229,68 @@ def test_the_same_seed_and_threads_give_the_same_run(small_archive, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [[(r["val/psnr"], r["val/ssim"]) for r in metric_rows(run) if r.get("val/psnr")] for run in runs]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 2
+
+
+def test_the_ema_follows_the_generator_with_a_warmed_up_decay():
+    from rsgee.train.fusion import generator_average
+
+    generator = torch.nn.Conv2d(1, 1, 1)
+    torch.nn.init.constant_(generator.weight, 1.0)
+    average = generator_average(generator, 0.999)
+    assert not any(p.requires_grad for p in average.parameters())
+    average.update_parameters(generator)  # the first update copies
+    for n, value in enumerate([3.0, 5.0], start=1):
+        before = average.module.weight.item()
+        torch.nn.init.constant_(generator.weight, value)
+        average.update_parameters(generator)
+        keep = min(0.999, (1 + n) / (10 + n))  # n updates done before this one
+        assert average.module.weight.item() == pytest.approx(keep * before + (1 - keep) * value, rel=1e-6)
+
+
+def test_windows_are_generated_alone_and_stitched_in_place():
+    from rsgee.train.fusion import in_windows
+
+    def window_mean(cond):  # each output pixel = the mean of its own input window: window borders show
+        x = cond["s1"]
+        return x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+
+    x = (torch.arange(2 * 2 * 256 * 256) % 97).double().reshape(2, 2, 256, 256)  # sums exact in any order
+    out = in_windows(window_mean, {"s1": x}, 64)
+    expected = x.reshape(2, 2, 4, 64, 4, 64).mean(dim=(3, 5))  # (batch, band, row, col) of the windows
+    assert torch.equal(out, expected.repeat_interleave(64, 2).repeat_interleave(64, 3))
+    assert torch.equal(in_windows(lambda c: c["s1"] * 2, {"s1": x}, 64), x * 2)  # pixelwise: no seams at all
+    with pytest.raises(RsgeeError, match="do not split into 96-px windows"):
+        in_windows(window_mean, {"s1": x}, 96)
+
+
+def test_validation_scores_raw_ema_and_crop_windows_and_generate_takes_the_ema(spade_run, small_archive, tmp_path):
+    import shutil
+
+    val = [r for r in metric_rows(spade_run) if r.get("val/psnr")][-1]
+    assert {"val/psnr", "val/psnr_ema", "val/psnr_crop", "val/ssim_crop", "val/sam_ema"} <= set(val)
+    raw, ema = load_fusion(spade_run), load_fusion(spade_run, weights="ema")
+    averaged = ema.generator.state_dict()
+    assert averaged.keys() == raw.generator.state_dict().keys()
+    assert any(not torch.equal(v, raw.generator.state_dict()[k]) for k, v in averaged.items())
+    archive_copy = tmp_path / "archive"
+    shutil.copytree(small_archive.root, archive_copy)
+    generate(spade_run, archive_copy, progress=False)
+    with pytest.raises(RsgeeError, match="raw weights"):
+        generate(spade_run, archive_copy, progress=False, weights="ema")
+    assert generate(spade_run, archive_copy, progress=False, weights="ema", overwrite=True).written == 6
+    record = json.loads((archive_copy / "gen" / "generated.json").read_text())
+    assert record["weights"] == "ema"
+    with rasterio.open(next((archive_copy / "gen").glob("*.tif"))) as gen:
+        assert gen.tags()["RSGEE_WEIGHTS"] == "ema"
+
+
+def test_no_ema_means_no_ema_rows_and_a_one_line_refusal(small_archive, tmp_path):
+    run = train_fusion(small_archive.root, tmp_path / "run", tiny(model="pix2pix", ema_decay=0.0, crop=96),
+                       progress=False)
+    assert [r["weights"] for r in evaluate_fusion([run], progress=False, baselines=False)] == ["raw"]
+    val = [r for r in metric_rows(run) if r.get("val/psnr")][-1]
+    assert "val/psnr_ema" not in val and "val/psnr_crop" not in val  # 96-px crops do not tile a 256-px tile
+    with pytest.raises(RsgeeError, match="--ema-decay 0"):
+        load_fusion(run, weights="ema")
+    with pytest.raises(RsgeeError, match="--ema-decay 1"):
+        tiny(ema_decay=1.0)

@@ -60,10 +60,11 @@ def test_two_process_fusion_scores_the_whole_val_split_and_writes_once(ddp_archi
     assert info["global_step"] == 4 and info["epochs_done"] == 2
     assert sorted(p.name for p in (run / "val").iterdir()) == ["epoch_0000.png", "epoch_0001.png"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(["last.ckpt", info["best_checkpoint"]])
-    (row,) = evaluate_fusion([run], split="val", progress=False, baselines=False)
-    assert row["tiles"] == 3
+    row, ema = evaluate_fusion([run], split="val", progress=False, baselines=False)
+    assert row["tiles"] == ema["tiles"] == 3 and (row["weights"], ema["weights"]) == ("raw", "ema")
     assert best_val(run, "val/psnr") == pytest.approx(row["psnr"], abs=2e-3)
     assert best_val(run, "val/ssim") == pytest.approx(row["ssim"], abs=2e-4)
+    assert best_val(run, "val/psnr_ema") == pytest.approx(ema["psnr"], abs=2e-3)  # the average agrees over ranks
 
 
 def test_two_process_segmentation_and_resume_on_one_device(ddp_archive, tmp_path):
@@ -119,13 +120,14 @@ def test_evaluate_and_generate_on_two_processes_score_and_write_each_tile_once(d
 
     run = train_fusion(ddp_archive.root, tmp_path / "gan", FusionConfig(size="tiny", batch_size=2, epochs=1,
                        steps_per_epoch=1, crop=64), progress=False)
-    (alone,) = evaluate_fusion([run], split="val", progress=False, baselines=False)
+    alone = evaluate_fusion([run], split="val", progress=False, baselines=False)
     result = run_cli("evaluate", "fusion", run, "--split", "val", "--out", tmp_path / "eval", "--devices", "2",
                      "--accelerator", "cpu", "--no-progress")
-    assert result.stdout.count("| rs-spade |") == 1
-    (row,) = [r for r in table(tmp_path / "eval" / "fusion_table.csv") if r["run"] != "baseline"]
-    assert [float(row[k]) for k in ("psnr", "ssim", "sam")] == [alone["psnr"], alone["ssim"], alone["sam"]]
-    assert row["tiles"] == "3"
+    assert result.stdout.count("| rs-spade | raw |") == result.stdout.count("| rs-spade | ema |") == 1
+    rows = [r for r in table(tmp_path / "eval" / "fusion_table.csv") if r["run"] != "baseline"]
+    for row, expected in zip(rows, alone, strict=True):
+        assert row["weights"] == expected["weights"] and row["tiles"] == "3"
+        assert [float(row[k]) for k in ("psnr", "ssim", "sam")] == [expected[k] for k in ("psnr", "ssim", "sam")]
 
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(ddp_archive.root, one)
