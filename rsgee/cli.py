@@ -568,6 +568,95 @@ def generate_cmd(run, archive, batch_size, overwrite, weights, accelerator, devi
     _say(f"generated {summary.written} tile(s), {summary.skipped} already done → {summary.folder}")
 
 
+@cli.group("predict", context_settings=CONTEXT)
+def predict_group() -> None:
+    """Apply a trained run to a whole AOI: a land-cover map or a pseudo-Sentinel-2, as a Cloud-Optimised GeoTIFF."""
+
+
+predict_options = [
+    click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                 help="The COG to write (re-running with the same run and inputs skips a complete one)."),
+    click.option("--exports", "export_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+                 default=None, help="An AOI folder written by `rsgee export` (any source, Earth Engine included)."),
+    click.option("--aoi", default=None, metavar="AOI",
+                 help="Instead of --exports: one AOI (as for rsgee export) exported here first from --source."),
+    click.option("--source", type=click.Choice(["synthetic", "local"]), default="synthetic", show_default=True,
+                 help="Where --aoi's pixels come from (for Earth Engine, `rsgee export` and --exports).  [--aoi]"),
+    catalog_option,
+    click.option("--start", callback=_date, metavar="DATE", default="2023-06-01", show_default=True,
+                 help="First day of the compositing window.  [--aoi]"),
+    click.option("--end", callback=_date, metavar="DATE", default="2023-09-01", show_default=True,
+                 help="Day after the compositing window.  [--aoi]"),
+    click.option("--input", "inputs", multiple=True, metavar="SOURCE=PATH",
+                 help="Your GeoTIFF(s) for a source; repeatable.  [--aoi, --source local]"),
+    click.option("--seed", type=int, default=0, show_default=True, help="Synthetic scene seed.  [--aoi, synthetic]"),
+    click.option("--cloud-cover", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+                 help="Fraction of Sentinel-2 pixels cloud-masked.  [--aoi, synthetic]"),
+    click.option("--overlap", type=click.IntRange(0, 127), default=64, show_default=True,
+                 help="Pixels by which neighbouring 256-px windows overlap; outputs are blended across them."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                 help="Windows per forward pass (memory is bounded by it and one strip of the AOI)."),
+    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu, cuda, cuda:1."),
+    progress_option,
+]
+
+
+def _predict_inputs(run, kind, out_path, export_dir, aoi, source, catalog_path, start, end, inputs, seed,
+                    cloud_cover, progress) -> Path:
+    from rsgee.train.predict import export_inputs
+
+    if (export_dir is None) == (aoi is None):
+        raise click.UsageError("give either --exports DIR (an rsgee export AOI folder) or --aoi")
+    if export_dir is not None:
+        return export_dir
+    return export_inputs(aoi, out_path.with_name(f"{out_path.stem}_inputs"), kind=kind, run=run, source=source,
+                         catalog_path=catalog_path, start=start, end=end, seed=seed, cloud_cover=cloud_cover,
+                         inputs=inputs, progress=progress)
+
+
+@predict_group.command("seg", context_settings=CONTEXT)
+@click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--probabilities", is_flag=True,
+              help="Also write OUT's per-class probabilities (float32) to <OUT stem>_probabilities.tif.")
+@_with(predict_options)
+def predict_seg_cmd(run, probabilities, out_path, export_dir, aoi, source, catalog_path, start, end, inputs, seed,
+                    cloud_cover, overlap, batch_size, device, progress) -> None:
+    """Land-cover map of an AOI from its Sentinel-2 with RUN's RS-UNet (uint8 classes 0–8, 255 = no data).
+
+    With --aoi, the inputs are exported to <OUT stem>_inputs/ first (reused when complete).
+    """
+    from rsgee.train.predict import predict_seg
+
+    folder = _predict_inputs(run, "segmentation", out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
+                             seed, cloud_cover, progress)
+    result = predict_seg(run, folder, out_path, probabilities=probabilities, overlap=overlap, batch_size=batch_size,
+                         device=device, progress=progress)
+    click.echo(result.line())
+
+
+@predict_group.command("fusion", context_settings=CONTEXT)
+@click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--fill-clouds", is_flag=True,
+              help="Keep every valid real Sentinel-2 pixel and fill only cloud-masked or missing ones; a fifth band, "
+                   "filled, is 1 where the generator's value was used.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="The generator's trained weights or their moving average.")
+@_with(predict_options)
+def predict_fusion_cmd(run, fill_clouds, weights, out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
+                       seed, cloud_cover, overlap, batch_size, device, progress) -> None:
+    """Pseudo-Sentinel-2 (uint16 reflectance × 10000) of an AOI from RUN's generator and the AOI's sources.
+
+    With --aoi, the inputs are exported to <OUT stem>_inputs/ first (reused when complete).
+    """
+    from rsgee.train.predict import predict_fusion
+
+    folder = _predict_inputs(run, "fusion", out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
+                             seed, cloud_cover, progress)
+    result = predict_fusion(run, folder, out_path, fill_clouds=fill_clouds, weights=weights, overlap=overlap,
+                            batch_size=batch_size, device=device, progress=progress)
+    click.echo(result.line())
+
+
 @cli.group("experiment", context_settings=CONTEXT)
 def experiment_group() -> None:
     """The paper's comparisons as controlled experiments over seeds, with baselines and paired differences."""

@@ -234,7 +234,7 @@ def _build_strip(task: StripTask) -> StripResult:
         if source == "s1" and exp.s1_linear:
             block = linear_to_db(block, spec.db_floor if spec.db_floor is not None else -50.0)
         blocks[source] = block
-    blocks["terrain"] = _terrain_block(exp.paths, grid, x0, x1, y0, y1)
+    blocks["terrain"] = terrain_window(exp.paths, grid, x0, x1, y0, y1)
     to_lonlat = Transformer.from_crs(grid.epsg, 4326, always_xy=True)
     features, rejected = [], Counter()
     for tile in task.tiles:
@@ -254,7 +254,7 @@ def to_catalog_nodata(block: np.ndarray, file_nodata: float | None, spec: Source
     """``block`` with the file's declared nodata replaced by the catalog's, where the two differ.
 
     Earth Engine batch exports of float sources declare the wire fill (-32768) as nodata, while the
-    catalog says NaN; the DEM's is handled in :func:`_terrain_block`.
+    catalog says NaN; the DEM's is handled in :func:`terrain_window`.
     """
     if file_nodata is None or file_nodata == spec.nodata or (math.isnan(file_nodata) and spec.nodata_is_nan):
         return block
@@ -262,7 +262,7 @@ def to_catalog_nodata(block: np.ndarray, file_nodata: float | None, spec: Source
     return block
 
 
-def _terrain_block(paths: dict[str, str], grid: Grid, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+def terrain_window(paths: dict[str, str], grid: Grid, x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
     """dem, slope, aspect, hillshade for a window, computed with a 1-px halo of neighbours.
 
     Inside the AOI raster the halo is read from ``dem.tif``; at the raster border it comes from

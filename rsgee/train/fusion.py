@@ -34,8 +34,8 @@ from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance, parse_sources
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, seed_everything,
-                                 start_run)
+from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, run_inputs,
+                                 seed_everything, start_run)
 
 MODELS = ("rs-spade", "pix2pix")
 #: Training recipes, apart from architectures. ``pix2pix``: Isola et al.'s (vanilla GAN + L1 ×100, Adam
@@ -324,6 +324,7 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
                            val_every=config.val_every)
     info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
+            **run_inputs(archive),
             "parameters": {"generator": count_parameters(task.generator),
                            "discriminator": count_parameters(task.discriminator)}}
     return fit(run_dir, task, data, trainer, ckpt, info)

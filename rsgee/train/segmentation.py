@@ -33,8 +33,9 @@ from rsgee.train.data import S2_SCALE, augment, crop
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
-from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, seed_everything,
-                                 start_run)
+from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, run_inputs,
+                                 seed_everything, start_run)
+
 
 IGNORE = 255
 
@@ -319,13 +320,15 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     sampler = data.sampler(0, launch.world_size)
     generated = check_generated(archive) if config.mix[1] else None
     task = SegmentationTask(asdict(config), in_channels=len(archive.sources()["s2"].bands))
+    mean, std = image_stats(archive)
     trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/miou", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
     info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
             "mix_label": config.mix_label, "generated_by": generated,
             "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count},
-            "parameters": {"rs-unet": count_parameters(task.model)}}
+            "parameters": {"rs-unet": count_parameters(task.model)}, **run_inputs(archive),
+            "normalisation": {"s2_mean": [float(v) for v in mean], "s2_std": [float(v) for v in std]}}
     return fit(run_dir, task, data, trainer, ckpt, info)
 
 

@@ -328,6 +328,16 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
     return run_dir
 
 
+def run_inputs(archive) -> dict:
+    """The export sources a model reads, as ``rsgee predict`` checks them: bands, dtype, nodata per source,
+    and the land-cover class names (from the archive's catalog)."""
+    sources = archive.catalog().sources
+    inputs = {name: {"bands": list(sources[name].band_names), "dtype": sources[name].dtype,
+                     "nodata": "nan" if sources[name].nodata_is_nan else float(sources[name].nodata)}  # JSON has no NaN
+              for name in ("lulc", "s1", "s2", "dem")}
+    return {"inputs": inputs, "classes": list(sources["lulc"].classes or ())}
+
+
 def train_or_reuse(train, archive: Path, run_dir: Path, config, progress: bool = True) -> Path:
     """Train a run, resume an interrupted one, or reuse a finished one (the demo's and experiments' steps).
 

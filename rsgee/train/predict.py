@@ -1,0 +1,395 @@
+"""``rsgee predict``: a trained run applied to a whole exported AOI, written as a Cloud-Optimised GeoTIFF.
+
+The AOI's export (``rsgee export``: one GeoTIFF per source on the AOI's lattice grid) is read strip by
+strip; each strip is cut into overlapping model windows of the training tile size, normalised exactly
+as the archive's tiles are for training (terrain derived from the DEM with a one-pixel halo, as
+``rsgee tile`` does), and the model's outputs are blended with weights that fall to almost nothing at
+window borders, so that no seams show. Memory is bounded by one strip (window height × AOI width)
+and one batch of windows, whatever the AOI's height.
+
+``predict seg`` writes a land-cover map (uint8 Dynamic World classes, 255 where there is no optical
+observation) with class names and a colour table, optionally per-class probabilities. ``predict fusion``
+writes a pseudo-Sentinel-2 (uint16 reflectance × 10000); ``fill_clouds`` keeps every valid real pixel
+and fills only the cloud-masked or missing ones, with a band that says which.
+
+A run carries what predict needs in its ``run.json``: the weights' normalisation, the sources with
+their bands and types (``inputs``), and the class names; exports that do not match are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from rsgee.acquire.export import read_manifest
+from rsgee.errors import RsgeeError
+from rsgee.geotiff import GDAL_READ_ENV, atomic_path
+from rsgee.grid import TILE_PX, Grid
+from rsgee.preprocess.tiling import export_paths, terrain_window
+from rsgee.train.data import S2_SCALE, lulc_to_model, reflectance_to_s2, s1_to_model, terrain_to_model
+from rsgee.train.figures import DW_COLOURS
+from rsgee.train.trainer import read_run
+
+
+#: Map nodata: no optical observation (seg) — the archive's land-cover nodata.
+NO_CLASS = 255
+#: Files written by an earlier run with these tags and the same request are complete and skipped.
+REQUEST_TAG = "RSGEE_PREDICT_REQUEST"
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What predict did: the COG written (or found complete), the windows run and the pixels filled."""
+
+    path: Path
+    status: str  # "written" or "up to date"
+    windows: int = 0
+    filled: int = 0  # fusion with fill_clouds: pixels taken from the generator
+
+    def line(self) -> str:
+        text = f"{self.status}: {self.path}"
+        if self.status == "written":
+            text += f" ({self.windows} windows" + (f", {self.filled} pixels filled" if self.filled else "") + ")"
+        return text
+
+
+def blend_weights(size: int, overlap: int) -> np.ndarray:
+    """(size, size) window weights: 1 inside, a linear ramp over the ``overlap`` border, never 0.
+
+    Neighbouring windows overlap by ``overlap`` pixels, so at every output pixel the weights of the
+    windows covering it sum to a positive number and a pixel near one window's border is decided
+    mainly by the window that sees it in its interior.
+    """
+    if overlap <= 0:
+        return np.ones((size, size), np.float32)
+    distance = np.minimum(np.arange(size), np.arange(size)[::-1]) + 0.5
+    ramp = np.clip(distance / overlap, 1.0 / overlap, 1.0).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Window offsets covering ``length`` pixels: every ``stride``, the last one flush with the end."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    return starts + [length - size]
+
+
+def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probabilities: bool = False,
+                overlap: int = 64, batch_size: int = 8, device: str = "cpu", progress: bool = True) -> PredictResult:
+    """Land-cover map of the exported AOI in ``exports`` with the RS-UNet of ``run``.
+
+    With ``probabilities``, the blended per-class probabilities go to ``<out>_probabilities.tif``
+    (float32, one band per class, NaN without an optical observation).
+    """
+    from rsgee.train.segmentation import load_segmentation
+
+    info = _run_info(run, "segmentation")
+    export = _open_export(exports, info, ("s2",))
+    out = Path(out)
+    request = _request(run, export, kind="seg", probabilities=probabilities, overlap=overlap)
+    extra = out.with_name(f"{out.stem}_probabilities.tif") if probabilities else None
+    if _complete(out, request) and (extra is None or _complete(extra, request)):
+        return PredictResult(out, "up to date")
+    task = load_segmentation(run).to(device)
+    mean = np.array(info["normalisation"]["s2_mean"], np.float32)[:, None, None]
+    std = np.array(info["normalisation"]["s2_std"], np.float32)[:, None, None]
+    classes = info["classes"]
+
+    def inputs(strip: dict) -> tuple[dict, np.ndarray]:
+        s2 = strip["s2"]
+        return {"image": (np.clip(s2.astype(np.float32) / S2_SCALE, 0, 1) - mean) / std}, (s2 != 0).all(axis=0)
+
+    def model(batch: dict) -> torch.Tensor:
+        return torch.softmax(task(batch["image"]), dim=1)
+
+    tags = {REQUEST_TAG: request, "RSGEE_RUN": str(Path(run).resolve()), "RSGEE_CLASSES": json.dumps(classes)}
+    with ExitStack() as stack:
+        labels = stack.enter_context(_cog(out, export.grid, "uint8", 1, NO_CLASS, ["land cover class"], tags,
+                                          resampling="MODE"))
+        labels.write_colormap(1, _colour_table(len(classes)))
+        probs = stack.enter_context(_cog(extra, export.grid, "float32", len(classes), float("nan"),
+                                         [f"p({c})" for c in classes], tags, resampling="AVERAGE")) if extra else None
+        windows = 0
+        for y0, rows, observed, blended, count in _slide(export, ("s2",), inputs, model, len(classes), overlap,
+                                                         batch_size, device, progress):
+            window = Window(0, y0, export.grid.width, rows)
+            labels.write(np.where(observed, blended.argmax(0), NO_CLASS).astype(np.uint8)[None], window=window)
+            if probs is not None:
+                probs.write(np.where(observed[None], blended, np.nan).astype(np.float32), window=window)
+            windows = count
+    return PredictResult(out, "written", windows)
+
+
+def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fill_clouds: bool = False,
+                   weights: str = "raw", overlap: int = 64, batch_size: int = 8, device: str = "cpu",
+                   progress: bool = True) -> PredictResult:
+    """Pseudo-Sentinel-2 of the exported AOI in ``exports`` from the generator of ``run``.
+
+    Pixels where none of the run's sources has data are nodata (0). With ``fill_clouds`` every pixel
+    with a valid real Sentinel-2 observation keeps it unchanged and a fifth band, ``filled``, is 1
+    where the generator's value was used.
+    """
+    from rsgee.train.fusion import load_fusion
+
+    info = _run_info(run, "fusion")
+    sources = tuple(info["config"]["sources"])
+    needed = tuple(s for s in ("lulc", "s1", "dem", "s2") if s in {"dem" if x == "terrain" else x for x in sources}
+                   or (s == "s2" and fill_clouds))
+    export = _open_export(exports, info, needed)
+    out = Path(out)
+    request = _request(run, export, kind="fusion", fill_clouds=fill_clouds, weights=weights, overlap=overlap)
+    if _complete(out, request):
+        return PredictResult(out, "up to date")
+    task = load_fusion(run, weights=weights).to(device)
+    norm = info["normalisation"]
+
+    def inputs(strip: dict) -> tuple[dict, np.ndarray]:
+        cond, present = {}, []
+        if "lulc" in sources:
+            cond["lulc"] = lulc_to_model(strip["lulc"])
+            present.append(strip["lulc"][0] != NO_CLASS)
+        if "s1" in sources:
+            present.append(np.isfinite(strip["s1"]).all(axis=0))
+            cond["s1"] = s1_to_model(strip["s1"], norm["s1_bands"])
+        if "terrain" in sources:
+            present.append(np.isfinite(strip["terrain"][0]))
+            cond["terrain"] = terrain_to_model(strip["terrain"], norm["dem_mean"], norm["dem_std"])
+        return cond, np.logical_or.reduce(present)
+
+    def model(batch: dict) -> torch.Tensor:
+        return (task(batch).clamp(-1, 1) + 1) / 2  # reflectance, blended linearly
+
+    bands = list(info["inputs"]["s2"]["bands"])
+    tags = {REQUEST_TAG: request, "RSGEE_RUN": str(Path(run).resolve()), "RSGEE_WEIGHTS": weights,
+            "RSGEE_SYNTHETIC_S2": "generated where filled == 1" if fill_clouds else "generated, not observed"}
+    names = bands + (["filled"] if fill_clouds else [])
+    windows = filled = 0
+    with _cog(out, export.grid, "uint16", len(names), 0, names, tags, resampling="AVERAGE") as dst:
+        for y0, rows, observed, blended, count in _slide(export, needed, inputs, model, len(bands), overlap,
+                                                         batch_size, device, progress):
+            generated = np.where(observed[None], reflectance_to_s2(blended), 0).astype(np.uint16)
+            if fill_clouds:
+                with rasterio.Env(**GDAL_READ_ENV), rasterio.open(export.paths["s2"]) as src:
+                    real = _as_nodata(src.read(window=Window(0, y0, export.grid.width, rows)), src.nodata, 0)
+                valid = (real != 0).all(axis=0)
+                use = ~valid & observed
+                generated = np.concatenate([np.where(valid[None], real, generated), use[None].astype(np.uint16)])
+                filled += int(use.sum())
+            dst.write(generated, window=Window(0, y0, export.grid.width, rows))
+            windows = count
+    return PredictResult(out, "written", windows, filled)
+
+
+def export_inputs(aoi: str, folder: str | Path, *, kind: str, run: str | Path, source: str = "synthetic",
+                  catalog_path: str | Path | None = None, start=None, end=None, seed: int = 0,
+                  cloud_cover: float = 0.05, inputs: tuple[str, ...] = (), max_area_km2: float = 50_000.0,
+                  progress: bool = True) -> Path:
+    """Export what ``run`` needs for one AOI into ``folder`` (skipped when complete); returns the AOI's folder.
+
+    The offline sources (``synthetic``, ``local``) are built here; for Earth Engine, run ``rsgee export``
+    and pass its AOI folder to predict.
+    """
+    import datetime as dt
+
+    from rsgee.acquire.aoi import parse_aois
+    from rsgee.acquire.export import export_aois
+    from rsgee.catalog import load_catalog
+
+    info = _run_info(run, kind)
+    aois = parse_aois([aoi], max_area_km2=max_area_km2)
+    if len(aois) != 1:
+        raise RsgeeError(f"--aoi {aoi!r} holds {len(aois)} areas; predict one AOI at a time")
+    start, end = start or dt.date(2023, 6, 1), end or dt.date(2023, 9, 1)
+    if source == "synthetic":
+        from rsgee.acquire.synthetic import SyntheticSource
+
+        block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+    elif source == "local":
+        from rsgee.acquire.local import LocalSource, parse_inputs
+
+        block_source = LocalSource(parse_inputs(inputs))
+    else:
+        raise RsgeeError(f"predict exports from the synthetic or local source itself; for --source {source}, run "
+                         "`rsgee export --aoi … --out DIR` and pass --exports DIR/<aoi>")
+    if kind == "segmentation":
+        names = ["s2"]
+    else:
+        names = sorted({"terrain": "dem"}.get(s, s) for s in info["config"]["sources"]) + ["s2"]
+    (result,) = export_aois(aois, Path(folder), block_source, load_catalog(catalog_path), source_names=names,
+                            progress=progress)
+    if not result.ok:
+        raise RsgeeError(result.line())
+    return result.path
+
+
+# -- reading the export --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Export:
+    folder: Path
+    name: str
+    grid: Grid
+    paths: dict[str, str]
+    manifest_sha256: str
+    nodata: dict[str, float | None]  # the files' declared nodata
+    run_nodata: dict[str, float]  # what the run's inputs use
+
+
+def _run_info(run: str | Path, kind: str) -> dict:
+    info = read_run(run)
+    if info.get("kind") != kind:
+        wanted = "predict seg" if kind == "segmentation" else "predict fusion"
+        other = "predict fusion" if wanted == "predict seg" else "predict seg"
+        raise RsgeeError(f"{run} is a {info.get('kind')} run, not a {kind} run; `rsgee {wanted}` needs a {kind} "
+                         f"run (use `rsgee {other}` for this one)")
+    if "inputs" not in info or "normalisation" not in info:
+        raise RsgeeError(f"{run} was trained before runs recorded their inputs and normalisation; train it again "
+                         "with this version to use it with predict")
+    return info
+
+
+def _open_export(folder: str | Path, info: dict, sources: tuple[str, ...]) -> _Export:
+    """The export folder's grid and files, checked against the sources and bands the run was trained on."""
+    from rsgee.preprocess.archive import file_sha256
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    name = manifest["aoi"]["name"]
+    files = manifest.get("files", {})
+    missing = [s for s in sources if s not in files]
+    if missing:
+        raise RsgeeError(f"{folder}: the export has no {', '.join(missing)} (the run needs {', '.join(sources)}); "
+                         f"export them with `rsgee export --sources {','.join(sources)}`")
+    for source in sources:
+        trained, given = info["inputs"][source], files[source]
+        if list(given.get("bands", [])) != trained["bands"] or given.get("dtype") != trained["dtype"]:
+            raise RsgeeError(f"{folder}: {source} has bands {given.get('bands')} ({given.get('dtype')}), the run was "
+                             f"trained on {trained['bands']} ({trained['dtype']}); export with the catalog the run "
+                             "was trained with")
+    grid = Grid.from_dict(manifest["grid"])
+    paths = export_paths(folder, manifest)
+    nodata = {}
+    with rasterio.Env(**GDAL_READ_ENV):
+        for source in sources:
+            with rasterio.open(paths[source]) as src:
+                if src.crs is None or src.crs.to_epsg() != grid.epsg or src.transform != grid.transform or \
+                        (src.width, src.height) != (grid.width, grid.height):
+                    raise RsgeeError(f"{paths[source]} is not on the AOI's grid (manifest.json); re-export AOI '{name}'")
+                nodata[source] = src.nodata
+    run_nodata = {s: float(info["inputs"][s]["nodata"]) for s in sources}
+    return _Export(folder, name, grid, paths, file_sha256(folder / "manifest.json"), nodata, run_nodata)
+
+
+def _as_nodata(block: np.ndarray, file_nodata: float | None, nodata: float) -> np.ndarray:
+    """``block`` with the file's declared nodata replaced by ``nodata`` (NaN for floats) where they differ."""
+    if file_nodata is None or file_nodata == nodata or (math.isnan(file_nodata) and math.isnan(nodata)):
+        return block
+    block[np.isnan(block) if math.isnan(file_nodata) else block == file_nodata] = nodata
+    return block
+
+
+def _read_strip(export: _Export, sources: tuple[str, ...], y0: int, rows: int) -> dict[str, np.ndarray]:
+    """Every needed source for image rows [y0, y0 + rows), nodata as in the archive's tiles."""
+    grid, strip = export.grid, {}
+    with rasterio.Env(**GDAL_READ_ENV):
+        for source in sources:
+            if source == "dem":
+                strip["terrain"] = terrain_window(export.paths, grid, 0, grid.width, y0, y0 + rows)
+                continue
+            with rasterio.open(export.paths[source]) as src:
+                block = src.read(window=Window(0, y0, grid.width, rows))
+            strip[source] = _as_nodata(block, export.nodata[source], export.run_nodata[source])
+    return strip
+
+
+def _slide(export: _Export, sources, inputs, model, bands: int, overlap: int, batch_size: int, device: str,
+           progress: bool):
+    """Slide the model over the AOI; yields ``(y0, rows, observed, blended, windows so far)`` per final strip.
+
+    Windows of one row are blended into a buffer one window tall; after each window row, the rows no
+    later window reaches (up to the next row's start) are final and leave the buffer.
+    """
+    if not 0 <= overlap < TILE_PX // 2:
+        raise RsgeeError(f"--overlap {overlap}: use 0 to {TILE_PX // 2 - 1} pixels")
+    grid, size = export.grid, TILE_PX
+    weight = torch.from_numpy(blend_weights(size, overlap)).to(device)
+    ys, xs = window_starts(grid.height, size, size - overlap), window_starts(grid.width, size, size - overlap)
+    acc = torch.zeros((bands, size, grid.width), device=device)
+    total = torch.zeros((size, grid.width), device=device)
+    windows = 0
+    with tqdm(total=len(ys) * len(xs), desc=f"predict {export.name}", unit="window", disable=not progress,
+              file=sys.stderr) as bar:
+        for k, y in enumerate(ys):  # acc's first row is image row y: earlier rows have left
+            arrays, observed = inputs(_read_strip(export, sources, y, size))
+            for start in range(0, len(xs), batch_size):
+                chunk = xs[start:start + batch_size]
+                batch = {name: torch.from_numpy(np.stack([a[:, :, x:x + size] for x in chunk])).to(device)
+                         for name, a in arrays.items()}
+                with torch.no_grad():
+                    out = model(batch).float()
+                for i, x in enumerate(chunk):
+                    acc[:, :, x:x + size] += out[i] * weight
+                    total[:, x:x + size] += weight
+                windows += len(chunk)
+                bar.update(len(chunk))
+            done = ys[k + 1] - y if k + 1 < len(ys) else size
+            yield y, done, observed[:done], (acc[:, :done] / total[:done]).cpu().numpy(), windows
+            acc = torch.cat([acc[:, done:], torch.zeros_like(acc[:, :done])], 1)
+            total = torch.cat([total[done:], torch.zeros_like(total[:done])], 0)
+
+
+# -- writing the COG -----------------------------------------------------------------------------
+
+def _request(run, export: _Export, **options) -> str:
+    """What determines the output: a complete file with the same request is not written again."""
+    return json.dumps({"run": str(Path(run).resolve()), "checkpoint": read_run(run).get("best_checkpoint"),
+                       "export": export.manifest_sha256, **options}, sort_keys=True)
+
+
+def _complete(out: Path, request: str) -> bool:
+    if not out.exists():
+        return False
+    try:
+        with rasterio.open(out) as src:
+            return src.tags().get(REQUEST_TAG) == request
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def _colour_table(classes: int) -> dict[int, tuple[int, int, int, int]]:
+    table = {i: tuple(int(DW_COLOURS[i][j:j + 2], 16) for j in (1, 3, 5)) + (255,) for i in range(classes)}
+    return {**table, NO_CLASS: (0, 0, 0, 0)}
+
+
+@contextmanager
+def _cog(path: Path, grid: Grid, dtype: str, count: int, nodata: float, names: list[str], tags: dict, *,
+         resampling: str):
+    """A tiled GeoTIFF on the AOI grid to write strips into; on success it becomes a COG at ``path``.
+
+    GDAL's COG driver writes a file in one go from a finished dataset, so the strips go to a hidden
+    GeoTIFF first; the COG (tiled 512², DEFLATE, overviews by ``resampling``) is renamed into place
+    only when complete.
+    """
+    with atomic_path(path.with_name(f".{path.name}.strips.tif")) as strips, atomic_path(path) as final:
+        profile = {"driver": "GTiff", "dtype": dtype, "count": count, "width": grid.width, "height": grid.height,
+                   "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
+                   "blockysize": 256, "compress": "deflate", "bigtiff": "IF_SAFER"}
+        with rasterio.open(strips, "w", **profile) as dst:
+            for i, name in enumerate(names, start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(**tags)
+            yield dst
+        rasterio.shutil.copy(strips, final, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512",
+                             OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
