@@ -21,6 +21,22 @@ Earth Engine bills every task, so nothing is started twice:
   those tasks. No manifest is written then: a manifest promises readable files.
 - Ctrl-C stops polling, not the tasks: they run on (and are billed); re-run to resume polling.
 
+Earth Engine queues at most 3,000 pending tasks (per project; reports say per user across
+projects) and runs only a few of them at a time, so tasks are submitted while fewer than
+``max_pending`` (``--max-pending``, :data:`MAX_PENDING` by default) of the project's operations
+are pending or running, the rest as earlier ones end. All of them are polled with one paged
+``ee.data.listOperations()`` per cycle (500 operations a page), not one request per task: 3,000
+tasks polled one by one every 30 s would take ~100 requests/s, a project's whole request quota. A
+poll that fails ("Quota exceeded for quota metric …", "An internal server error has occurred",
+"The service is currently unavailable.") changes no task: only an operation's own answer can end
+a task, so a failed poll never leads ``--retry-failed`` to pay for a second task.
+
+Each file must stay under Earth Engine's per-file limits — 16 GiB before compression, and
+``fileDimensions`` ≤ 131,072 pixels a side — or the task fails after it was started ("File
+dimensions are too large …"). Both are checked before anything starts: a run with a file over
+them is refused in one line (split the AOI, or use ``--via download``), since splitting a file
+would give Earth Engine's tiled file names, which ``rsgee tile`` does not read.
+
 When all of an AOI's tasks succeeded, ``OUT/<aoi>/manifest.json`` is written in the contract of
 the download path (:mod:`rsgee.acquire.export`), with ``request.via = "batch"``, the destination,
 and the task ids in ``provenance.tasks``. Its file paths are GDAL ``/vsigs/<bucket>/<object>``
@@ -35,7 +51,6 @@ the AOI folder.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import json
@@ -50,13 +65,14 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import ee
+import google.auth.exceptions
 from affine import Affine
 from tqdm import tqdm
 
 from rsgee.acquire.aoi import AOI
 from rsgee.acquire.earthengine.download import DEM_HALO, EarthEngineSource, classify
 from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
-from rsgee.acquire.earthengine.session import SessionConfig
+from rsgee.acquire.earthengine.session import SessionConfig, refused
 from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, read_manifest
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError
@@ -75,6 +91,12 @@ ACTIVE = ("STARTING", "PENDING", "RUNNING", "CANCELLING")
 FAILED = ("FAILED", "CANCELLED")
 SUCCEEDED = "SUCCEEDED"
 _SHARD = 256  # Earth Engine's default shardSize; fileDimensions must be a multiple of it
+#: Default of ``--max-pending``: a sixth of Earth Engine's 3,000 pending tasks, so that a run leaves
+#: room for the project's other work, and still far more than the few tasks a project runs at once.
+MAX_PENDING = 500
+#: Earth Engine's limits for one exported GeoTIFF: size before compression (strictly below) and side.
+MAX_FILE_BYTES = 2**34
+MAX_FILE_DIM = 131072
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
@@ -182,9 +204,10 @@ class _Job:
     folder: Path
     grid: Grid
     manifest: dict
-    tasks: dict[str, dict]
+    tasks: dict[str, dict | None]
     bar: tqdm | None = None
     progress: dict[str, float] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
 
     @property
     def tasks_path(self) -> Path:
@@ -197,18 +220,29 @@ class _Job:
 
     def active(self) -> list[str]:
         """Tasks still going on at Earth Engine (started, not ended)."""
-        return [k for k, t in self.tasks.items() if t["state"] in ACTIVE and t["operation"]]
+        return [k for k, t in self.tasks.items() if t is not None and t["state"] in ACTIVE and t["operation"]]
+
+    def todo(self, retry_failed: bool) -> list[str]:
+        """Tasks to send: never sent, sent without an answer, or failed (with ``retry_failed``)."""
+        return [k for k, t in self.tasks.items()
+                if t is None or t["state"] == "STARTING" or (t["state"] in FAILED and retry_failed)]
+
+    def ended(self) -> int:
+        return sum(t is not None and t["state"] not in ACTIVE for t in self.tasks.values())
 
 
 def export_batch(
     aois: Sequence[AOI], out_dir: str | Path, source: BatchSource, catalog: Catalog, *,
     source_names: Sequence[str] | None = None, overwrite: bool = False, retry_failed: bool = False,
-    poll_s: float = 30.0, progress: bool = True, sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = 30.0, max_pending: int = MAX_PENDING, progress: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[BatchResult]:
     """Start (or resume) every AOI's batch tasks, poll them all until they end, write the manifests.
 
     An AOI that cannot start (no images, a different earlier request…) is reported and the run goes
-    on with the others; all AOIs' tasks run on Earth Engine at the same time.
+    on with the others. A file over Earth Engine's per-file limits refuses the whole run before
+    anything starts. Tasks are submitted in AOI order while fewer than ``max_pending`` of the
+    project's operations are pending.
 
     Args:
         aois: the AOIs; each gets ``OUT/<name>/``.
@@ -219,39 +253,55 @@ def export_batch(
             running on Earth Engine unless cancelled). An equal request is never started twice.
         retry_failed: restart the tasks that failed or were cancelled in an earlier run.
         poll_s: seconds between status polls.
+        max_pending: most of the project's tasks pending or running at once (Earth Engine queues
+            at most 3,000); further tasks are submitted as earlier ones end.
         progress: one progress bar per AOI on stderr (tasks done/total and the running ones' progress).
         sleep: how to wait between polls (tests pass a fake).
     """
+    if max_pending < 1:
+        raise RsgeeError(f"--max-pending {max_pending} must be at least 1")
     specs = [catalog[n] for n in (source_names or catalog.sources)]
     out = Path(out_dir)
-    source.connect()
     results: dict[str, BatchResult] = {}
     jobs: list[_Job] = []
-    try:
-        for aoi in aois:
-            try:
-                prepared = _prepare(aoi, out, source, catalog, specs, overwrite)
-                if isinstance(prepared, BatchResult):
-                    results[aoi.name] = prepared
-                    continue
-                jobs.append(prepared)
-                _start(prepared, source, specs, retry_failed)
+    for aoi in aois:
+        try:
+            prepared = _prepare(aoi, out, source, catalog, specs, overwrite)
+        except RsgeeError as exc:
+            results[aoi.name] = BatchResult(aoi.name, out / aoi.name, "failed", 0, error=str(exc))
+            continue
+        if isinstance(prepared, BatchResult):
+            results[aoi.name] = prepared
+        else:
+            jobs.append(prepared)
+    too_large = [f.problem() for job in jobs for f in batch_files(job.aoi.name, job.grid, specs)
+                 if f.key in job.todo(retry_failed) and f.problem()]
+    if too_large:
+        raise RsgeeError(f"{len(too_large)} batch file(s) over Earth Engine's per-file limits, e.g. {too_large[0]}; "
+                         "split the AOI into smaller AOIs or export it with --via download")
+    source.connect()
+    for job in list(jobs):
+        if job.todo(retry_failed):
+            try:  # an empty collection fails the AOI before anything of it is spent
+                job.recipes = source.recipes(job.grid, specs)
             except RsgeeError as exc:
-                if jobs and jobs[-1].aoi is aoi:
-                    jobs.pop()  # its recorded tasks are polled by the next run
-                results[aoi.name] = BatchResult(aoi.name, out / aoi.name, "failed", 0, error=str(exc))
+                jobs.remove(job)  # its recorded tasks, if any, are polled by the next run
+                results[job.aoi.name] = BatchResult(job.aoi.name, job.folder, "failed", 0, error=str(exc))
+    queue = [(job, key) for job in jobs for key in job.todo(retry_failed)]
+    try:
         for i, job in enumerate(jobs):
             job.bar = tqdm(total=len(job.tasks), desc=f"batch {job.aoi.name}", unit="task", position=i,
                            disable=not progress, file=sys.stderr)
-        _poll(jobs, poll_s, sleep, source.session.workers)
+        _run(jobs, queue, source, specs, max_pending, poll_s, sleep)
     except KeyboardInterrupt:
         for job in jobs:
             if job.bar is not None:
                 job.bar.close()  # before the message, so that it is not drawn over
-        running = [t["operation"] or t["request_id"] for j in jobs for t in j.tasks.values() if t["state"] in ACTIVE]
-        log.warning("stopped polling; %d Earth Engine task(s) keep running (and are billed): re-run the same command "
-                    "to resume polling (nothing is started twice), or cancel them with `earthengine task cancel ID` "
-                    "or in the Code Editor's Tasks tab (ids in %s)", len(running), out / "<aoi>" / WORKDIR / TASKS)
+        running = [t for j in jobs for t in j.tasks.values() if t is not None and t["state"] in ACTIVE]
+        log.warning("stopped polling; %d Earth Engine task(s) keep running (and are billed), %d not started yet: "
+                    "re-run the same command to resume (nothing is started twice), or cancel them with `earthengine "
+                    "task cancel ID` or in the Code Editor's Tasks tab (ids in %s)", len(running), len(queue),
+                    out / "<aoi>" / WORKDIR / TASKS)
         raise
     finally:
         for job in jobs:
@@ -304,39 +354,87 @@ def _comparable(manifest: dict) -> dict:
                                      "files")}
 
 
-def _start(job: _Job, source: BatchSource, specs: Sequence[SourceSpec], retry_failed: bool) -> None:
-    """Start the tasks that are not recorded yet (and the failed ones with ``retry_failed``).
+def _start(job: _Job, key: str, source: BatchSource, specs: Sequence[SourceSpec]) -> bool:
+    """Send one task; False when Earth Engine asked to wait (queue full, quota, 5xx), to resend later.
 
     A task is recorded with its request id before it is sent. One whose answer never came, or
-    that Earth Engine refused to start, is sent again with that same id: had Earth Engine created
-    it after all, it answers with that operation instead of starting a second one.
+    that Earth Engine refused for now, is sent again with that same id: had Earth Engine created
+    it after all, it answers with that operation instead of starting a second one. Any other
+    refusal fails the task ("could not start: …").
     """
-    todo = [k for k, t in job.tasks.items()
-            if t is None or t["state"] == "STARTING" or (t["state"] in FAILED and retry_failed)]
-    if not todo:
-        return
-    recipes = source.recipes(job.grid, specs)  # an empty collection fails the AOI before anything is spent
-    for key in todo:
-        old = job.tasks[key]
-        reuse = old is not None and not old["operation"]
-        task = {"request_id": old["request_id"] if reuse else str(uuid.uuid4()), "operation": None,
-                "state": "STARTING", "error": None, "file": source.destination.manifest_path(job.aoi.name, key)}
-        job.tasks[key] = task
-        job.save()  # before sending: a crash from here on leaves an id that the next run re-sends
-        if not source.destination.gcs:
-            (job.folder / f"{key}.tif").unlink(missing_ok=True)  # a download of an earlier task is stale now
-        spec = next(s for s in specs if s.name == ("dem" if key == HALO else key))
-        request = export_request(job.aoi.name, key, job.grid, recipes[spec.name], len(spec.bands), source.destination)
-        try:
-            operation = ee.data.exportImage(task["request_id"], request)
-        except ee.EEException as exc:
-            task.update(state="FAILED", error=f"could not start: {classify(exc).message}")
-        except (OSError, ConnectionError) as exc:  # unknown whether it started: keep STARTING and its id
-            raise RsgeeError(f"could not reach Earth Engine to start task {key} ({exc}); re-run the same command "
-                             "to try again (with the same request id, so nothing is started twice)") from None
-        else:
-            task.update(operation=operation["name"], state=operation.get("metadata", {}).get("state", "PENDING"))
-        job.save()
+    old = job.tasks[key]
+    reuse = old is not None and not old["operation"]
+    task = {"request_id": old["request_id"] if reuse else str(uuid.uuid4()), "operation": None,
+            "state": "STARTING", "error": None, "file": source.destination.manifest_path(job.aoi.name, key)}
+    job.tasks[key] = task
+    job.save()  # before sending: a crash from here on leaves an id that the next run re-sends
+    if not source.destination.gcs:
+        (job.folder / f"{key}.tif").unlink(missing_ok=True)  # a download of an earlier task is stale now
+    spec = next(s for s in specs if s.name == ("dem" if key == HALO else key))
+    request = export_request(job.aoi.name, key, job.grid, job.recipes[spec.name], len(spec.bands), source.destination)
+    try:
+        operation = ee.data.exportImage(task["request_id"], request)
+    except google.auth.exceptions.RefreshError as exc:
+        raise refused(exc) from None
+    except ee.EEException as exc:
+        error = classify(exc)
+        if error.retryable:
+            log.debug("start of %s/%s deferred: %s", job.aoi.name, key, error.message)
+            return False
+        task.update(state="FAILED", error=f"could not start: {error.message}")
+    except (OSError, ConnectionError) as exc:  # unknown whether it started: keep STARTING and its id
+        raise RsgeeError(f"could not reach Earth Engine to start task {key} ({exc}); re-run the same command "
+                         "to try again (with the same request id, so nothing is started twice)") from None
+    else:
+        task.update(operation=operation["name"], state=operation.get("metadata", {}).get("state", "PENDING"))
+    job.save()
+    return True
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """The GeoTIFF one task writes: its key (source or dem_halo), pixels, bands and bytes per value."""
+
+    aoi: str
+    key: str
+    width: int
+    height: int
+    bands: int
+    itemsize: int
+
+    @property
+    def file_dimensions(self) -> tuple[int, int]:
+        """The ``fileDimensions`` requested: the whole image in one file, in 256-pixel shards."""
+        return _ceil(self.width, _SHARD), _ceil(self.height, _SHARD)
+
+    @property
+    def nbytes(self) -> int:
+        """Size before compression, as Earth Engine counts it (over the requested file dimensions)."""
+        width, height = self.file_dimensions
+        return width * height * self.bands * self.itemsize
+
+    def problem(self) -> str | None:
+        """Which of Earth Engine's per-file limits the file breaks, in words; None if it fits."""
+        width, height = self.file_dimensions
+        if max(width, height) > MAX_FILE_DIM:
+            return (f"{self.aoi}/{self.key} is {width}×{height} px in one file (Earth Engine allows at most "
+                    f"{MAX_FILE_DIM:,} px a side)")
+        if self.nbytes >= MAX_FILE_BYTES:
+            return (f"{self.aoi}/{self.key} would be one {self.nbytes / 2**30:.1f} GiB GeoTIFF before compression "
+                    "(Earth Engine writes files under 16 GiB)")
+        return None
+
+
+def batch_files(aoi: str, grid: Grid, specs: Sequence[SourceSpec]) -> list[BatchFile]:
+    """The files an AOI's batch export writes: one per source, plus the DEM grown by its halo."""
+    files = []
+    for spec in specs:
+        keys = [spec.name] + ([HALO] if spec.name == "dem" else [])
+        for key in keys:
+            halo = DEM_HALO if key == HALO else 0
+            files.append(BatchFile(aoi, key, grid.width + 2 * halo, grid.height + 2 * halo, len(spec.bands),
+                                   spec.numpy_dtype.itemsize))
+    return files
 
 
 def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, destination: Destination) -> dict:
@@ -369,43 +467,65 @@ def _ceil(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _poll(jobs: list[_Job], poll_s: float, sleep: Callable[[float], None], workers: int) -> None:
-    """Poll every active task until none is left, updating ``tasks.json`` on each state change.
+def _run(jobs: list[_Job], queue: list[tuple[_Job, str]], source: BatchSource, specs: Sequence[SourceSpec],
+         max_pending: int, poll_s: float, sleep: Callable[[float], None]) -> None:
+    """Poll, then submit while fewer than ``max_pending`` are pending, until every task has ended.
 
-    Statuses are fetched ``workers`` at a time: thousands of tasks are polled in seconds, not minutes.
+    ``queue`` (the tasks still to send, in order) is consumed in place, so that an interruption
+    can say how many were never sent.
     """
-    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsgee-poll")
-    try:
-        while True:
-            active = [(job, key) for job in jobs for key in job.active()]
-            statuses = pool.map(_status, [job.tasks[key]["operation"] for job, key in active])
-            changed = {id(job): job for (job, key), operation in zip(active, statuses)
-                       if operation is not None and _update(job, key, operation)}
-            for job in changed.values():
-                job.save()
-            for job in jobs:
-                _show(job)
-            if not any(job.active() for job in jobs):
-                break
-            sleep(poll_s)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    while True:
+        pending = _poll(jobs)
+        while queue and len(pending) < max_pending:
+            job, key = queue[0]
+            if not _start(job, key, source, specs):
+                break  # Earth Engine asked to wait: try again after the next poll
+            queue.pop(0)
+            if job.tasks[key]["operation"]:
+                pending.add(job.tasks[key]["operation"])
+        for job in jobs:
+            _show(job)
+        if not queue and not any(job.active() for job in jobs):
+            return
+        sleep(poll_s)
 
 
-def _status(operation: str) -> dict | None:
-    """An operation's status; None when asking failed in a way the next poll may not (429, 5xx…)."""
+def _poll(jobs: list[_Job]) -> set[str]:
+    """Update every active task from one listing; the names of the project's pending operations.
+
+    The listing covers all of the project's operations (other runs' and other tools' too), so its
+    pending ones count against ``max_pending``. An operation missing from it (older than what the
+    server lists) is asked for alone. An error changes nothing: the next cycle asks again.
+    """
+    ours = {job.tasks[key]["operation"]: (job, key) for job in jobs for key in job.active()}
     try:
-        return ee.data.getOperation(operation)
-    except ee.EEException as exc:
-        error = classify(exc)
-        if error.retryable:
-            log.debug("status of %s: %s", operation, error.message)
-            return None
-        return {"done": True, "metadata": {"state": "FAILED"}, "error": {"message": error.message}}
-    except (OSError, ConnectionError) as exc:
-        log.debug("status of %s: %s", operation, exc)
+        listed = {op["name"]: op for op in ee.data.listOperations() if "name" in op}
+    except google.auth.exceptions.RefreshError as exc:
+        raise refused(exc) from None
+    except (ee.EEException, OSError, ConnectionError) as exc:
+        log.warning("could not list Earth Engine tasks (%s); no task changed, asking again in the next cycle",
+                    classify(exc).message)
+        return set(ours)
+    changed = {}
+    for name, (job, key) in ours.items():
+        operation = listed.get(name) or _operation(name)
+        if operation is not None and _update(job, key, operation):
+            changed[id(job)] = job
+    for job in changed.values():
+        job.save()
+    pending = {name for name, op in listed.items() if not op.get("done")
+               and op.get("metadata", {}).get("state", "PENDING") in ACTIVE}
+    return pending | {job.tasks[key]["operation"] for job in jobs for key in job.active()}
+
+
+def _operation(name: str) -> dict | None:
+    """One operation's status, or None when asking failed (the task is left as it was)."""
+    try:
+        return ee.data.getOperation(name)
+    except google.auth.exceptions.RefreshError as exc:
+        raise refused(exc) from None
+    except (ee.EEException, OSError, ConnectionError) as exc:
+        log.warning("could not get the status of %s (%s); asking again in the next cycle", name, classify(exc).message)
         return None
 
 
@@ -429,10 +549,9 @@ def _update(job: _Job, key: str, operation: dict) -> bool:
 def _show(job: _Job) -> None:
     if job.bar is None or job.bar.disable:
         return
-    done = sum(t["state"] not in ACTIVE for t in job.tasks.values())
     running = [job.progress.get(k, 0.0) for k in job.active()]
-    job.bar.n = done
-    postfix = {"failed": sum(t["state"] in FAILED for t in job.tasks.values())}
+    job.bar.n = job.ended()
+    postfix = {"failed": sum(t is not None and t["state"] in FAILED for t in job.tasks.values())}
     if running:
         postfix["running"] = f"{len(running)} at {100 * sum(running) / len(running):.0f}%"
     job.bar.set_postfix(postfix, refresh=False)

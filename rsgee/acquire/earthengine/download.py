@@ -51,7 +51,8 @@ TIMEOUT_HINT = ("tried {tries}×, each billed for up to ~5 min of Earth Engine c
                 "(no interactive time limit) or shorten its date window, then --retry-failed")
 _TIMED_OUT = "computation timed out"
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
-_RETRYABLE_TEXT = (_TIMED_OUT, "too many concurrent aggregations", "capacity exceeded", "too many requests",
+_RETRYABLE_TEXT = (_TIMED_OUT, "too many concurrent aggregations", "too many tasks already in the queue",
+                   "capacity exceeded", "too many requests",
                    "rate limit", "internal error", "internal server error", "service unavailable",
                    "currently unavailable", "quota exceeded", "backend error", "deadline exceeded",
                    "temporarily unavailable", "try again")

@@ -8,8 +8,12 @@ belongs. Faults (HTTP errors with Earth Engine's own messages, truncated bodies,
 latency and Earth Engine's concurrency cap are scripted.
 
 Batch exports (``image:export``) become operations that go PENDING → RUNNING → SUCCEEDED over a
-set number of status polls (or end FAILED/CANCELLED when scripted with :class:`TaskFault`); on
-success the GeoTIFF is written, pixels from the same model, into a local folder standing in for the
+set number of status polls — ``getOperation``, or each ``listOperations`` page that lists them —
+or end FAILED/CANCELLED when scripted with :class:`TaskFault`, or FAILED as Earth Engine fails a
+file over its limits (16 GiB before compression, 131,072 px a side). Beyond ``max_pending``
+pending tasks a start is refused with Earth Engine's 429 "Too many tasks already in the queue";
+status requests can be made to fail with :class:`PollFault`. On success the GeoTIFF is written,
+pixels from the same model, into a local folder standing in for the
 Cloud Storage bucket (or Drive). That folder is served like Cloud Storage's XML API (HEAD, ranged
 GET, prefix listing) from a separate process, so that GDAL reads ``/vsigs/<bucket>/<object>`` from
 it with :meth:`FakeEarthEngine.gdal_env` — a separate process because rasterio holds the GIL
@@ -110,6 +114,28 @@ class TaskFault:
 
 
 @dataclass
+class PollFault:
+    """Scripted failures of status requests (``listOperations`` pages and ``getOperation``).
+
+    The defaults are what Earth Engine answers under load; the ee client retries 429 and 5xx
+    itself, so a test sets ``ee.data.setMaxRetries(0)`` to see what is left after those retries.
+    """
+
+    status: int = 500
+    message: str = "An internal server error has occurred (fake-1234)."
+    times: int = 1
+
+
+#: How Earth Engine fails a task whose file is over its limits (error code 3): the 16 GiB text as
+#: users report it; the wording of the 131,072 px one is modelled on it (not seen verbatim).
+FILE_TOO_LARGE = ("File dimensions are too large for the number of bands and data type: the total file size requested "
+                  "is {nbytes} bytes before compression ({per_pixel} bytes per pixel), but must be less than "
+                  "17179869184 bytes.")
+FILE_TOO_WIDE = "File dimensions are too large: {width}x{height} exceeds the maximum of 131072 pixels per dimension."
+QUEUE_FULL = "Too many tasks already in the queue ({limit}). Please wait for some of them to complete."
+
+
+@dataclass
 class Recorded:
     method: str
     path: str
@@ -138,6 +164,10 @@ class _State:
     by_request_id: dict[str, str] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=itertools.count)
     revoked: set[str] = field(default_factory=set)
+    max_pending: int = 3000
+    peak_pending: int = 0
+    list_page: int = 500
+    poll_faults: list[PollFault] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # access token → grant kind that issued it
 
 
@@ -147,7 +177,8 @@ class FakeEarthEngine:
     def __init__(self, catalog: Catalog | None = None, *, latency: float = 0.0, max_concurrent: int | None = None,
                  empty: Callable[[str, str], bool] | None = None,
                  masked: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                 task_polls: int = 2, storage: str | os.PathLike | None = None):
+                 task_polls: int = 2, storage: str | os.PathLike | None = None, max_pending: int = 3000,
+                 list_page: int = 500):
         """Args:
             catalog: the sources whose collections the fake recognises in expressions.
             latency: seconds every computePixels answer is delayed.
@@ -158,11 +189,15 @@ class FakeEarthEngine:
                 before that it is RUNNING with progress polls/task_polls.
             storage: folder for batch outputs (``gcs/<bucket>/…``, ``drive/<folder>/…``); a
                 temporary folder, removed on stop, if None.
+            max_pending: pending or running tasks beyond which a start gets Earth Engine's 429
+                "Too many tasks already in the queue (3000)".
+            list_page: most operations per ``listOperations`` page (the server may return fewer than
+                the client's pageSize of 500).
         """
         self._own_storage = storage is None
         root = Path(tempfile.mkdtemp(prefix="rsgee-fake-storage-")) if storage is None else Path(storage)
         self.state = _State(catalog or load_catalog(), latency, max_concurrent, empty, masked,
-                            task_polls=task_polls, storage=root)
+                            task_polls=task_polls, storage=root, max_pending=max_pending, list_page=list_page)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -206,6 +241,19 @@ class FakeEarthEngine:
     def operation_requests(self) -> list[Recorded]:
         """Every status request for an operation (``ee.data.getOperation``)."""
         return [r for r in self.state.requests if r.method == "GET" and "/operations/" in r.path]
+
+    def list_requests(self) -> list[Recorded]:
+        """Every ``listOperations`` page requested."""
+        return [r for r in self.state.requests if r.method == "GET" and r.path.endswith("/operations")]
+
+    def add_poll_fault(self, fault: PollFault) -> None:
+        with self.state.lock:
+            self.state.poll_faults.append(fault)
+
+    @property
+    def peak_pending(self) -> int:
+        """The most tasks that were pending or running at once."""
+        return self.state.peak_pending
 
     def add_task_fault(self, fault: TaskFault) -> None:
         with self.state.lock:
@@ -288,13 +336,20 @@ def _handler(state: _State):
 
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            record = Recorded("GET", path, {k: v[0] for k, v in query.items()} if path.endswith("/operations") else None,
+                              authorization=self.headers.get("Authorization"))
             with state.lock:
-                state.requests.append(Recorded("GET", path, None, authorization=self.headers.get("Authorization")))
+                state.requests.append(record)
             if path.startswith("/$discovery/rest"):
                 doc = dict(discovery, rootUrl=f"http://{self.headers['Host']}/", baseUrl=f"http://{self.headers['Host']}/")
                 self.send(200, json.dumps(doc).encode())
             elif path.endswith("/algorithms"):
                 self.send(200, algorithms)
+            elif "/operations" in path and self.poll_fault(record):
+                return
+            elif path.endswith("/operations"):
+                self.list_operations(query)
             elif "/operations/" in path:
                 self.operation(path[path.index("projects/"):])
             else:
@@ -362,7 +417,8 @@ def _handler(state: _State):
             project = path.split("/projects/")[1].split("/")[0]
             with state.lock:
                 name = state.by_request_id.get(body.get("requestId", ""))
-                if name is None:
+                full = name is None and sum(not e["op"]["done"] for e in state.operations.values()) >= state.max_pending
+                if name is None and not full:
                     fault = next((f for f in state.task_faults if f.times > 0
                                   and (f.match is None or f.match(source, prefix))), None)
                     if fault is not None:
@@ -377,8 +433,24 @@ def _handler(state: _State):
                                               "fault": fault}
                     if body.get("requestId"):
                         state.by_request_id[body["requestId"]] = name
-                op = json.loads(json.dumps(state.operations[name]["op"]))
+                    state.peak_pending = max(state.peak_pending,
+                                             sum(not e["op"]["done"] for e in state.operations.values()))
+                op = None if full else json.loads(json.dumps(state.operations[name]["op"]))
+            if full:
+                record.status = 429
+                return self.error(429, QUEUE_FULL.format(limit=state.max_pending))
             self.send(200, json.dumps(op).encode())
+
+        def poll_fault(self, record: Recorded) -> bool:
+            """Answer a status request with the next scripted :class:`PollFault`, if any is left."""
+            with state.lock:
+                fault = next((f for f in state.poll_faults if f.times > 0), None)
+                if fault is not None:
+                    fault.times -= 1
+            if fault is not None:
+                record.status = fault.status
+                self.error(fault.status, fault.message)
+            return fault is not None
 
         def operation(self, name: str) -> None:
             """An operation's status; each poll moves it on, and the last one writes its file."""
@@ -386,25 +458,24 @@ def _handler(state: _State):
                 entry = state.operations.get(name)
                 if entry is None:
                     return self.error(404, f"Operation {name} not found.")
-                op, metadata = entry["op"], entry["op"]["metadata"]
-                if not op["done"]:
-                    entry["polls"] += 1
-                    metadata["updateTime"] = _timestamp()
-                    if entry["polls"] < state.task_polls:
-                        metadata.update(state="RUNNING", startTime=metadata.get("startTime", _timestamp()),
-                                        progress=entry["polls"] / state.task_polls)
-                    elif entry["fault"] is not None:
-                        fault = entry["fault"]
-                        metadata.update(state=fault.state, endTime=_timestamp())
-                        op.update(done=True, error={"code": 1 if fault.state == "CANCELLED" else 3,
-                                                    "message": fault.message})
-                    else:
-                        uris = _write_export(state, entry)
-                        metadata.update(state="SUCCEEDED", progress=1.0, endTime=_timestamp(), destinationUris=uris,
-                                        batchEecuUsageSeconds=1.5)
-                        op.update(done=True, response={"@type": "type.googleapis.com/google.protobuf.Empty"})
-                body = json.dumps(op).encode()
+                _advance(state, entry)
+                body = json.dumps(entry["op"]).encode()
             self.send(200, body)
+
+        def list_operations(self, query: dict[str, list[str]]) -> None:
+            """One page of the project's operations, newest first; listing an operation moves it on too."""
+            size = min(int(query.get("pageSize", ["500"])[0]), state.list_page)
+            start = int(query.get("pageToken", ["0"])[0])
+            with state.lock:
+                names = sorted(state.operations, reverse=True)
+                page = names[start : start + size]
+                for name in page:
+                    _advance(state, state.operations[name])
+                body = {"operations": [state.operations[n]["op"] for n in page]}
+                if start + size < len(names):
+                    body["nextPageToken"] = str(start + size)
+                data = json.dumps(body).encode()
+            self.send(200, data)
 
         def compute_pixels(self, body: dict, source: str | None, record: Recorded) -> None:
             grid = body["grid"]
@@ -453,6 +524,45 @@ def _handler(state: _State):
                     state.in_flight -= 1
 
     return Handler
+
+
+def _advance(state: _State, entry: dict) -> None:
+    """One status poll of a task: RUNNING until ``task_polls``, then its end (written file or failure)."""
+    op, metadata = entry["op"], entry["op"]["metadata"]
+    if op["done"]:
+        return
+    entry["polls"] += 1
+    metadata["updateTime"] = _timestamp()
+    if entry["polls"] < state.task_polls:
+        metadata.update(state="RUNNING", startTime=metadata.get("startTime", _timestamp()),
+                        progress=entry["polls"] / state.task_polls)
+        return
+    fault = entry["fault"]
+    failure = (fault.state, fault.message) if fault is not None else _file_limit(state, entry)
+    if failure:
+        state_name, message = failure
+        metadata.update(state=state_name, endTime=_timestamp())
+        op.update(done=True, error={"code": 1 if state_name == "CANCELLED" else 3, "message": message})
+        return
+    uris = _write_export(state, entry)
+    metadata.update(state="SUCCEEDED", progress=1.0, endTime=_timestamp(), destinationUris=uris,
+                    batchEecuUsageSeconds=1.5)
+    op.update(done=True, response={"@type": "type.googleapis.com/google.protobuf.Empty"})
+
+
+def _file_limit(state: _State, entry: dict) -> tuple[str, str] | None:
+    """How Earth Engine fails an export whose files are over its limits, or None."""
+    grid = entry["grid"]
+    spec = state.catalog[entry["source"]]
+    tile = entry["body"]["fileExportOptions"].get("geoTiffOptions", {}).get("tileDimensions", {})
+    width = int(tile.get("width", grid["dimensions"]["width"]))
+    height = int(tile.get("height", grid["dimensions"]["height"]))
+    if max(width, height) > 131072:
+        return "FAILED", FILE_TOO_WIDE.format(width=width, height=height)
+    per_pixel = len(spec.bands) * spec.numpy_dtype.itemsize
+    if width * height * per_pixel >= 2**34:
+        return "FAILED", FILE_TOO_LARGE.format(nbytes=width * height * per_pixel, per_pixel=per_pixel)
+    return None
 
 
 def _source_of(catalog: Catalog, expression: str) -> str | None:

@@ -19,9 +19,16 @@ import pytest
 import rasterio
 
 from rsgee.acquire.aoi import parse_aois
-from rsgee.acquire.earthengine.batch import TASKS, BatchSource, Destination, export_batch
+from rsgee.acquire.earthengine.batch import (
+    TASKS,
+    BatchSource,
+    Destination,
+    batch_files,
+    export_batch,
+    export_request,
+)
 from rsgee.acquire.earthengine.download import parse_windows
-from rsgee.acquire.earthengine.fake import FakeEarthEngine, TaskFault, export_grid, fake_pixels
+from rsgee.acquire.earthengine.fake import FakeEarthEngine, PollFault, TaskFault, export_grid, fake_pixels
 from rsgee.acquire.earthengine.session import SessionConfig
 from rsgee.acquire.export import MANIFEST, WORKDIR, read_manifest
 from rsgee.catalog import load_catalog
@@ -183,7 +190,7 @@ def test_an_interrupted_run_resumes_polling_without_starting_tasks(tmp_path, cap
         assert not any(":cancel" in r.path for r in server.requests)  # the tasks run on
         tasks_path = tmp_path / "v" / WORKDIR / TASKS
         recorded = json.loads(tasks_path.read_text())
-        assert {t["state"] for t in recorded["tasks"].values()} == {"RUNNING"}
+        assert {t["state"] for t in recorded["tasks"].values()} == {"PENDING"}  # started, not polled since
         assert not (tmp_path / "v" / MANIFEST).exists() and len(server.export_requests()) == 5
         (other,) = export(server, tmp_path, windows=["s1=2023-05-01/2023-10-01"])  # never adopts these tasks
         assert other.status == "failed" and "has Earth Engine tasks started with different parameters" in other.error
@@ -195,8 +202,7 @@ def test_an_interrupted_run_resumes_polling_without_starting_tasks(tmp_path, cap
         resent = server.export_requests()[5:]
         assert [r.body["requestId"] for r in resent] == [recorded["tasks"]["lulc"]["request_id"]]
         assert len(server.state.operations) == 5  # the same request id got the same task, not a second one
-        polled = {r.path[r.path.index("projects/"):] for r in server.operation_requests()}
-        assert polled == set(server.state.operations)
+        assert not server.operation_requests()  # every poll was one listing, none per task
     ee.Reset()
 
 
@@ -290,3 +296,95 @@ def test_cli_batch_export_to_a_bucket_end_to_end(fake, tmp_path, capsys, bucket)
     code = main(args)
     out, _ = capsys.readouterr()
     assert code == 0 and "v: up to date" in out and len(fake.export_requests()) == 6
+
+
+def started_source(fake, client_retries=None):
+    """A connected batch source; ``client_retries=0`` turns off the ee client's own retries (and their sleeps)."""
+    source = BatchSource(SessionConfig(project="fake", url=fake.url, auth=False),
+                         parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], SOURCES),
+                         Destination.parse("rsgee-bk", "runs/1", None))
+    source.connect()
+    if client_retries is not None:
+        ee.data.setMaxRetries(client_retries)
+    return source
+
+
+THREE = (AOI, OTHER, "x=10.80,46.60,10.83,46.62")  # 15 tasks
+
+
+def test_tasks_are_submitted_while_fewer_than_max_pending_and_polled_by_one_listing(tmp_path):
+    cycles = []
+    with FakeEarthEngine(task_polls=2, list_page=4) as server:
+        source = started_source(server)
+        results = export_batch(parse_aois(list(THREE)), tmp_path, source, CATALOG, poll_s=0, max_pending=4,
+                               progress=False, sleep=cycles.append)
+        assert [r.status for r in results] == ["written"] * 3, [r.line() for r in results]
+        assert server.peak_pending == 4 and len(server.export_requests()) == 15
+        assert all(r.status == 200 for r in server.export_requests())
+        assert not server.operation_requests()  # no per-task polls
+        # one listing per cycle, paged at the server's 4 operations a page: 15 operations are 4 pages
+        lists = server.list_requests()
+        first_pages = [r for r in lists if "pageToken" not in r.body]
+        assert len(first_pages) == len(cycles) + 1 and {r.body["pageSize"] for r in lists} == {"500"}
+        assert [r.body.get("pageToken") for r in lists[-4:]] == [None, "4", "8", "12"]
+    ee.Reset()
+
+
+def test_a_full_queue_defers_the_start_instead_of_failing_it(tmp_path):
+    with FakeEarthEngine(task_polls=2, max_pending=3) as server:
+        source = started_source(server, client_retries=0)
+        results = export_batch(parse_aois(list(THREE)), tmp_path, source, CATALOG, poll_s=0, max_pending=3000,
+                               progress=False, sleep=lambda s: None)
+        assert [r.status for r in results] == ["written"] * 3, [r.line() for r in results]
+        refused = [r for r in server.export_requests() if r.status == 429]
+        assert refused and len(server.state.operations) == 15 and server.peak_pending == 3
+        resent = {r.body["requestId"] for r in refused}
+        assert resent <= set(server.state.by_request_id)  # each refused start was re-sent with its own id
+    ee.Reset()
+
+
+@pytest.mark.parametrize("status, message", [
+    (429, "Quota exceeded for quota metric 'Number of read requests' and limit 'Number of read requests per minute "
+          "per user' of service 'earthengine.googleapis.com' for consumer 'project_number:599401802498'."),
+    (500, "An internal server error has occurred (fake-1234)."),
+    (503, "The service is currently unavailable."),
+])
+def test_a_failed_poll_never_ends_a_task(tmp_path, caplog, status, message):
+    with FakeEarthEngine(task_polls=2) as server:
+        source = started_source(server, client_retries=0)
+        server.add_poll_fault(PollFault(status, message, times=3))
+        with caplog.at_level(logging.WARNING, logger="rsgee"):
+            (result,) = export_batch(parse_aois([AOI]), tmp_path, source, CATALOG, poll_s=0, progress=False,
+                                     sleep=lambda s: None)
+        assert result.ok and result.status == "written", result.line()
+        assert len(server.export_requests()) == 5  # nothing started twice
+        assert [r.status for r in server.list_requests()][:3] == [status] * 3
+        assert caplog.text.count("could not list Earth Engine tasks") == 3 and message in caplog.text
+    ee.Reset()
+
+
+def test_files_over_earth_engines_limits_refuse_the_run_before_anything_starts(fake, tmp_path):
+    big = "big=6.0,44.0,12.9,48.6"  # ~ 530 km × 510 km: S1 would be one ~20 GiB file
+    aois = parse_aois([AOI, big], max_area_km2=600_000)
+    files = {f.key: f for f in batch_files("big", aois[1].grid(), [CATALOG[n] for n in SOURCES])}
+    assert files["s1"].nbytes >= 2**34 > files["lulc"].nbytes and files["s1"].problem() and not files["lulc"].problem()
+    source = BatchSource(SessionConfig(project="fake", url=fake.url, auth=False),
+                         parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], SOURCES),
+                         Destination.parse("rsgee-bk", None, None))
+    with pytest.raises(RsgeeError) as info:
+        export_batch(aois, tmp_path, source, CATALOG, poll_s=0, progress=False, sleep=lambda s: None)
+    text = str(info.value)
+    assert text.count("\n") == 0 and "split the AOI into smaller AOIs or export it with --via download" in text
+    assert text.startswith("2 batch file(s) over Earth Engine's per-file limits, e.g. big/s1 would be one 2")
+    assert "GiB GeoTIFF before compression (Earth Engine writes files under 16 GiB)" in text
+    assert not fake.requests  # not even connected
+    # what the server would have done: the task starts, then fails with Earth Engine's message
+    source.connect()
+    recipe = source.recipes(aois[1].grid(), [CATALOG["s1"]])["s1"]
+    operation = ee.data.exportImage(str(uuid.uuid4()), export_request("big", "s1", aois[1].grid(), recipe, 2,
+                                                                      source.destination))
+    for _ in range(2):
+        status = ee.data.getOperation(operation["name"])
+    assert status["metadata"]["state"] == "FAILED" and status["error"]["message"].startswith(
+        f"File dimensions are too large for the number of bands and data type: the total file size requested is "
+        f"{files['s1'].nbytes} bytes before compression (8 bytes per pixel)")

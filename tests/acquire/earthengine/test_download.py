@@ -222,6 +222,11 @@ def test_a_corrupt_saved_block_is_fetched_again(fake, tmp_path):
         (TimeoutError("read timed out"), True),
         (ee.EEException("Too many concurrent aggregations."), True),
         (ee.EEException("Computation timed out."), True),
+        (ee.EEException("Too many tasks already in the queue (3000). Please wait for some of them to complete."), True),
+        (ee.EEException("Quota exceeded for quota metric 'Number of read requests' and limit 'Number of read "
+                        "requests per minute per user' of service 'earthengine.googleapis.com'."), True),
+        (ee.EEException("An internal server error has occurred (a1b2)."), True),
+        (ee.EEException("The service is currently unavailable."), True),
         (ee.EEException("User memory limit exceeded."), False),
         (ee.EEException("Total request size (56623104 bytes) must be less than or equal to 50331648 bytes."), False),
         (ee.EEException("Image.select: Parameter 'input' is required."), False),
