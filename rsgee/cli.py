@@ -118,6 +118,9 @@ def cli(debug: bool) -> None:
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.0), default=30.0, show_default=True, metavar="SECONDS",
               help="Seconds between status checks of the batch tasks; Ctrl-C stops checking, not the tasks, and "
                    "re-running the same command resumes without starting any task twice.  [batch]")
+@click.option("--max-pending", type=click.IntRange(1, 3000), default=500, show_default=True, metavar="N",
+              help="Submit batch tasks while fewer than N of the project's tasks are pending or running (Earth "
+                   "Engine queues at most 3,000); the others follow as tasks end.  [batch]")
 @click.option("--s1-orbit", type=click.Choice(["both", "ASCENDING", "DESCENDING"]), default="both", show_default=True,
               help="Sentinel-1 orbit pass to composite (one pass avoids geometry seams).  [earthengine]")
 @click.option("--input", "inputs", multiple=True, metavar="SOURCE=PATH",
@@ -133,8 +136,8 @@ def cli(debug: bool) -> None:
 @progress_option
 def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
                service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, via, bucket, prefix,
-               drive_folder, poll_s, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite, dry_run,
-               progress) -> None:
+               drive_folder, poll_s, max_pending, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite,
+               dry_run, progress) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
     Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
@@ -199,7 +202,8 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
         from rsgee.acquire.earthengine.batch import export_batch
 
         results = export_batch(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
-                               retry_failed=retry_failed, poll_s=poll_s, progress=progress)
+                               retry_failed=retry_failed, poll_s=poll_s, max_pending=max_pending,
+                               progress=progress)
     else:
         results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
                               retry_failed=retry_failed, progress=progress)
