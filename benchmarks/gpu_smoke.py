@@ -3,7 +3,8 @@
 Builds a small synthetic archive, then trains RS-SPADE, pix2pix and RS-UNet at ``--size paper`` for
 a few steps each on all visible GPUs (DDP when there are several) with the default CUDA precision,
 and prints, per model: images/s over all GPUs after a warm-up, peak GPU memory of rank 0, and
-whether every logged loss was finite. Meant to finish in well under 5 minutes; on a machine without
+whether every logged loss was finite; then times ``rsgee predict seg`` and ``predict fusion
+--fill-clouds`` of the archive's AOI on one GPU (km²/s). Meant to finish in well under 5 minutes; on a machine without
 CUDA it says so and exits 0. ``--cpu --size tiny`` runs the same code on the CPU (a dry run of the
 script itself, as CI can do).
 
@@ -27,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import rasterio
 import torch
 
 from rsgee.train.distributed import is_main_process
@@ -109,6 +111,34 @@ def smoke(model: str, archive: Path, run: Path, args, launch) -> dict:
             "parameters": sum(p.numel() for p in task.parameters())}
 
 
+def predict_smoke(archive: Path, args) -> list[dict]:
+    """One-step runs of RS-UNet and RS-SPADE, then predict over the archive's AOI on one device, timed."""
+    from rsgee.train.fusion import train_fusion
+    from rsgee.train.predict import predict_fusion, predict_seg
+    from rsgee.train.segmentation import train_segmentation
+
+    accelerator, device = ("cpu", "cpu") if args.cpu else ("gpu", "cuda")
+    export = args.work / "exports" / AOI.split("=")[0]
+    runs = args.work / "predict-runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    seg = train_segmentation(archive, runs / "seg", SegmentationConfig(size=args.size, batch_size=2, epochs=1,
+                             steps_per_epoch=1), accelerator=accelerator, devices=1, progress=False)
+    gan = train_fusion(archive, runs / "gan", FusionConfig(size=args.size, batch_size=2, epochs=1, steps_per_epoch=1),
+                       accelerator=accelerator, devices=1, progress=False)
+    results = []
+    for kind, predict, run in (("seg", predict_seg, seg), ("fusion --fill-clouds", predict_fusion, gan)):
+        options = {"fill_clouds": True} if kind.startswith("fusion") else {}
+        started = time.perf_counter()
+        result = predict(run, export, runs / f"{kind.split()[0]}.tif", device=device, batch_size=args.batch_size * 4,
+                         progress=False, **options)
+        seconds = time.perf_counter() - started
+        with rasterio.open(result.path) as src:
+            pixels = src.width * src.height
+        results.append({"kind": kind, "pixels": f"{pixels:,}", "windows": result.windows, "seconds": seconds,
+                        "km2_per_s": pixels * 1e-4 / seconds})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rsgee-gpu-smoke"))
@@ -132,6 +162,7 @@ def main() -> int:
     archive = build_archive(args.work)  # before the first fit: only the launching process gets here first
     results = [smoke(model, archive, args.work / "runs" / model, args, launch)
                for model in ("rs-spade", "pix2pix", "rs-unet")]
+    predictions = predict_smoke(archive, args) if is_main_process() else []
     if is_main_process():
         print(f"\n{args.size} size, batch {args.batch_size} per device, {args.steps} timed steps after {args.warmup} "
               f"warm-up, {time.perf_counter() - started:.0f} s in all")
@@ -140,6 +171,9 @@ def main() -> int:
         for r in results:
             print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['gpus']} | {r['precision']} | "
                   f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['finite']} |")
+        print("\n| predict | AOI pixels | windows | seconds | km²/s |\n|---|---|---|---|---|")
+        for r in predictions:
+            print(f"| {r['kind']} | {r['pixels']} | {r['windows']} | {r['seconds']:.1f} | {r['km2_per_s']:.1f} |")
     return 0 if all(r["finite"] is not False for r in results) else 1
 
 

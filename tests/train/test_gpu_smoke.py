@@ -33,3 +33,6 @@ def test_cpu_dry_run_reports_every_model(tmp_path):
             line.startswith("| pix2pix")]
     assert [r[0].strip("| ") for r in rows] == ["rs-spade", "pix2pix", "rs-unet"]
     assert all(r[-1].strip(" |") == "True" and float(r[4]) > 0 for r in rows)  # finite losses, a measured rate
+    predicted = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| seg", "| fusion"))]
+    assert [r[0].strip("| ") for r in predicted] == ["seg", "fusion --fill-clouds"]
+    assert all(int(r[2]) > 0 and float(r[4].strip(" |")) > 0 for r in predicted)  # windows run, a measured rate
