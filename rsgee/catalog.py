@@ -29,7 +29,8 @@ CORE_SOURCES = ("s1", "s2", "lulc", "dem")
 
 _SOURCE_KEYS = {
     "required": ("description", "collection", "bands", "dtype", "units", "scale_m", "nodata", "composite", "resampling"),
-    "optional": ("scale_factor", "to_db", "db_floor", "filters", "require_bands", "cloud_mask", "classes"),
+    "optional": ("scale_factor", "to_db", "db_floor", "filters", "require_bands", "cloud_mask", "classes",
+                 "fill_missing"),
 }
 _BAND_KEYS = {"required": ("ee", "name"), "optional": ("description",)}
 _CLOUD_KEYS = {"required": ("collection", "band", "threshold"), "optional": ()}
@@ -83,6 +84,8 @@ class SourceSpec:
     require_bands: RequireBandsSpec | None = None
     cloud_mask: CloudMaskSpec | None = None
     classes: tuple[str, ...] | None = None
+    #: Value (in Earth Engine's units) where no image has data, e.g. 0 m for the DEM's open ocean.
+    fill_missing: float | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -132,6 +135,8 @@ class SourceSpec:
             out["cloud_mask"] = {"collection": cm.collection, "band": cm.band, "threshold": cm.threshold}
         if self.classes:
             out["classes"] = list(self.classes)
+        if self.fill_missing is not None:
+            out["fill_missing"] = self.fill_missing
         return out
 
 
@@ -293,6 +298,14 @@ class _Checker:
                 self.fail(f"{key}.nodata", f"{nodata} collides with class {int(nodata)} ({classes[int(nodata)]})")
             if resampling not in ("nearest", "mode"):
                 self.fail(f"{key}.resampling", f"class labels must be resampled with nearest or mode, not {resampling}")
+        fill_missing = spec.get("fill_missing")
+        if fill_missing is not None:
+            fill_missing = float(self.number(fill_missing, f"{key}.fill_missing"))
+            if not dtype.startswith("float") and (fill_missing != int(fill_missing)
+                                                  or not np.iinfo(dtype).min <= fill_missing <= np.iinfo(dtype).max):
+                self.fail(f"{key}.fill_missing", f"{fill_missing!r} is not representable in {dtype}")
+            if fill_missing == nodata:
+                self.fail(f"{key}.fill_missing", f"{fill_missing!r} is the nodata value; leave fill_missing out instead")
         return SourceSpec(
             name=name,
             description=self.string(spec["description"], f"{key}.description"),
@@ -311,6 +324,7 @@ class _Checker:
             require_bands=require,
             cloud_mask=cloud,
             classes=classes,
+            fill_missing=fill_missing,
         )
 
     def bands(self, value: Any, key: str) -> tuple[BandSpec, ...]:

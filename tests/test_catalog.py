@@ -96,6 +96,9 @@ def mutate(data, dotted, value=None, delete=False):
         ("sources.s2.bands.0.colour", "blue", False, r"sources\.s2\.bands\[0\]\.colour: unknown key"),
         ("sources.dem.bands.0.name", "", False, r"sources\.dem\.bands\[0\]\.name: must be a non-empty string"),
         ("version", 2, False, r"version: unsupported catalog version 2"),
+        ("sources.dem.fill_missing", "sea", False, r"sources\.dem\.fill_missing: must be a finite number"),
+        ("sources.lulc.fill_missing", 300, False, r"sources\.lulc\.fill_missing: 300\.0 is not representable in uint8"),
+        ("sources.lulc.fill_missing", 255, False, r"sources\.lulc\.fill_missing: 255\.0 is the nodata value"),
     ],
 )
 def test_bad_catalogs_name_the_file_and_the_key(tmp_path, default_data, dotted, value, delete, message):

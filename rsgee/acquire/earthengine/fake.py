@@ -113,6 +113,80 @@ class TaskFault:
     match: Callable[[str, str], bool] | None = None
 
 
+@dataclass(frozen=True)
+class Glo30:
+    """The Copernicus GLO-30 DEM as Earth Engine holds it, for DEM pixel requests.
+
+    1°×1° tiles with 1″ rows and a longitude spacing that grows with latitude (1″ below 50°, then
+    1.5″, 2″, 3″, 5″ from 50°, 60°, 70°, 80°; Copernicus DEM product handbook), no tile at all over
+    open ocean, and sea inside coastal tiles at 0 m. Heights on land are a plane in lon/lat, so
+    that bilinear interpolation on a tile's own grid is exact and any detour through another grid
+    shows. The fake evaluates the two mosaic graphs rsgee has built: tiles resampled on their own
+    grids then mosaicked (optionally unmasked), or the mosaic given the first tile's projection and
+    resampled from there (the first tile is the south-westernmost one under the requested pixels).
+
+    Attributes:
+        ocean: (lon, lat) of a cell's south-west corner → no tile there.
+        sea: (lon, lat) arrays → sea pixels (0 m) inside the tiles.
+    """
+
+    ocean: Callable[[int, int], bool] = lambda lon, lat: False
+    sea: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda lon, lat: np.zeros(np.shape(lon), bool)
+
+    @staticmethod
+    def spacing(lat_cell: int) -> float:
+        """Longitude spacing of a tile in degrees."""
+        band = abs(lat_cell + 0.5)
+        arcsec = 1.0 if band < 50 else 1.5 if band < 60 else 2.0 if band < 70 else 3.0 if band < 80 else 5.0
+        return arcsec / 3600.0
+
+    @staticmethod
+    def plane(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        return 500.0 + 3000.0 * (lon - 10.0) + 2000.0 * (lat - 49.0)
+
+    def height(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        return np.where(self.sea(lon, lat), 0.0, self.plane(lon, lat))
+
+    def _node(self, cx, cy, i, j):
+        """(lon, lat) of pixel centre (i, j) of the tiles at cells (cx, cy), indices clipped to the tile."""
+        dx, dy = np.vectorize(self.spacing)(cy), 1.0 / 3600.0
+        i = np.clip(i, 0, np.round(1.0 / dx).astype(int) - 1)
+        j = np.clip(j, 0, 3599)
+        return cx + (i + 0.5) * dx, cy + (j + 0.5) * dy
+
+    def sample(self, lon: np.ndarray, lat: np.ndarray, bilinear: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Each point from the tile under it, on that tile's grid: (values, valid)."""
+        cx, cy = np.floor(lon), np.floor(lat)
+        valid = ~np.vectorize(lambda x, y: bool(self.ocean(int(x), int(y))))(cx, cy)
+        dx = np.vectorize(self.spacing)(cy)
+        u, v = (lon - cx) / dx - 0.5, (lat - cy) * 3600.0 - 0.5
+        if not bilinear:
+            return self.height(*self._node(cx, cy, np.round(u).astype(int), np.round(v).astype(int))), valid
+        i0, j0 = np.floor(u).astype(int), np.floor(v).astype(int)
+        fu, fv = np.clip(u - i0, 0, 1), np.clip(v - j0, 0, 1)
+        out = 0.0
+        for di, dj, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+            out = out + w * self.height(*self._node(cx, cy, i0 + di, j0 + dj))
+        return out, valid
+
+    def first_projection(self, lon: np.ndarray, lat: np.ndarray, fill: float | None):
+        """The old graph: mosaic nearest-sampled on the first tile's grid, then bilinear from that grid."""
+        cells = sorted({(int(y), int(x)) for x, y in zip(np.floor(lon).ravel(), np.floor(lat).ravel())
+                        if not self.ocean(int(x), int(y))})
+        cy, cx = cells[0] if cells else (int(np.floor(lat.min())), int(np.floor(lon.min())))
+        dx, dy = self.spacing(cy), 1.0 / 3600.0
+        u, v = (lon - cx) / dx - 0.5, (lat - cy) / dy - 0.5
+        i0, j0 = np.floor(u), np.floor(v)
+        fu, fv = u - i0, v - j0
+        out, valid = 0.0, np.ones(lon.shape, bool)
+        for di, dj, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+            values, ok = self.sample(cx + (i0 + di + 0.5) * dx, cy + (j0 + dj + 0.5) * dy, bilinear=False)
+            if fill is not None:
+                values, ok = np.where(ok, values, fill), np.ones(ok.shape, bool)
+            out, valid = out + w * values, valid & ok
+        return out, valid
+
+
 @dataclass
 class PollFault:
     """Scripted failures of status requests (``listOperations`` pages and ``getOperation``).
@@ -168,6 +242,7 @@ class _State:
     peak_pending: int = 0
     list_page: int = 500
     poll_faults: list[PollFault] = field(default_factory=list)
+    glo30: Glo30 | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # access token → grant kind that issued it
 
 
@@ -178,7 +253,7 @@ class FakeEarthEngine:
                  empty: Callable[[str, str], bool] | None = None,
                  masked: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  task_polls: int = 2, storage: str | os.PathLike | None = None, max_pending: int = 3000,
-                 list_page: int = 500):
+                 list_page: int = 500, glo30: Glo30 | None = None):
         """Args:
             catalog: the sources whose collections the fake recognises in expressions.
             latency: seconds every computePixels answer is delayed.
@@ -193,11 +268,14 @@ class FakeEarthEngine:
                 "Too many tasks already in the queue (3000)".
             list_page: most operations per ``listOperations`` page (the server may return fewer than
                 the client's pageSize of 500).
+            glo30: answer DEM computePixels requests from this model of GLO30 by evaluating the
+                request's mosaic graph (default: the plain :func:`fake_pixels` pattern).
         """
         self._own_storage = storage is None
         root = Path(tempfile.mkdtemp(prefix="rsgee-fake-storage-")) if storage is None else Path(storage)
         self.state = _State(catalog or load_catalog(), latency, max_concurrent, empty, masked,
-                            task_polls=task_polls, storage=root, max_pending=max_pending, list_page=list_page)
+                            task_polls=task_polls, storage=root, max_pending=max_pending, list_page=list_page,
+                            glo30=glo30)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -506,7 +584,10 @@ def _handler(state: _State):
                 if source is None:
                     record.status = 400
                     return self.error(400, "Image.load: unknown collection")
-                payload = _npy(state, state.catalog[source], grid)
+                if state.glo30 is not None and source == "dem":
+                    payload = _glo30_npy(state.glo30, state.catalog[source], grid, body["expression"])
+                else:
+                    payload = _npy(state, state.catalog[source], grid)
                 if fault is not None and fault.kind == "short":
                     payload = payload[: len(payload) // 2]
                 if fault is not None and fault.kind == "truncate":
@@ -597,6 +678,65 @@ def _npy(state: _State, spec: SourceSpec, grid: dict) -> bytes:
     structured = np.zeros((height, width), dtype=[(b, spec.numpy_dtype.str) for b in spec.band_names])
     for band, values in zip(spec.band_names, _bands(state, spec, grid)):
         structured[band] = np.broadcast_to(values, (height, width))
+    buffer = io.BytesIO()
+    np.save(buffer, structured)
+    return buffer.getvalue()
+
+
+def _calls(expression: dict) -> list[tuple[str, dict]]:
+    """Every function invocation of a serialized expression: (name, arguments with references resolved)."""
+    values, found = expression["values"], []
+
+    def resolve(node):
+        while isinstance(node, dict) and "valueReference" in node:
+            node = values[node["valueReference"]]
+        return node
+
+    def walk(node):
+        node = resolve(node)
+        if isinstance(node, dict):
+            if "functionInvocationValue" in node:
+                call = node["functionInvocationValue"]
+                found.append((call.get("functionName"), {k: resolve(v) for k, v in call["arguments"].items()}))
+            body = node.get("functionDefinitionValue", {}).get("body")
+            if isinstance(body, str):  # a mapped function's body is a reference into ``values``
+                walk(values[body])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(values[expression["result"]])
+    return found
+
+
+def _glo30_npy(glo30: Glo30, spec: SourceSpec, grid: dict, expression: dict) -> bytes:
+    """DEM pixels on a computePixels grid from the mosaic graph of the request (see :class:`Glo30`)."""
+    from pyproj import Transformer
+
+    calls = _calls(expression)
+    names = [name for name, _ in calls]
+    fill = None
+    for name, args in calls:
+        inner = args.get("input", {}).get("functionInvocationValue", {}).get("functionName")
+        if name == "Image.unmask" and inner == "ImageCollection.mosaic":
+            fill = float(args["value"].get("constantValue", 0))
+    affine, dims = grid["affineTransform"], grid["dimensions"]
+    width, height = int(dims["width"]), int(dims["height"])
+    xs = affine["translateX"] + (np.arange(width) + 0.5) * affine["scaleX"]
+    ys = affine["translateY"] + (np.arange(height) + 0.5) * affine["scaleY"]
+    x, y = np.meshgrid(xs, ys)
+    lon, lat = Transformer.from_crs(grid["crsCode"], "EPSG:4326", always_xy=True).transform(x, y)
+    if "Image.setDefaultProjection" in names:
+        values, valid = glo30.first_projection(lon, lat, fill)
+    else:
+        values, valid = glo30.sample(lon, lat, bilinear="Image.resample" in names)
+        if fill is not None:
+            values, valid = np.where(valid, values, fill), np.ones(valid.shape, bool)
+    values = np.where(valid, values, fill_value(spec)).astype(spec.numpy_dtype)
+    structured = np.zeros((height, width), dtype=[(spec.band_names[0], spec.numpy_dtype.str)])
+    structured[spec.band_names[0]] = values
     buffer = io.BytesIO()
     np.save(buffer, structured)
     return buffer.getvalue()

@@ -12,7 +12,7 @@ The graph, in order (each step only when the catalog asks for it):
    acquisition date) → property ``filters`` → ``require_bands`` → Sentinel-1 orbit pass.
 2. Per image: link the cloud-score collection and keep pixels with ``band >= threshold``; select
    the catalog bands (dropping the score band); ``resample`` for bilinear/cubic.
-3. Composite: mean, median, mode, or mosaic with the first image's projection as default.
+3. Composite: mean, median, mode or mosaic; then ``fill_missing`` where no image has data.
 4. ``scale_factor``; ``to_db`` (10·log10 of the *linear* composite, clamped at ``db_floor``);
    rounding for integer dtypes; rename to archive names; ``unmask(fill)``; cast to the dtype.
 
@@ -137,7 +137,6 @@ def build_recipe(
     """
     resample = _resampling(spec)
     collection = _filtered(spec, region, window, options)
-    mosaic = spec.composite == "mosaic"
     cloud = spec.cloud_mask
     bands = list(spec.ee_bands)
 
@@ -149,16 +148,21 @@ def build_recipe(
         if cloud is not None:
             image = image.updateMask(image.select(cloud.band).gte(cloud.threshold))
         image = image.select(bands)
-        # Resample each image before compositing: a temporal composite has no meaningful native
-        # projection for resample() to act on (EE: "resample the images used to create it").
-        if resample is not None and not mosaic:
+        # Resample each image before compositing, from its own grid: a composite has no meaningful
+        # native projection for resample() to act on (EE: "resample the images used to create it").
+        # For a mosaic this matters too: GLO30 tiles change their longitude spacing at 50°, 60°,
+        # 70° and 80° latitude, and a mosaic resampled from one tile's projection would first be
+        # nearest-sampled onto that tile's grid on the other side of such a line.
+        if resample is not None:
             image = image.resample(resample)
         return image
 
     images = images.map(prepare)
     image = _composite(spec, images)
-    if mosaic and resample is not None:
-        image = image.resample(resample)
+    if spec.fill_missing is not None:
+        # Where no image has data (GLO30 over open ocean) the value is known. The fill is exact:
+        # each image was interpolated on its own grid, so nothing blends it with nodata.
+        image = image.unmask(spec.fill_missing, False)
     if spec.scale_factor is not None:
         image = image.multiply(spec.scale_factor)
     if spec.to_db:
@@ -235,10 +239,9 @@ def _composite(spec: SourceSpec, images: ee.ImageCollection) -> ee.Image:
     if spec.composite == "mode":
         # reduce.mode keeps the band names (Reducer.mode via reduce() would append "_mode").
         return images.mode()
-    # mosaic: a mosaic has no native projection (EE gives it WGS84 at 1°), so borrow the first
-    # image's; resample() and terrain derivatives need one. Its first band, in case bands differ.
-    first = ee.Image(images.first()).select([0])
-    return images.mosaic().setDefaultProjection(first.projection())
+    # mosaic: every pixel is computed on the requested grid from the (resampled) images, so it
+    # needs no default projection; terrain is derived locally from the 10 m DEM.
+    return images.mosaic()
 
 
 def _to_db(image: ee.Image, floor: float) -> ee.Image:

@@ -295,16 +295,22 @@ def test_composite_reducer(catalog, region, name, composite):
     assert graph.names() & reducers == {composite}
 
 
-def test_dem_mosaic_gets_the_first_image_projection(catalog, region):
+def test_dem_tiles_are_resampled_on_their_own_grids_before_the_mosaic(catalog, region):
+    """No tile's projection is borrowed: across 50°/60°/70°/80° the GLO30 tiles' grids differ."""
     _, graph = recipe_graph(catalog, "dem", region)
-    default = graph.one("Image.setDefaultProjection")
-    assert default.args["image"].name == "ImageCollection.mosaic"
-    projection = default.args["crs"]
-    assert projection.name == "Image.projection"
-    assert graph.one("Collection.first", projection)
-    # resample() acts on the mosaic, whose default projection is now meaningful.
+    mosaic = graph.one("ImageCollection.mosaic")
     resample = graph.one("Image.resample")
-    assert resample.args["image"] is default and resample.value("mode") == "bilinear"
+    assert resample.value("mode") == "bilinear" and resample in graph.upstream(mosaic)
+    assert "Image.setDefaultProjection" not in graph.names() and "Image.projection" not in graph.names()
+
+
+def test_missing_dem_is_filled_with_zero_after_the_mosaic(catalog, region):
+    assert catalog["dem"].fill_missing == 0.0 and all(catalog[n].fill_missing is None for n in ("s1", "s2", "lulc"))
+    _, graph = recipe_graph(catalog, "dem", region)
+    fill = next(c for c in graph.calls("Image.unmask") if c.value("value") == 0)
+    assert fill.args["input"].name == "ImageCollection.mosaic" and fill.value("sameFootprint") is False
+    _, plain = recipe_graph(edited(catalog, "dem", fill_missing=None), "dem", region)
+    assert [c.value("value") for c in plain.calls("Image.unmask")] == [FLOAT_FILL]
 
 
 def test_s2_cloud_score_mask(catalog, region):
@@ -368,7 +374,7 @@ def test_unmask_fill_then_cast(catalog, region, name, fill, cast):
     assert unmask.value("value") == fill
     assert unmask.value("sameFootprint") is False
     assert unmask.args["input"].name == "Image.rename"
-    assert len(graph.calls("Image.unmask")) == 1
+    assert len(graph.calls("Image.unmask")) == (2 if catalog[name].fill_missing is not None else 1)
 
 
 def test_land_cover_fill_is_never_water(catalog):
@@ -379,7 +385,7 @@ def test_float_source_with_numeric_nodata_uses_it(catalog, region):
     spec = edited(catalog, "dem", nodata=-9999.0)["dem"]
     recipe = build_recipe(spec, region, WINDOW)
     assert recipe.fill == -9999.0
-    assert Graph(recipe.image).one("Image.unmask").value("value") == -9999.0
+    assert Graph(recipe.image).root.args["value"].value("value") == -9999.0
 
 
 # --- resampling ----------------------------------------------------------------------------------
