@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import http.client
 import io
 import json
+import logging
 import os
 import random
 import socket
@@ -42,6 +43,8 @@ from rsgee.acquire.earthengine.session import SessionConfig, initialize, refused
 from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
+
+log = logging.getLogger("rsgee")
 
 #: Extra pixels around every DEM block (terrain needs one ring of true neighbours).
 DEM_HALO = 1
@@ -116,6 +119,7 @@ def _server_message(exc: BaseException) -> str:
 
 
 _local = threading.local()
+_fallback_warned = threading.Event()
 
 
 def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None) -> bytes:
@@ -123,14 +127,20 @@ def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None) -> 
 
     ``encoded`` is ``ee.serializer.encode(image)``, computed once per recipe by the caller. The raw
     Cloud API resource keeps the HTTP status for :func:`classify` (its ``image()`` collection is
-    built once per thread: googleapiclient rebuilds every method on each call); where a future
-    earthengine-api lacks it, the public ``ee.data.computePixels`` is used instead.
+    built once per thread: googleapiclient rebuilds every method on each call). setup.cfg requires
+    an earthengine-api that has it (≥ 1.6.12); should a future one lack it, the public
+    ``ee.data.computePixels`` is used instead, with a warning, since it loses the HTTP status.
     """
     body = {"expression": encoded or ee.serializer.encode(image), "fileFormat": "NPY", "grid": grid}
     try:
         raw = ee.data._get_state().cloud_api_resource_raw  # private; guarded below
         project = ee.data._get_projects_path()
     except AttributeError:
+        if not _fallback_warned.is_set():
+            _fallback_warned.set()
+            log.warning("earthengine-api %s lacks ee.data._get_state().cloud_api_resource_raw: 429/5xx answers lose "
+                        "their status and may count as failures; install the earthengine-api version setup.cfg names",
+                        ee.__version__)
         try:
             return ee.data.computePixels({"expression": image, "fileFormat": "NPY", "grid": grid})
         except ee.EEException as exc:

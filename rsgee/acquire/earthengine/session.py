@@ -194,7 +194,9 @@ def _tune_requests_session(workers: int) -> None:
             session.trust_env = False
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     except (AttributeError, ImportError):
-        log.debug("could not tune the Earth Engine HTTP session; expect 'Connection pool is full' warnings")
+        log.warning("earthengine-api %s has no ee.data._get_state().requests_session: the connection pool keeps "
+                    "its default size (expect 'Connection pool is full' warnings); install the earthengine-api "
+                    "version setup.cfg names", ee.__version__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from unittest import mock
 
 import ee
 import pytest
@@ -93,3 +95,29 @@ def test_files_that_are_no_credentials_are_one_line_errors(tmp_path):
     with pytest.raises(CredentialsError, match="not found"):
         initialize(SessionConfig(project="p", service_account=tmp_path / "missing.json"))
     assert SessionConfig(project="p", service_account=tmp_path / "text.json").describe()["auth"] == "credentials file"
+
+
+def test_the_required_client_has_the_private_api_rsgee_uses(fake, caplog):
+    """setup.cfg's minimum has ``_get_state`` (1.6.12); without it rsgee says so instead of degrading silently."""
+    import configparser
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from rsgee.acquire.earthengine import download
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parents[3] / "setup.cfg")
+    (spec,) = [Requirement(line) for line in config["options"]["install_requires"].split("\n") if "earthengine" in line]
+    assert Version("1.6.12") in spec.specifier and Version("1.6.11") not in spec.specifier
+    assert Version(ee.__version__) in spec.specifier
+    initialize(SessionConfig(project="fake", url=fake.url, auth=False, workers=3))
+    state = ee.data._get_state()
+    assert state.cloud_api_resource_raw is not None and state.requests_session.get_adapter("http://x")._pool_maxsize == 3
+    download._fallback_warned.clear()
+    with mock.patch.object(ee.data, "_get_state", side_effect=AttributeError), mock.patch.object(
+            ee.data, "computePixels", return_value=b"npy"), caplog.at_level(logging.WARNING, logger="rsgee"):
+        assert download.compute_pixels(ee.Image(1), {}) == b"npy"
+        download.compute_pixels(ee.Image(1), {})
+    assert caplog.text.count("lacks ee.data._get_state().cloud_api_resource_raw") == 1
