@@ -399,6 +399,20 @@ class EarthEngineSource:
         bar.close()
 
 
+def download_estimate(grid: Grid, specs: Sequence[SourceSpec]) -> tuple[int, int]:
+    """(computePixels requests, bytes of NPY answers) to download ``grid`` afresh: one request per block and source."""
+    tiles = sum(1 for _ in grid.tiles())
+    nbytes = 0
+    for spec in specs:
+        size = _block_size(spec)
+        dtype = np.dtype([(b, spec.numpy_dtype.str) for b in spec.band_names])
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (size, size)})
+        nbytes += tiles * (len(header.getvalue()) + size * size * dtype.itemsize)
+    return tiles * len(specs), nbytes
+
+
 def _block_size(spec: SourceSpec) -> int:
     return TILE_PX + 2 * DEM_HALO if spec.name == "dem" else TILE_PX
 

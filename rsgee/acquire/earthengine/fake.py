@@ -217,6 +217,7 @@ class Recorded:
     source: str | None = None
     status: int = 200
     authorization: str | None = None
+    nbytes: int = 0  # body bytes of a computePixels answer
 
 
 @dataclass
@@ -599,6 +600,7 @@ def _handler(state: _State):
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                record.nbytes = len(payload)
                 self.send(200, payload, "application/octet-stream")
             finally:
                 with state.lock:

@@ -340,3 +340,23 @@ def test_cli_summarises_blocks_and_exits_nonzero_on_failures(fake, tmp_path, cap
     code = main(args + ["--retry-failed"])
     out, _ = capsys.readouterr()
     assert code == 0 and "[blocks ok 1, skipped 15, retried 0, failed 0]" in out
+
+
+def test_dry_run_counts_the_requests_and_bytes_an_export_then_downloads(fake, tmp_path, capsys):
+    from rsgee.acquire.earthengine.download import download_estimate
+    from rsgee.cli import main
+
+    other = "w=10.70,46.60,10.73,46.62"  # 2×2 tiles
+    requests, nbytes = download_estimate(parse_aois([AOI])[0].grid(), [CATALOG[n] for n in SOURCES])
+    assert requests == 16
+    export(fake, tmp_path)
+    assert len(fake.pixel_requests()) == requests and sum(r.nbytes for r in fake.pixel_requests()) == nbytes
+    code = main(["export", "--aoi", AOI, "--aoi", other, "--out", str(tmp_path / "dry"), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(lines) == 3 and not (tmp_path / "dry").exists()
+    assert lines[0].endswith(f"; 16 computePixels requests, {nbytes / 2**20:,.1f} MiB to download")
+    assert "; 16 computePixels requests" in lines[1]
+    assert lines[2] == f"total: 2 AOI(s), 8 tiles, 32 computePixels requests, {2 * nbytes / 2**20:,.1f} MiB to download"
+    code = main(["export", "--aoi", AOI, "--out", str(tmp_path / "dry"), "--dry-run", "--via", "batch", "--bucket", "rsgee-bk"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and "; 5 batch task(s), " in lines[0] and lines[1].startswith("total: 1 AOI(s), 4 tiles, 5 batch")
