@@ -132,7 +132,9 @@ def cli(debug: bool) -> None:
 @click.option("--max-area", "max_area_km2", type=click.FloatRange(min=0.0, min_open=True), default=50_000.0,
               show_default=True, help="Largest accepted AOI area in km²; larger AOIs are refused.")
 @click.option("--overwrite", is_flag=True, help="Replace exports made with different parameters.")
-@click.option("--dry-run", is_flag=True, help="Print each AOI's grid and tile count, write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print each AOI's grid and tile count and, for Earth Engine, the computePixels requests (or batch "
+                   "tasks) and bytes per AOI and in total; write nothing.")
 @progress_option
 def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
                service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, via, bucket, prefix,
@@ -168,10 +170,10 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
         catalog[name]
     aois = parse_aois(aoi_specs, max_area_km2=max_area_km2)
     if dry_run:
-        for aoi in aois:
-            grid = aoi.grid()
-            click.echo(f"{aoi.name}: {aoi.area_km2:,.1f} km², {grid.describe()}, "
-                       f"{grid.width}×{grid.height} px → {out_dir / aoi.name}")
+        from rsgee.acquire.plan import dry_run as plan
+
+        for line in plan(aois, [catalog[n] for n in names], out_dir, source, via):
+            click.echo(line)
         return
     if source == "synthetic":
         from rsgee.acquire.synthetic import SyntheticSource
