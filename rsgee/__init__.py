@@ -1,3 +1,21 @@
 """rsgee: multi-source remote-sensing training archives and the models trained on them."""
 
 __version__ = "0.1.0"
+
+#: Public names imported on first use (attribute → module), so that ``import rsgee`` loads no xarray.
+_LAZY = {"open_export": "rsgee.views"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rsgee' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -201,6 +201,25 @@ class Archive:
         self.journal_path.unlink()
         return added
 
+    # -- views (imported inside the methods: xarray loads only when asked for) --------------
+    def open_tile(self, tile_id: str, *, chunks=None):
+        """One tile as an ``xarray.Dataset`` (s1, s2, lulc, terrain, gen when generated); see :mod:`rsgee.views`.
+
+        Example::
+
+            ds = Archive("archive").open_tile("32632_243_2016")
+            ds.terrain.sel(terrain_band="slope")
+        """
+        from rsgee.views import open_tile
+
+        return open_tile(self, tile_id, chunks=chunks)
+
+    def to_xarray(self, split: str):
+        """The split's packed cache as a ``(tile, band, y, x)`` Dataset over the memory maps, without copying."""
+        from rsgee.views import to_xarray
+
+        return to_xarray(self, split)
+
     # -- safety -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
