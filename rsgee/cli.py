@@ -304,6 +304,20 @@ def cache_cmd(archive, splits, progress) -> None:
             click.echo(f"cache/{split}: built {len(arch.tiles(split))} tiles → {folder}")
 
 
+@cli.command("stac", context_settings=CONTEXT)
+@click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--start", callback=_date, metavar="DATE", default=None,
+              help="Window start for AOIs whose window archive.json lacks (older archives, local exports).")
+@click.option("--end", callback=_date, metavar="DATE", default=None, help="Window end (excluded), with --start.")
+def stac_cmd(archive, start, end) -> None:
+    """Write ARCHIVE/stac/: a STAC Collection with one Item per tile (relative hrefs, splits, bands, classes)."""
+    from rsgee.preprocess.archive import Archive
+
+    arch = Archive(archive)
+    path = arch.to_stac(start=start, end=end)
+    click.echo(f"stac: {len(arch.tiles())} items → {path}")
+
+
 @cli.group("train", context_settings=CONTEXT)
 def train_group() -> None:
     """Train the paper's models on an archive (CPU, or CUDA/AMP/multi-GPU when present)."""

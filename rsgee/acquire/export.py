@@ -180,6 +180,21 @@ def read_manifest(folder: str | Path) -> dict:
         raise RsgeeError(f"{path}: unreadable manifest ({exc}); re-run rsgee export with --overwrite") from None
 
 
+def export_windows(manifest: dict) -> dict[str, list[str]] | None:
+    """Date windows ``[start, end)`` (ISO dates, end excluded) per exported source, from the request.
+
+    Earth Engine records one window per source, the synthetic source one for all; local files carry
+    no dates, so their exports give None.
+    """
+    request = manifest.get("request", {})
+    if "windows" in request:
+        return {name: list(window) for name, window in sorted(request["windows"].items())}
+    if "start" in request and "end" in request:
+        names = [name for name in manifest.get("files", {}) if not name.endswith("_halo")]
+        return {name: [request["start"], request["end"]] for name in sorted(names)}
+    return None
+
+
 def _checked_block(arrays: dict[str, np.ndarray], spec: SourceSpec, tile: Tile, size: int, key: str | None = None) -> np.ndarray:
     block = arrays.get(key or spec.name)
     expected = (len(spec.bands), size, size)

@@ -4,6 +4,7 @@
 
     ARCHIVE/
       archive.json          format, sources and bands, split and filter settings, AOIs tiled
+                            (with the date windows of their exports)
       catalog.yaml          the catalog the archive was built with (a byte copy)
       index.geojson         one Feature per tile: footprint in lon/lat, tile id, AOI, split,
                             valid fractions, class histogram (a GIS opens it as is)
@@ -14,6 +15,8 @@
       terrain/<tile_id>.tif dem, slope, aspect, hillshade   float32, NaN nodata
       cache/<split>/        packed arrays for training (rsgee.preprocess.cache)
       gen/<tile_id>.tif     pseudo-S2 from a fusion run (rsgee generate), gen/generated.json says which
+      stac/                 a STAC Collection of the tiles (rsgee stac): collection.json,
+                            <tile_id>/<tile_id>.json, asset hrefs relative (rsgee.preprocess.stac)
 
 A tile is in ``index.geojson`` only once all its files are complete. While ``rsgee tile`` runs,
 finished tiles are appended to ``index.journal`` (one JSON line each) and merged into the index at
@@ -111,6 +114,11 @@ class Archive:
     def generated_meta_path(self) -> Path:
         return self.generated_dir / "generated.json"
 
+    @property
+    def stac_dir(self) -> Path:
+        """``stac/``: inside the archive, so that the relative asset hrefs survive moving the folder."""
+        return self.root / "stac"
+
     def exists(self) -> bool:
         return self.meta_path.exists()
 
@@ -201,7 +209,7 @@ class Archive:
         self.journal_path.unlink()
         return added
 
-    # -- views (imported inside the methods: xarray loads only when asked for) --------------
+    # -- views (imported inside the methods: xarray and pystac load only when asked for) ----
     def open_tile(self, tile_id: str, *, chunks=None):
         """One tile as an ``xarray.Dataset`` (s1, s2, lulc, terrain, gen when generated); see :mod:`rsgee.views`.
 
@@ -219,6 +227,12 @@ class Archive:
         from rsgee.views import to_xarray
 
         return to_xarray(self, split)
+
+    def to_stac(self, *, start=None, end=None) -> Path:
+        """Write ``stac/``, a STAC Collection of the tiles; returns collection.json (:mod:`rsgee.preprocess.stac`)."""
+        from rsgee.preprocess.stac import write_stac
+
+        return write_stac(self, start=start, end=end)
 
     # -- safety -----------------------------------------------------------------------------
     @contextlib.contextmanager

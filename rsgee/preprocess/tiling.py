@@ -27,7 +27,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from rsgee.acquire.export import MANIFEST, read_manifest
+from rsgee.acquire.export import MANIFEST, export_windows, read_manifest
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array
@@ -72,6 +72,7 @@ class ExportedAOI:
     provenance: str
     s1_linear: bool
     paths: dict[str, str]  # source → file (local path or /vsigs/…); "dem_halo" when the export has one
+    windows: dict[str, list[str]] | None  # source → [start, end) ISO dates, from the manifest; None for local files
 
 
 @dataclass
@@ -162,7 +163,7 @@ def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
                     "10·log10", name)
     geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
     return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear,
-                       paths)
+                       paths, export_windows(manifest))
 
 
 def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
@@ -406,6 +407,8 @@ def _plan(archive, exports, index, meta, specs, split, filters, summary) -> tupl
             if done["manifest_sha256"] != exp.manifest_sha256:
                 log.warning("AOI '%s' was re-exported after it was tiled; its tiles are kept as they are "
                             "(delete them from the archive to rebuild)", exp.name)
+            elif "windows" not in done:  # tiled before archive.json recorded windows: same export, so record them
+                done["windows"] = exp.windows
             summary.aois_skipped.append(exp.name)
             continue
         by_strip: dict[int, list[Tile]] = {}
@@ -418,7 +421,7 @@ def _plan(archive, exports, index, meta, specs, split, filters, summary) -> tupl
                 claimed.add(tile.id)
                 by_strip.setdefault(exp.grid.row_max - tile.row, []).append(tile)
         meta["aois"][exp.name] = {"manifest_sha256": exp.manifest_sha256, "complete": False, "rejected": {},
-                                  "filters": filters.to_dict(), "source": exp.provenance}
+                                  "filters": filters.to_dict(), "source": exp.provenance, "windows": exp.windows}
         for strip, tiles in sorted(by_strip.items()):
             tasks.append(StripTask(archive.root, exp, strip, tuple(tiles), specs, split, filters))
             pending[exp.name] += 1
