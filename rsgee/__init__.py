@@ -4,9 +4,15 @@ __version__ = "0.1.0"
 
 #: Public names imported on first use (attribute → module), so that ``import rsgee`` loads no xarray.
 _LAZY = {"open_export": "rsgee.views"}
+#: Optional submodules imported on first use (``rsgee.maps`` needs the ``maps`` extra).
+_SUBMODULES = ("maps",)
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"rsgee.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'rsgee' has no attribute {name!r}")
@@ -18,4 +24,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -1,8 +1,9 @@
 """Optional dependencies, guarded in one place.
 
 The core (export, tile, check, cache) needs only rasterio and friends; training, evaluation,
-generation and the demo need the ``train`` extra. A missing extra is a one-line error naming the
-command that installs it, never an ``ImportError`` from deep inside a module.
+generation and the demo need the ``train`` extra, map previews (``rsgee.maps``) the ``maps`` extra.
+A missing extra is a one-line error naming the command that installs it, never an ``ImportError``
+from deep inside a module.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 from rsgee.errors import RsgeeError
 
 #: Extra name → the modules it provides (as imported).
-EXTRAS = {"train": ("torch", "lightning", "torchmetrics", "matplotlib")}
+EXTRAS = {"train": ("torch", "lightning", "torchmetrics", "matplotlib"), "maps": ("geemap", "ipyleaflet")}
 
 
 class MissingExtra(RsgeeError):
