@@ -71,15 +71,17 @@ def aoi_export(work: Path, width_km: float, height_km: float) -> Path:
 
 
 def timed_predict(kind: str, run: Path, export: Path, out: Path, device: str) -> dict:
-    """Run one prediction in a fresh process; its wall time and peak RSS."""
+    """Run one prediction in a fresh process; its wall time and peak RSS (VmHWM: ru_maxrss would carry the
+    parent's peak over exec)."""
     code = (
-        "import json, resource, sys, time\n"
+        "import json, time\n"
         "from rsgee.train.predict import predict_fusion, predict_seg\n"
         "t = time.perf_counter()\n"
         f"r = predict_{kind}({str(run)!r}, {str(export)!r}, {str(out)!r}, device={device!r}, progress=False"
         + (", fill_clouds=True" if kind == "fusion" else "") + ")\n"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'windows': r.windows,\n"
-        "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+        "                  'rss_mb': int(hwm.split()[1]) / 1024}))\n")
     out.unlink(missing_ok=True)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -88,7 +90,7 @@ def timed_predict(kind: str, run: Path, export: Path, out: Path, device: str) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rsgee-bench-predict"))
-    parser.add_argument("--sizes", default="5x5,5x20,20x5", help="AOIs as WIDTHxHEIGHT in km")
+    parser.add_argument("--sizes", default="5x5,5x20,20x5,40x5", help="AOIs as WIDTHxHEIGHT in km")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     import torch

@@ -12,7 +12,12 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f"rsgee.{name}")
+        from rsgee.optional import MissingExtra, MissingExtraModule
+
+        try:
+            return importlib.import_module(f"rsgee.{name}")
+        except MissingExtra as exc:
+            raise MissingExtraModule(str(exc)) from None
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'rsgee' has no attribute {name!r}")

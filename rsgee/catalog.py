@@ -170,6 +170,17 @@ class Catalog:
         return {"version": 1, "sources": {name: spec.to_dict() for name, spec in self.sources.items()}}
 
 
+#: Catalog keys that change only how Earth Engine composites a source, never what the offline sources deliver
+#: or how tiles are cut: exports from other sources, and archives, compare their catalogs without them (an
+#: archive or synthetic export made before ``fill_missing`` existed stays current).
+RECIPE_ONLY_KEYS = ("fill_missing",)
+
+
+def without_recipe_keys(sources: dict) -> dict:
+    """``{name: spec dict}`` with the :data:`RECIPE_ONLY_KEYS` left out, for comparisons that ignore them."""
+    return {name: {k: v for k, v in spec.items() if k not in RECIPE_ONLY_KEYS} for name, spec in sources.items()}
+
+
 def default_catalog_path() -> Path:
     """The catalog.yaml shipped with rsgee (the repository's, in an editable install)."""
     return Path(str(resources.files("rsgee") / "catalog.yaml"))

@@ -203,7 +203,8 @@ def _add_export(m: geemap.Map, folder: Path, overlay_max_px: int) -> tuple[float
     manifest = read_manifest(folder)
     name = manifest["aoi"]["name"]
     for source, path in export_paths(folder, manifest).items():
-        if source in manifest["files"] and not path.startswith("/vsi"):
+        # the DEM's one-pixel halo (Earth Engine downloads) is the DEM again; batch files in Cloud Storage are skipped
+        if source in manifest["files"] and not source.endswith("_halo") and not path.startswith("/vsi"):
             m.add(_overlay(Path(path), f"{name}: {source}", manifest["files"][source]["bands"], overlay_max_px))
     geometry = shape(manifest["aoi"]["geometry"])
     _add(m, f"{name}: AOI", [{"type": "Feature", "properties": {"name": name}, "geometry": mapping(geometry)}],

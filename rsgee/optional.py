@@ -20,6 +20,10 @@ class MissingExtra(RsgeeError):
     """An optional dependency group is not installed."""
 
 
+class MissingExtraModule(MissingExtra, AttributeError):
+    """``rsgee.<module>`` of a missing extra: the one-line reason, and ``hasattr`` is False (help, completion)."""
+
+
 def require(extra: str) -> None:
     """Raise :class:`MissingExtra` unless every module of ``extra`` imports."""
     missing = []

@@ -271,10 +271,12 @@ except RsgeeError as exc:
 """
 
 
-@pytest.mark.parametrize("access", ["rsgee.maps.preview", "import rsgee.maps"])
-def test_without_the_maps_extra_the_error_names_it(access):
+@pytest.mark.parametrize("access, error", [("rsgee.maps.preview", "MissingExtraModule"),
+                                           ("import rsgee.maps", "MissingExtra"),
+                                           ("print(hasattr(rsgee, 'maps')); rsgee.maps", "False\nMissingExtraModule")])
+def test_without_the_maps_extra_the_error_names_it(access, error):
     result = subprocess.run([sys.executable, "-c", WITHOUT_GEEMAP.format(access=access)], capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("MissingExtra this needs rsgee's optional 'maps' dependencies (geemap not "
+    assert result.stdout.strip() == (f"{error} this needs rsgee's optional 'maps' dependencies (geemap not "
                                      "installed); install them with: pip install 'rsgee[maps]'")

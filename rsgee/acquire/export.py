@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from rsgee import __version__
 from rsgee.acquire.aoi import AOI
-from rsgee.catalog import Catalog, SourceSpec
+from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import RasterGrid, open_for_writing, write_json_atomic
 from rsgee.grid import TILE_PX, Grid, Tile
@@ -244,5 +244,8 @@ def _manifest(aoi: AOI, grid: Grid, source: BlockSource, catalog: Catalog, specs
 
 def _same_request(old: dict, new: dict) -> bool:
     files = {k: v for k, v in old.get("files", {}).items() if not k.endswith("_halo")}
+    old_sources, new_sources = old.get("catalog", {}).get("sources", {}), new["catalog"]["sources"]
+    if new.get("source") != "earthengine":  # recipe-only keys change nothing the offline sources deliver
+        old_sources, new_sources = without_recipe_keys(old_sources), without_recipe_keys(new_sources)
     return (all(old.get(k) == new.get(k) for k in ("source", "request", "grid")) and files == new["files"]
-            and old.get("catalog", {}).get("sources") == new["catalog"]["sources"])
+            and old_sources == new_sources)

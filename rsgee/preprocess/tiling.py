@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rsgee.acquire.export import MANIFEST, export_windows, read_manifest
-from rsgee.catalog import Catalog, SourceSpec
+from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array
 from rsgee.grid import TILE_PX, Grid, Tile, to_utm
@@ -391,7 +391,7 @@ def _open_or_create(archive: Archive, catalog: Catalog, split: SplitConfig, filt
             f"block {old['block']}, seed {old['seed']}; pass the same split options (tiles never change split) "
             "or build a new archive"
         )
-    if archive.catalog().to_dict() != catalog.to_dict():
+    if without_recipe_keys(archive.catalog().to_dict()["sources"]) != without_recipe_keys(catalog.to_dict()["sources"]):
         raise RsgeeError(f"{archive.root} was built with a different catalog ({archive.catalog_path}); "
                          f"pass --catalog {archive.catalog_path} or build a new archive")
     return meta

@@ -150,3 +150,16 @@ def test_subset_of_sources_and_extra_catalog_band(tmp_path):
     with rasterio.open(folder / "s2.tif") as src:
         assert src.descriptions == ("B2", "B3", "B4", "B8", "B11")
         assert src.read(5).max() > 0
+
+
+def test_an_offline_export_made_before_a_recipe_only_catalog_key_stays_current(exported, tmp_path):
+    import shutil
+
+    out, _ = exported
+    shutil.copytree(out / "valley", tmp_path / "valley")
+    manifest = read_manifest(tmp_path / "valley")
+    assert manifest["catalog"]["sources"]["dem"].pop("fill_missing") == 0  # as written before the key existed
+    (tmp_path / "valley" / MANIFEST).write_text(json.dumps(manifest))
+    source = SyntheticSource(seed=7, cloud_cover=0.1, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
+    (rerun,) = export_aois(parse_aois([AOI]), tmp_path, source, load_catalog(), progress=False)
+    assert rerun.status == "up to date"  # fill_missing only changes Earth Engine's DEM composite

@@ -183,6 +183,19 @@ def test_growing_with_other_split_options_or_catalog_is_refused(archive, exports
         build_archive([exports], copy, load_catalog(other), split=SPLIT, progress=False)
 
 
+def test_an_archive_whose_catalog_predates_a_recipe_only_key_grows_with_the_current_one(archive, exports, tmp_path):
+    import yaml
+
+    root, _ = archive
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    data = yaml.safe_load((copy / "catalog.yaml").read_text())
+    assert data["sources"]["dem"].pop("fill_missing") == 0
+    (copy / "catalog.yaml").write_text(yaml.safe_dump(data))
+    again = build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False)
+    assert again.written == 0 and not again.failed
+
+
 def test_filters_reject_cloudy_tiles_and_count_them(tmp_path):
     exp = export(tmp_path / "e", VALLEY, cloud_cover=0.3)
     summary = build_archive([exp], tmp_path / "a", load_catalog(), split=SPLIT, progress=False,

@@ -379,7 +379,7 @@ def _start(job: _Job, key: str, source: BatchSource, specs: Sequence[SourceSpec]
     except ee.EEException as exc:
         error = classify(exc)
         if error.retryable:
-            log.debug("start of %s/%s deferred: %s", job.aoi.name, key, error.message)
+            log.warning("start of %s/%s deferred, tried again next cycle: %s", job.aoi.name, key, error.message)
             return False
         task.update(state="FAILED", error=f"could not start: {error.message}")
     except (OSError, ConnectionError) as exc:  # unknown whether it started: keep STARTING and its id
