@@ -151,6 +151,7 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
     """
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
+    from rsgee.acquire.sources import make_block_source
     from rsgee.catalog import load_catalog
 
     if start >= end:
@@ -175,31 +176,11 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
         for line in plan(aois, [catalog[n] for n in names], out_dir, source, via):
             click.echo(line)
         return
-    if source == "synthetic":
-        from rsgee.acquire.synthetic import SyntheticSource
-
-        block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
-    elif source == "local":
-        from rsgee.acquire.local import LocalSource, parse_inputs
-
-        block_source = LocalSource(parse_inputs(inputs))
-    else:
-        from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
-        from rsgee.acquire.earthengine.recipes import RecipeOptions
-        from rsgee.acquire.earthengine.session import SessionConfig
-
-        session = SessionConfig.from_env(project, service_account, ee_url, not no_auth, workers, timeout_s)
-        options = RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit)
-        if destination is not None:
-            from rsgee.acquire.earthengine.batch import BatchSource
-
-            block_source = BatchSource(session, parse_windows(start, end, windows, names), destination,
-                                       options=options)
-        else:
-            block_source = EarthEngineSource(
-                session, parse_windows(start, end, windows, names), options=options,
-                policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed, progress=progress)
-        block_source.connect()  # a missing project or credentials is one error, not one per AOI
+    block_source = make_block_source(source, names, start=start, end=end, windows=windows, project=project,
+                                     service_account=service_account, ee_url=ee_url, auth=not no_auth,
+                                     workers=workers, timeout_s=timeout_s, attempts=attempts,
+                                     retry_failed=retry_failed, destination=destination, s1_orbit=s1_orbit,
+                                     inputs=inputs, seed=seed, cloud_cover=cloud_cover, progress=progress)
     if destination is not None:
         from rsgee.acquire.earthengine.batch import export_batch
 
@@ -600,8 +581,15 @@ predict_options = [
                  default=None, help="An AOI folder written by `rsgee export` (any source, Earth Engine included)."),
     click.option("--aoi", default=None, metavar="AOI",
                  help="Instead of --exports: one AOI (as for rsgee export) exported here first from --source."),
-    click.option("--source", type=click.Choice(["synthetic", "local"]), default="synthetic", show_default=True,
-                 help="Where --aoi's pixels come from (for Earth Engine, `rsgee export` and --exports).  [--aoi]"),
+    click.option("--source", type=click.Choice(["earthengine", "local", "synthetic"]), default="earthengine",
+                 show_default=True, help="Where --aoi's pixels come from, as for rsgee export.  [--aoi]"),
+    click.option("--project", envvar="EE_PROJECT", default=None, metavar="PROJECT",
+                 help="Google Cloud project registered for Earth Engine (or EE_PROJECT).  [--aoi, earthengine]"),
+    click.option("--service-account", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 metavar="KEY.json", help="Credentials JSON file, as for rsgee export.  [--aoi, earthengine]"),
+    click.option("--ee-url", envvar="RSGEE_EE_URL", default=None, metavar="URL",
+                 help="Earth Engine API base URL (or RSGEE_EE_URL).  [--aoi, earthengine]"),
+    click.option("--no-auth", is_flag=True, help="Send no credentials (test servers).  [--aoi, earthengine]"),
     catalog_option,
     click.option("--start", callback=_date, metavar="DATE", default="2023-06-01", show_default=True,
                  help="First day of the compositing window.  [--aoi]"),
@@ -621,8 +609,8 @@ predict_options = [
 ]
 
 
-def _predict_inputs(run, kind, out_path, export_dir, aoi, source, catalog_path, start, end, inputs, seed,
-                    cloud_cover, progress) -> Path:
+def _predict_inputs(run, kind, out_path, export_dir, aoi, source, project, service_account, ee_url, no_auth,
+                    catalog_path, start, end, inputs, seed, cloud_cover, progress) -> Path:
     from rsgee.train.predict import export_inputs
 
     if (export_dir is None) == (aoi is None):
@@ -631,7 +619,8 @@ def _predict_inputs(run, kind, out_path, export_dir, aoi, source, catalog_path, 
         return export_dir
     return export_inputs(aoi, out_path.with_name(f"{out_path.stem}_inputs"), kind=kind, run=run, source=source,
                          catalog_path=catalog_path, start=start, end=end, seed=seed, cloud_cover=cloud_cover,
-                         inputs=inputs, progress=progress)
+                         inputs=inputs, project=project, service_account=service_account, ee_url=ee_url,
+                         auth=not no_auth, progress=progress)
 
 
 @predict_group.command("seg", context_settings=CONTEXT)
@@ -639,16 +628,16 @@ def _predict_inputs(run, kind, out_path, export_dir, aoi, source, catalog_path, 
 @click.option("--probabilities", is_flag=True,
               help="Also write OUT's per-class probabilities (float32) to <OUT stem>_probabilities.tif.")
 @_with(predict_options)
-def predict_seg_cmd(run, probabilities, out_path, export_dir, aoi, source, catalog_path, start, end, inputs, seed,
-                    cloud_cover, overlap, batch_size, device, progress) -> None:
+def predict_seg_cmd(run, probabilities, out_path, export_dir, aoi, source, project, service_account, ee_url, no_auth,
+                    catalog_path, start, end, inputs, seed, cloud_cover, overlap, batch_size, device, progress) -> None:
     """Land-cover map of an AOI from its Sentinel-2 with RUN's RS-UNet (uint8 classes 0–8, 255 = no data).
 
     With --aoi, the inputs are exported to <OUT stem>_inputs/ first (reused when complete).
     """
     from rsgee.train.predict import predict_seg
 
-    folder = _predict_inputs(run, "segmentation", out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
-                             seed, cloud_cover, progress)
+    folder = _predict_inputs(run, "segmentation", out_path, export_dir, aoi, source, project, service_account, ee_url,
+                             no_auth, catalog_path, start, end, inputs, seed, cloud_cover, progress)
     result = predict_seg(run, folder, out_path, probabilities=probabilities, overlap=overlap, batch_size=batch_size,
                          device=device, progress=progress)
     click.echo(result.line())
@@ -662,16 +651,17 @@ def predict_seg_cmd(run, probabilities, out_path, export_dir, aoi, source, catal
 @click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
               help="The generator's trained weights or their moving average.")
 @_with(predict_options)
-def predict_fusion_cmd(run, fill_clouds, weights, out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
-                       seed, cloud_cover, overlap, batch_size, device, progress) -> None:
+def predict_fusion_cmd(run, fill_clouds, weights, out_path, export_dir, aoi, source, project, service_account, ee_url,
+                       no_auth, catalog_path, start, end, inputs, seed, cloud_cover, overlap, batch_size, device,
+                       progress) -> None:
     """Pseudo-Sentinel-2 (uint16 reflectance × 10000) of an AOI from RUN's generator and the AOI's sources.
 
     With --aoi, the inputs are exported to <OUT stem>_inputs/ first (reused when complete).
     """
     from rsgee.train.predict import predict_fusion
 
-    folder = _predict_inputs(run, "fusion", out_path, export_dir, aoi, source, catalog_path, start, end, inputs,
-                             seed, cloud_cover, progress)
+    folder = _predict_inputs(run, "fusion", out_path, export_dir, aoi, source, project, service_account, ee_url,
+                             no_auth, catalog_path, start, end, inputs, seed, cloud_cover, progress)
     result = predict_fusion(run, folder, out_path, fill_clouds=fill_clouds, weights=weights, overlap=overlap,
                             batch_size=batch_size, device=device, progress=progress)
     click.echo(result.line())

@@ -12,6 +12,9 @@ observation) with class names and a colour table, optionally per-class probabili
 writes a pseudo-Sentinel-2 (uint16 reflectance × 10000); ``fill_clouds`` keeps every valid real pixel
 and fills only the cloud-masked or missing ones, with a band that says which.
 
+The inputs are an export folder, or one AOI exported first from any ``rsgee export`` source
+(:func:`export_inputs`, which exports only the sources the run reads).
+
 A run carries what predict needs in its ``run.json``: the weights' normalisation, the sources with
 their bands and types (``inputs``), and the class names; exports that do not match are refused.
 """
@@ -193,40 +196,30 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
 
 
 def export_inputs(aoi: str, folder: str | Path, *, kind: str, run: str | Path, source: str = "synthetic",
-                  catalog_path: str | Path | None = None, start=None, end=None, seed: int = 0,
-                  cloud_cover: float = 0.05, inputs: tuple[str, ...] = (), max_area_km2: float = 50_000.0,
-                  progress: bool = True) -> Path:
+                  catalog_path: str | Path | None = None, start=None, end=None, max_area_km2: float = 50_000.0,
+                  progress: bool = True, **source_options) -> Path:
     """Export what ``run`` needs for one AOI into ``folder`` (skipped when complete); returns the AOI's folder.
 
-    The offline sources (``synthetic``, ``local``) are built here; for Earth Engine, run ``rsgee export``
-    and pass its AOI folder to predict.
+    ``source`` and ``source_options`` are those of ``rsgee export`` (see
+    :func:`rsgee.acquire.sources.make_block_source`: Earth Engine project, credentials, endpoint …).
     """
     import datetime as dt
 
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
+    from rsgee.acquire.sources import make_block_source
     from rsgee.catalog import load_catalog
 
     info = _run_info(run, kind)
     aois = parse_aois([aoi], max_area_km2=max_area_km2)
     if len(aois) != 1:
         raise RsgeeError(f"--aoi {aoi!r} holds {len(aois)} areas; predict one AOI at a time")
-    start, end = start or dt.date(2023, 6, 1), end or dt.date(2023, 9, 1)
-    if source == "synthetic":
-        from rsgee.acquire.synthetic import SyntheticSource
-
-        block_source = SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
-    elif source == "local":
-        from rsgee.acquire.local import LocalSource, parse_inputs
-
-        block_source = LocalSource(parse_inputs(inputs))
-    else:
-        raise RsgeeError(f"predict exports from the synthetic or local source itself; for --source {source}, run "
-                         "`rsgee export --aoi … --out DIR` and pass --exports DIR/<aoi>")
     if kind == "segmentation":
         names = ["s2"]
     else:
         names = sorted({"terrain": "dem"}.get(s, s) for s in info["config"]["sources"]) + ["s2"]
+    block_source = make_block_source(source, names, start=start or dt.date(2023, 6, 1), end=end or dt.date(2023, 9, 1),
+                                     progress=progress, **source_options)
     (result,) = export_aois(aois, Path(folder), block_source, load_catalog(catalog_path), source_names=names,
                             progress=progress)
     if not result.ok:

@@ -173,15 +173,42 @@ def test_the_cli_exports_a_new_aoi_and_predicts_it(runs, tmp_path, capsys):
     from rsgee.cli import main
 
     out = tmp_path / "lake.tif"
-    code = main(["predict", "seg", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--out", str(out),
-                 "--no-progress"])
+    code = main(["predict", "seg", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source", "synthetic",
+                 "--out", str(out), "--no-progress"])
     assert code == 0 and f"written: {out}" in capsys.readouterr().out
     with rasterio.open(out) as src:
         grid = grid_of(tmp_path / "lake_inputs" / "lake")
         assert (src.transform, src.width, src.height) == (grid.transform, grid.width, grid.height)
-    code = main(["predict", "fusion", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--out",
-                 str(tmp_path / "s2.tif"), "--no-progress"])
+    code = main(["predict", "fusion", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source",
+                 "synthetic", "--out", str(tmp_path / "s2.tif"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "is a segmentation run" in err
     code = main(["predict", "seg", str(runs["seg"]), "--out", str(out)])
     assert code == 2 and "either --exports DIR" in capsys.readouterr().err
+
+
+def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsys, monkeypatch):
+    import ee
+
+    from rsgee.acquire.earthengine.fake import FakeEarthEngine
+    from rsgee.cli import main
+
+    out = tmp_path / "v.tif"
+    monkeypatch.delenv("EE_PROJECT", raising=False)
+    args = ["predict", "seg", str(runs["seg"]), "--aoi", "v=10.60,46.60,10.63,46.62", "--out", str(out),
+            "--no-progress"]
+    code = main(args)  # Earth Engine is the default source, as for rsgee export
+    assert code == 1 and "no Earth Engine project: pass --project" in capsys.readouterr().err and not out.exists()
+    try:
+        with FakeEarthEngine() as server:
+            code = main(args + ["--ee-url", server.url, "--no-auth", "--project", "fake"])
+            requested = len(server.pixel_requests())
+    finally:
+        ee.Reset()
+    assert code == 0 and f"written: {out}" in capsys.readouterr().out
+    assert requested == 4  # 2×2 blocks of s2 only: nothing the model does not read is paid for
+    manifest = json.loads((tmp_path / "v_inputs" / "v" / "manifest.json").read_text())
+    assert manifest["source"] == "earthengine" and set(manifest["files"]) == {"s2"}  # only what the model reads
+    with rasterio.open(out) as src, rasterio.open(tmp_path / "v_inputs" / "v" / "s2.tif") as s2:
+        assert (src.transform, src.width, src.height) == (s2.transform, s2.width, s2.height)
+        assert np.array_equal(src.read(1) == 255, ~(s2.read() != 0).all(axis=0))

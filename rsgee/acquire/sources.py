@@ -1,0 +1,57 @@
+"""The block source behind ``rsgee export``'s ``--source`` options, built in one place.
+
+The CLI's export command and ``rsgee predict --aoi`` (and Python users) construct sources here, so that
+the Earth Engine session set-up (project, credentials, endpoint, workers, deadline, retries) has one
+implementation and one set of defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Sequence
+
+from rsgee.errors import RsgeeError
+
+SOURCES = ("earthengine", "local", "synthetic")
+
+
+def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end: dt.date,
+                      windows: Sequence[str] = (), project: str | None = None,
+                      service_account: str | Path | None = None, ee_url: str | None = None, auth: bool = True,
+                      workers: int = 16, timeout_s: float = 330.0, attempts: int = 6, retry_failed: bool = False,
+                      destination=None, s1_orbit: str = "both", inputs: Sequence[str] = (), seed: int = 0,
+                      cloud_cover: float = 0.05, progress: bool = True):
+    """A ready block source for catalog sources ``names``; Earth Engine sources are connected already
+    (a missing project or credentials is one error before any AOI starts). ``destination`` (a batch
+    :class:`~rsgee.acquire.earthengine.batch.Destination`) selects Earth Engine batch export."""
+    if source not in SOURCES:
+        raise RsgeeError(f"unknown source '{source}'; choose {', '.join(SOURCES)}")
+    if start >= end:
+        raise RsgeeError(f"--start {start} must be before --end {end}")
+    if destination is not None and source != "earthengine":
+        raise RsgeeError(f"--via batch exports from Earth Engine; it does not apply to --source {source}")
+    if source == "synthetic":
+        from rsgee.acquire.synthetic import SyntheticSource
+
+        return SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+    if source == "local":
+        from rsgee.acquire.local import LocalSource, parse_inputs
+
+        return LocalSource(parse_inputs(inputs))
+    from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
+    from rsgee.acquire.earthengine.recipes import RecipeOptions
+    from rsgee.acquire.earthengine.session import SessionConfig
+
+    session = SessionConfig.from_env(project, service_account, ee_url, auth, workers, timeout_s)
+    options = RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit)
+    if destination is not None:
+        from rsgee.acquire.earthengine.batch import BatchSource
+
+        block_source = BatchSource(session, parse_windows(start, end, windows, names), destination, options=options)
+    else:
+        block_source = EarthEngineSource(session, parse_windows(start, end, windows, names), options=options,
+                                         policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed,
+                                         progress=progress)
+    block_source.connect()
+    return block_source
