@@ -223,6 +223,9 @@ def export_inputs(aoi: str, folder: str | Path, *, kind: str, run: str | Path, s
     (result,) = export_aois(aois, Path(folder), block_source, load_catalog(catalog_path), source_names=names,
                             progress=progress)
     if not result.ok:
+        for empty in (result.path, Path(folder)):  # a refused AOI leaves no empty folders behind
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
         raise RsgeeError(result.line())
     return result.path
 

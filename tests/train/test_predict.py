@@ -185,6 +185,12 @@ def test_the_cli_exports_a_new_aoi_and_predicts_it(runs, tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and "is a segmentation run" in err
     code = main(["predict", "seg", str(runs["seg"]), "--out", str(out)])
     assert code == 2 and "either --exports DIR" in capsys.readouterr().err
+    far = tmp_path / "far.tif"  # an AOI the given sources do not cover
+    code = main(["predict", "seg", str(runs["seg"]), "--aoi", "far=11.50,46.60,11.53,46.62", "--source", "local",
+                 "--input", f"s2={tmp_path / 'lake_inputs' / 'lake' / 's2.tif'}", "--out", str(far), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "does not cover the AOI grid" in err
+    assert not far.exists() and not (tmp_path / "far_inputs").exists()
 
 
 def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsys, monkeypatch):
