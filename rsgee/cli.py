@@ -149,47 +149,22 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
     With --via batch, Earth Engine exports each AOI and source itself (to Cloud Storage or Drive)
     and rsgee polls the tasks; OUT/<aoi>/manifest.json then points at the files where they are.
     """
-    from rsgee.acquire.aoi import parse_aois
-    from rsgee.acquire.export import export_aois
-    from rsgee.acquire.sources import make_block_source
-    from rsgee.catalog import load_catalog
+    from rsgee import api
 
     if start >= end:
         raise click.BadParameter(f"--start {start} must be before --end {end}", param_hint="--start/--end")
-    destination = None
-    if via == "batch":
-        from rsgee.acquire.earthengine.batch import Destination
-
-        if source != "earthengine":
-            raise RsgeeError(f"--via batch exports from Earth Engine; it does not apply to --source {source}")
-        destination = Destination.parse(bucket, prefix, drive_folder)
-    elif bucket or prefix or drive_folder:
-        raise RsgeeError("--bucket, --prefix and --drive-folder apply to --via batch only")
-    catalog = load_catalog(catalog_path)
-    names = source_names or list(catalog.sources)
-    for name in names:
-        catalog[name]
-    aois = parse_aois(aoi_specs, max_area_km2=max_area_km2)
+    options = dict(project=project, service_account=service_account, ee_url=ee_url, auth=not no_auth, workers=workers,
+                   timeout_s=timeout_s, attempts=attempts, s1_orbit=s1_orbit, inputs=inputs, seed=seed,
+                   cloud_cover=cloud_cover)
+    results = api.export(list(aoi_specs), out_dir, source=source, catalog=catalog_path, sources=source_names,
+                         start=start, end=end, windows=windows, via=via, bucket=bucket, prefix=prefix,
+                         drive_folder=drive_folder, poll_s=poll_s, max_pending=max_pending, retry_failed=retry_failed,
+                         max_area_km2=max_area_km2, overwrite=overwrite, dry_run=dry_run, progress=progress,
+                         **options)
     if dry_run:
-        from rsgee.acquire.plan import dry_run as plan
-
-        for line in plan(aois, [catalog[n] for n in names], out_dir, source, via):
+        for line in results:
             click.echo(line)
         return
-    block_source = make_block_source(source, names, start=start, end=end, windows=windows, project=project,
-                                     service_account=service_account, ee_url=ee_url, auth=not no_auth,
-                                     workers=workers, timeout_s=timeout_s, attempts=attempts,
-                                     retry_failed=retry_failed, destination=destination, s1_orbit=s1_orbit,
-                                     inputs=inputs, seed=seed, cloud_cover=cloud_cover, progress=progress)
-    if destination is not None:
-        from rsgee.acquire.earthengine.batch import export_batch
-
-        results = export_batch(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
-                               retry_failed=retry_failed, poll_s=poll_s, max_pending=max_pending,
-                               progress=progress)
-    else:
-        results = export_aois(aois, out_dir, block_source, catalog, source_names=names, overwrite=overwrite,
-                              retry_failed=retry_failed, progress=progress)
     for r in results:
         click.echo(r.line())
     bad = [r for r in results if not r.ok]
@@ -226,13 +201,11 @@ def tile_cmd(exports, out_dir, catalog_path, max_nodata, max_s2_nodata, split_ra
     filtered, spatially split, written as GeoTIFFs per source and listed in OUT/index.geojson, and
     OUT/stats.json is recomputed on the train split. Re-running adds only what is missing.
     """
-    from rsgee.catalog import load_catalog
-    from rsgee.preprocess.split import SplitConfig
-    from rsgee.preprocess.tiling import TileFilters, build_archive
+    from rsgee import api
 
-    split = SplitConfig(SplitConfig.parse_ratios(split_ratios), split_by, split_block, split_seed)
-    summary = build_archive(exports, out_dir, load_catalog(catalog_path), split=split,
-                            filters=TileFilters(max_nodata, max_s2_nodata), workers=workers, progress=progress)
+    summary = api.tile(list(exports), out_dir, catalog=catalog_path, max_nodata=max_nodata, max_s2_nodata=max_s2_nodata,
+                       split_ratios=split_ratios, split_by=split_by, split_block=split_block, split_seed=split_seed,
+                       workers=workers, progress=progress)
     for line in summary.lines():
         click.echo(line)
     if summary.failed:
@@ -245,9 +218,9 @@ def tile_cmd(exports, out_dir, catalog_path, max_nodata, max_s2_nodata, split_ra
 @progress_option
 def check_cmd(archive, workers, progress) -> None:
     """Verify ARCHIVE: every indexed tile's files, the splits and stats.json; exit 1 on any problem."""
-    from rsgee.preprocess.check import check_archive
+    from rsgee import api
 
-    report = check_archive(archive, workers=workers, progress=progress)
+    report = api.check(archive, workers=workers, progress=progress)
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:

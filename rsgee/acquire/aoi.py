@@ -73,16 +73,25 @@ def safe_name(raw: str) -> str:
     return name
 
 
-def parse_aois(specs: Iterable[str], *, max_area_km2: float = MAX_AREA_KM2) -> list[AOI]:
+def parse_aois(specs: Iterable[str | Path | AOI | dict | BaseGeometry], *,
+               max_area_km2: float = MAX_AREA_KM2) -> list[AOI]:
     """Parse every ``--aoi`` value into validated AOIs with unique names.
 
     Each spec is one of: a path to a GeoJSON file (Feature, FeatureCollection or bare geometry), a
     bbox ``minlon,minlat,maxlon,maxlat``, or WKT. A bbox or WKT may be prefixed ``NAME=``; otherwise
-    it is named from its coordinates.
+    it is named from its coordinates. From Python, a spec may also be an :class:`AOI`, a GeoJSON
+    object (dict) or a shapely Polygon/MultiPolygon in lon/lat.
     """
     aois: list[AOI] = []
     for spec in specs:
-        aois.extend(parse_aoi_spec(spec))
+        if isinstance(spec, AOI):
+            aois.append(spec)
+        elif isinstance(spec, dict):
+            aois.extend(aois_from_geojson(spec, "GeoJSON AOI"))
+        elif isinstance(spec, BaseGeometry):
+            aois.append(AOI(_auto_name(spec), spec))
+        else:
+            aois.extend(parse_aoi_spec(str(spec)))
     seen: dict[str, int] = {}
     for i, aoi in enumerate(aois):
         if aoi.name in seen:
@@ -127,27 +136,34 @@ def read_geojson(path: Path) -> list[AOI]:
     if not isinstance(data, dict) or "type" not in data:
         raise AOIError(f"{path}: not a GeoJSON object (no 'type' member)")
     _check_crs(data, path)
+    return aois_from_geojson(data, str(path), safe_name(path.stem) or "aoi")
+
+
+def aois_from_geojson(data: dict, where: str, stem: str = "aoi") -> list[AOI]:
+    """AOIs from a GeoJSON object (FeatureCollection, Feature or bare geometry), named by their 'name'
+    property or after ``stem``; not yet validated."""
+    if not isinstance(data, dict) or "type" not in data:
+        raise AOIError(f"{where}: not a GeoJSON object (no 'type' member)")
     kind = data["type"]
     if kind == "FeatureCollection":
         features = data.get("features")
         if not isinstance(features, list) or not features:
-            raise AOIError(f"{path}: the FeatureCollection has no features")
+            raise AOIError(f"{where}: the FeatureCollection has no features")
     elif kind == "Feature":
         features = [data]
     else:
         features = [{"type": "Feature", "properties": {}, "geometry": data}]
-    stem = safe_name(path.stem) or "aoi"
     aois = []
     for i, feature in enumerate(features):
-        where = f"{path}: feature {i + 1}"
+        at = f"{where}: feature {i + 1}"
         if not isinstance(feature, dict) or feature.get("type") != "Feature":
-            raise AOIError(f"{where}: not a GeoJSON Feature")
-        geometry = _geometry_from_geojson(feature.get("geometry"), where)
+            raise AOIError(f"{at}: not a GeoJSON Feature")
+        geometry = _geometry_from_geojson(feature.get("geometry"), at)
         props = feature.get("properties") or {}
         raw = props.get("name") if isinstance(props, dict) else None
         if raw is None or str(raw).strip() == "":
             raw = stem if len(features) == 1 else f"{stem}_{i + 1}"
-        aois.append(AOI(_checked_name(str(raw), where), geometry))
+        aois.append(AOI(_checked_name(str(raw), at), geometry))
     return aois
 
 

@@ -181,6 +181,36 @@ class Archive:
         index = self.read_index()
         return [index[k]["properties"] for k in sorted(index) if split is None or index[k]["properties"]["split"] == split]
 
+    @property
+    def tile_ids(self) -> list[str]:
+        """Every indexed tile id, sorted."""
+        return sorted(self.read_index())
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """``{split: sorted tile ids}`` for the splits that hold tiles."""
+        out: dict[str, list[str]] = {}
+        for record in self.tiles():
+            out.setdefault(record["split"], []).append(record["tile_id"])
+        return out
+
+    def split(self, name: str) -> list[str]:
+        """The tile ids of one split (empty when it holds none)."""
+        return [t["tile_id"] for t in self.tiles(name)]
+
+    @property
+    def index(self) -> list[dict]:
+        """The index records (tile id, AOI, split, valid fractions …) of every tile, sorted by tile id."""
+        return self.tiles()
+
+    @property
+    def stats(self) -> dict:
+        """``stats.json``: per-source statistics of the train split (what training normalises with)."""
+        try:
+            return json.loads(self.stats_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RsgeeError(f"{self.root}: no stats.json; run rsgee tile to finish the archive") from None
+
     @contextlib.contextmanager
     def journal(self) -> Iterator["Journal"]:
         """Append-only log of finished tiles; each line is flushed before the next tile starts."""
