@@ -88,7 +88,8 @@ def cli(debug: bool) -> None:
                    "https://earthengine-highvolume.googleapis.com]")
 @click.option("--no-auth", is_flag=True, help="Send no credentials (private endpoints, local test servers).")
 @click.option("--workers", type=click.IntRange(1, 40), default=16, show_default=True,
-              help="Concurrent Earth Engine requests, 1–40 (40 is the per-project limit).  [earthengine]")
+              help="Concurrent Earth Engine requests, 1–40 (40 is the per-project limit).  [earthengine]  With "
+                   "--source synthetic: processes computing tiles, at most the CPU count (files byte-identical).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=330.0, show_default=True,
               help="Per-request deadline in seconds; above Earth Engine's ~300 s limit, so that a slow answer is "
                    "received rather than paid for twice.  [earthengine]")

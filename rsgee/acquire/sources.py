@@ -8,6 +8,7 @@ implementation and one set of defaults.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +35,8 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
     if source == "synthetic":
         from rsgee.acquire.synthetic import SyntheticSource
 
-        return SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end)
+        return SyntheticSource(seed=seed, cloud_cover=cloud_cover, start=start, end=end,
+                               workers=max(1, min(workers, os.cpu_count() or 1)))  # processes: at most the cores
     if source == "local":
         from rsgee.acquire.local import LocalSource, parse_inputs
 

@@ -228,6 +228,7 @@ class SyntheticSource:
     cloud_cover: float = 0.0
     start: dt.date = dt.date(2023, 6, 1)
     end: dt.date = dt.date(2023, 9, 1)
+    workers: int = 1  # processes computing tiles; the pixels never depend on it
 
     name = "synthetic"
 
@@ -238,6 +239,8 @@ class SyntheticSource:
             raise RsgeeError(f"cloud_cover must be a fraction within 0…1, got {self.cloud_cover!r}")
         if self.start >= self.end:
             raise RsgeeError(f"the date window {self.start}…{self.end} is empty; start must be before end")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise RsgeeError(f"workers must be a whole number ≥ 1, got {self.workers!r}")
 
     @property
     def n_s1_images(self) -> int:
@@ -257,7 +260,10 @@ class SyntheticSource:
     def blocks(self, grid: Grid, sources, workdir=None) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
         """Every tile of ``grid`` with one array per catalog source, in each source's catalog dtype.
 
-        Each tile takes a fraction of a second to compute, so nothing is kept in ``workdir``.
+        Each tile takes a fraction of a second to compute, so nothing is kept in ``workdir``. With
+        ``workers`` > 1, tiles are computed in that many processes, a bounded window of them ahead of the
+        writer, and yielded in grid order: every tile's pixels depend only on its position, so the files
+        are byte-identical to one process's.
         """
         specs = list(sources)
         for spec in specs:
@@ -270,14 +276,35 @@ class SyntheticSource:
                     f"the synthetic source makes one {spec.name} band, the catalog asks for {len(spec.bands)}"
                 )
         bands = {spec.name: spec.ee_bands for spec in specs}
-        names = [spec.name for spec in specs]
-        for tile in grid.tiles():
-            arrays = synthesize(
-                tile.epsg, tile.transform, TILE_PX, TILE_PX, seed=self.seed, cloud_cover=self.cloud_cover,
-                s2_bands=bands.get("s2", ("B2",)), s1_bands=bands.get("s1", S1_BANDS),
-                n_s1_images=self.n_s1_images, sources=names,
-            )
-            yield tile, {spec.name: _as_catalog_dtype(arrays[spec.name], spec) for spec in specs}
+        job = (self.seed, self.cloud_cover, bands.get("s2", ("B2",)), bands.get("s1", S1_BANDS), self.n_s1_images,
+               tuple(specs))
+        tiles = list(grid.tiles())
+        if self.workers == 1 or len(tiles) < 2:
+            for tile in tiles:
+                yield tile, _tile_arrays(job, tile)
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        ahead = 4 * self.workers  # tiles computed ahead of the writer: memory stays bounded
+        spawn = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
+        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=spawn) as pool:
+            pending = [pool.submit(_tile_arrays, job, tile) for tile in tiles[:ahead]]
+            for i, tile in enumerate(tiles):
+                arrays = pending[i].result()
+                pending[i] = None  # let the arrays go once written
+                if i + ahead < len(tiles):
+                    pending.append(pool.submit(_tile_arrays, job, tiles[i + ahead]))
+                yield tile, arrays
+
+
+def _tile_arrays(job: tuple, tile: Tile) -> dict[str, np.ndarray]:
+    """One tile of the scene, every requested source in its catalog dtype (runs in worker processes too)."""
+    seed, cloud_cover, s2_bands, s1_bands, n_s1_images, specs = job
+    arrays = synthesize(tile.epsg, tile.transform, TILE_PX, TILE_PX, seed=seed, cloud_cover=cloud_cover,
+                        s2_bands=s2_bands, s1_bands=s1_bands, n_s1_images=n_s1_images,
+                        sources=[spec.name for spec in specs])
+    return {spec.name: _as_catalog_dtype(arrays[spec.name], spec) for spec in specs}
 
 
 # --------------------------------------------------------------------------------------------------

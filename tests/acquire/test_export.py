@@ -163,3 +163,15 @@ def test_an_offline_export_made_before_a_recipe_only_catalog_key_stays_current(e
     source = SyntheticSource(seed=7, cloud_cover=0.1, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
     (rerun,) = export_aois(parse_aois([AOI]), tmp_path, source, load_catalog(), progress=False)
     assert rerun.status == "up to date"  # fill_missing only changes Earth Engine's DEM composite
+
+
+def test_synthetic_export_in_several_processes_is_byte_identical(exported, tmp_path):
+    out, _ = exported
+    source = SyntheticSource(seed=7, cloud_cover=0.1, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1), workers=2)
+    (result,) = export_aois(parse_aois([AOI]), tmp_path, source, load_catalog(), progress=False)
+    assert result.status == "written" and result.tiles == 4
+    for name in ("s1", "s2", "lulc", "dem"):
+        assert (tmp_path / "valley" / f"{name}.tif").read_bytes() == (out / "valley" / f"{name}.tif").read_bytes()
+    assert read_manifest(tmp_path / "valley")["request"] == read_manifest(out / "valley")["request"]  # same request
+    with pytest.raises(RsgeeError, match="workers must be a whole number"):
+        SyntheticSource(workers=0)
