@@ -257,9 +257,14 @@ def to_catalog_nodata(block: np.ndarray, file_nodata: float | None, spec: Source
     Earth Engine batch exports of float sources declare the wire fill (-32768) as nodata, while the
     catalog says NaN; the DEM's is handled in :func:`terrain_window`.
     """
-    if file_nodata is None or file_nodata == spec.nodata or (math.isnan(file_nodata) and spec.nodata_is_nan):
+    return replace_nodata(block, file_nodata, spec.nodata)
+
+
+def replace_nodata(block: np.ndarray, file_nodata: float | None, nodata: float) -> np.ndarray:
+    """``block`` with the file's declared nodata replaced by ``nodata`` (NaN for floats), where the two differ."""
+    if file_nodata is None or file_nodata == nodata or (math.isnan(file_nodata) and math.isnan(nodata)):
         return block
-    block[np.isnan(block) if math.isnan(file_nodata) else block == file_nodata] = spec.nodata
+    block[np.isnan(block) if math.isnan(file_nodata) else block == file_nodata] = nodata
     return block
 
 

@@ -164,7 +164,7 @@ def run_seg_experiment(archive: str | Path, out: str | Path, base: SegmentationC
     if seeds < 2:
         raise RsgeeError(f"--seeds {seeds}: a spread needs at least 2 seeds (3 or more to name a winner)")
     if not archive.generated_meta_path.exists():
-        raise RsgeeError(f"{archive.root} holds no generated tiles; run `rsgee generate RUN --archive "
+        raise RsgeeError(f"{archive.root} holds no generated tiles; run `rsgee generate RUN "
                          f"{archive.root}` first (the 1:1 arms mix them with the real tiles)")
     base = base or SegmentationConfig(size="tiny", batch_size=8, epochs=12, crop=128)
     real_batches = batches_per_epoch(len(archive.tiles("train")), base.batch_size, base.steps_per_epoch, drop_last=False)

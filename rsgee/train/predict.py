@@ -22,7 +22,6 @@ their bands and types (``inputs``), and the class names; exports that do not mat
 from __future__ import annotations
 
 import json
-import math
 import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from rsgee.acquire.export import read_manifest
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, atomic_path
 from rsgee.grid import TILE_PX, Grid
-from rsgee.preprocess.tiling import export_paths, terrain_window
+from rsgee.preprocess.tiling import export_paths, replace_nodata, terrain_window
 from rsgee.train.data import S2_SCALE, lulc_to_model, reflectance_to_s2, s1_to_model, terrain_to_model
 from rsgee.train.figures import DW_COLOURS
 from rsgee.train.trainer import read_run
@@ -185,7 +184,7 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
             generated = np.where(observed[None], reflectance_to_s2(blended), 0).astype(np.uint16)
             if fill_clouds:
                 with rasterio.Env(**GDAL_READ_ENV), rasterio.open(export.paths["s2"]) as src:
-                    real = _as_nodata(src.read(window=Window(0, y0, export.grid.width, rows)), src.nodata, 0)
+                    real = replace_nodata(src.read(window=Window(0, y0, export.grid.width, rows)), src.nodata, 0)
                 valid = (real != 0).all(axis=0)
                 use = ~valid & observed
                 generated = np.concatenate([np.where(valid[None], real, generated), use[None].astype(np.uint16)])
@@ -288,14 +287,6 @@ def _open_export(folder: str | Path, info: dict, sources: tuple[str, ...]) -> _E
     return _Export(folder, name, grid, paths, file_sha256(folder / "manifest.json"), nodata, run_nodata)
 
 
-def _as_nodata(block: np.ndarray, file_nodata: float | None, nodata: float) -> np.ndarray:
-    """``block`` with the file's declared nodata replaced by ``nodata`` (NaN for floats) where they differ."""
-    if file_nodata is None or file_nodata == nodata or (math.isnan(file_nodata) and math.isnan(nodata)):
-        return block
-    block[np.isnan(block) if math.isnan(file_nodata) else block == file_nodata] = nodata
-    return block
-
-
 def _read_strip(export: _Export, sources: tuple[str, ...], y0: int, rows: int) -> dict[str, np.ndarray]:
     """Every needed source for image rows [y0, y0 + rows), nodata as in the archive's tiles."""
     grid, strip = export.grid, {}
@@ -306,7 +297,7 @@ def _read_strip(export: _Export, sources: tuple[str, ...], y0: int, rows: int) -
                 continue
             with rasterio.open(export.paths[source]) as src:
                 block = src.read(window=Window(0, y0, grid.width, rows))
-            strip[source] = _as_nodata(block, export.nodata[source], export.run_nodata[source])
+            strip[source] = replace_nodata(block, export.nodata[source], export.run_nodata[source])
     return strip
 
 
