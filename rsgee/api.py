@@ -122,8 +122,10 @@ def check(archive: str | Path, *, workers: int = 1, progress: bool = True):
     return check_archive(archive, workers=workers, progress=progress)
 
 
-def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"), *, progress: bool = True) -> dict:
-    """Build (or keep, when current) the packed training cache of each split; ``{split: folder}``."""
+def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"), *, workers: int = 1,
+          progress: bool = True) -> dict:
+    """Build (or keep, when current) the packed training cache of each split with ``workers``
+    processes; ``{split: folder}``."""
     from rsgee.preprocess.cache import build_cache, is_current
     from rsgee.preprocess.split import SPLITS
 
@@ -133,7 +135,7 @@ def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     for split in splits:
         if split not in SPLITS:
             raise RsgeeError(f"'{split}' is not a split; choose from {', '.join(SPLITS)}")
-        folders[split] = arch.root / "cache" / split if is_current(arch, split) else build_cache(arch, split,
+        folders[split] = arch.root / "cache" / split if is_current(arch, split) else build_cache(arch, split, workers=workers,
                                                                                                  progress=progress)
     return folders
 

@@ -235,13 +235,16 @@ def check_cmd(archive, workers, progress) -> None:
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--splits", callback=_csv, default="train,val,test", show_default=True, metavar="NAMES",
               help="Comma-separated splits to pack.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes reading and encoding tiles (the result is the same for any number).")
 @progress_option
-def cache_cmd(archive, splits, progress) -> None:
-    """Build the packed training cache of ARCHIVE (ARCHIVE/cache/<split>/<source>.npy).
+def cache_cmd(archive, splits, workers, progress) -> None:
+    """Build the packed training cache of ARCHIVE (ARCHIVE/cache/<split>/*.npy).
 
     Training reads memory-mapped arrays instead of four GeoTIFFs per sample. The cache is derived
-    from the GeoTIFFs, fingerprinted, and rebuilt only when the archive changed. It takes about as
-    much disk as the uncompressed tiles.
+    from the GeoTIFFs, fingerprinted, and rebuilt only when the archive changed. It takes 0.98 MB
+    per tile: Sentinel-2 and land cover exact, Sentinel-1 and terrain as codes within stated
+    tolerances (far below the sensors'), checked by rsgee check.
     """
     from rsgee.preprocess.archive import Archive
     from rsgee.preprocess.cache import build_cache, is_current
@@ -255,7 +258,7 @@ def cache_cmd(archive, splits, progress) -> None:
         if is_current(arch, split):
             click.echo(f"cache/{split}: up to date")
         else:
-            folder = build_cache(arch, split, progress=progress)
+            folder = build_cache(arch, split, workers=workers, progress=progress)
             click.echo(f"cache/{split}: built {len(arch.tiles(split))} tiles → {folder}")
 
 

@@ -1,4 +1,4 @@
-"""xarray/rioxarray views of exports, archive tiles and packed caches: read-only, lazy, no copies.
+"""xarray/rioxarray views of exports, archive tiles and packed caches: read-only and lazy (read when indexed).
 
 Notebook users get the files as labelled arrays instead of paths: ``rsgee.open_export(folder)``,
 ``Archive.open_tile(tile_id)`` and ``Archive.to_xarray(split)``. Each source is one variable on the
@@ -23,6 +23,8 @@ import numpy as np
 import rasterio
 import rioxarray
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Tile
@@ -90,15 +92,16 @@ def open_tile(archive, tile_id: str, *, chunks: bool | Mapping[str, int] | None 
 
 
 def to_xarray(archive, split: str) -> xr.Dataset:
-    """A split's packed cache as a ``(tile, <source>_band, y, x)`` Dataset wrapping the memory maps.
+    """A split's packed cache as a lazy ``(tile, <source>_band, y, x)`` Dataset over its memory maps.
 
-    Nothing is copied or masked: values are the archive's (Sentinel-2 nodata 0, labels 255, NaN for
-    floats; see each variable's ``nodata``). The cache is (re)built first when missing or stale, as
+    Only what is indexed is read and decoded (``.chunk()`` makes it dask). Nothing is masked: values
+    are the archive's (Sentinel-2 nodata 0, labels 255, NaN for floats; see each variable's
+    ``nodata``), Sentinel-1 and terrain within the cache's stated tolerances. The cache is (re)built first when missing or stale, as
     for training. Tiles may lie in different UTM zones, so the grid is given per tile: ``epsg``,
     ``x_origin`` and ``y_origin`` (the upper-left corner, metres) along ``tile``; pixel centres are
     ``x_origin + (x + 0.5) * pixel_m`` and ``y_origin - (y + 0.5) * pixel_m``.
     """
-    from rsgee.preprocess.cache import cache_dir, open_split
+    from rsgee.preprocess.cache import open_split
 
     packed = open_split(archive, split)
     specs = archive.sources()
@@ -106,11 +109,11 @@ def to_xarray(archive, split: str) -> xr.Dataset:
     tiles = [Tile.from_id(t) for t in packed.tile_ids]
     data_vars = {}
     for name in packed.sources:
-        array = np.load(cache_dir(archive, split) / f"{name}.npy", mmap_mode="r")
         spec = specs[name]
         attrs = {"nodata": _nodata_attr(spec.nodata), "units": spec.units}
         if spec.classes:
             attrs.update(_class_attrs(spec.classes))
+        array = indexing.LazilyIndexedArray(_CachedSource(packed, name, len(spec.band_names), spec.numpy_dtype))
         data_vars[name] = xr.Variable(("tile", f"{name}_band", "y", "x"), array, attrs=attrs)
     coords = {f"{name}_band": list(specs[name].band_names) for name in packed.sources}
     coords.update(
@@ -121,6 +124,23 @@ def to_xarray(archive, split: str) -> xr.Dataset:
         y_origin=("tile", np.array([t.transform.f for t in tiles], dtype=np.float64)),
     )
     return xr.Dataset(data_vars, coords=coords, attrs={"split": split, "pixel_m": PIXEL_M})
+
+
+class _CachedSource(BackendArray):
+    """One source of a packed cache as an xarray backend array: reads and decodes what is indexed."""
+
+    def __init__(self, packed, source: str, bands: int, dtype):
+        self.packed, self.source = packed, source
+        self.shape = (len(packed), bands, TILE_PX, TILE_PX)
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        tiles, bands, rows, cols = (k if isinstance(k, slice) else slice(k, k + 1) for k in key)
+        data = self.packed.read(tiles, [self.source], window=(rows, cols))[self.source][:, bands]
+        return data[tuple(slice(None) if isinstance(k, slice) else 0 for k in key)]
 
 
 def _open_layers(layers: Mapping[str, tuple[Path | str, Sequence[str], Sequence[str] | None]], chunks, where: str) -> xr.Dataset:

@@ -13,6 +13,15 @@ import numpy as np
 #: any real signal and only guards against log10(0).
 DEFAULT_DB_FLOOR = -50.0
 
+#: dB range the models see per Sentinel-1 band (others use the VV range); values outside are clipped.
+#: Sentinel-1 land and water backscatter lies well inside; the packed cache keeps exactly this range.
+S1_DB_RANGES = {"VV": (-25.0, 0.0), "VH": (-32.5, 0.0)}
+
+
+def s1_db_range(band: str) -> tuple[float, float]:
+    """The (low, high) dB range of a Sentinel-1 band (:data:`S1_DB_RANGES`, VV's for unknown bands)."""
+    return S1_DB_RANGES.get(band, S1_DB_RANGES["VV"])
+
 
 def linear_to_db(linear: np.ndarray, floor_db: float = DEFAULT_DB_FLOOR) -> np.ndarray:
     """10·log10 of linear power as float32; values at or below the floor (zeros included) give

@@ -29,11 +29,10 @@ from rsgee.grid import TILE_PX
 from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import PackedSplit, open_split
+from rsgee.preprocess.radiometry import s1_db_range
 from rsgee.train.distributed import EvenShards, ResumableLoader, ShuffledSampler
 
 S2_SCALE = 10000.0
-#: dB range mapped to [0, 1] per Sentinel-1 band (others use the VV range).
-S1_DB_RANGES = {"VV": (-25.0, 0.0), "VH": (-32.5, 0.0)}
 #: Command-line names of conditioning sources (the paper calls terrain "dem").
 SOURCE_ALIASES = {"lulc": "lulc", "s1": "s1", "sar": "s1", "dem": "terrain", "terrain": "terrain"}
 
@@ -71,7 +70,7 @@ def s1_to_model(s1: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     """dB → [0, 1] per band's range; nodata (NaN) becomes 0, the bottom of the range."""
     out = np.empty(s1.shape, dtype=np.float32)
     for i, band in enumerate(bands):
-        low, high = S1_DB_RANGES.get(band, S1_DB_RANGES["VV"])
+        low, high = s1_db_range(band)
         out[i] = (np.clip(np.nan_to_num(s1[i], nan=low), low, high) - low) / (high - low)
     return out
 

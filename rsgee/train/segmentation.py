@@ -105,7 +105,7 @@ class SegmentationSamples(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         real_index = i if i < self.n_real else i - self.n_real
-        raw = self.packed[real_index]
+        raw = self.packed.read(real_index, ("s2", "lulc"))  # the only sources segmentation reads
         labels = raw["lulc"][0].astype(np.int64)
         labels[labels >= NUM_CLASSES] = IGNORE
         if i < self.n_real:

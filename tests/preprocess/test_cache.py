@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import pickle
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,9 +18,11 @@ from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.archive import Archive
-from rsgee.preprocess.cache import PackedSplit, build_cache, is_current, open_split, verify_cache
+from rsgee.preprocess.cache import (CACHE_FORMAT, DecibelCodec, PackedSplit, TerrainCodec, build_cache, is_current,
+                                    open_split, verify_cache)
 from rsgee.preprocess.check import check_archive
 from rsgee.preprocess.split import SplitConfig
+from rsgee.preprocess.terrain import terrain
 from rsgee.preprocess.tiling import build_archive
 
 
@@ -31,7 +35,7 @@ def archive(tmp_path_factory) -> Archive:
     return Archive(root / "archive")
 
 
-def test_cache_equals_the_geotiffs(archive):
+def test_cache_equals_the_geotiffs_within_the_stated_tolerances(archive):
     packed = open_split(archive, "train", progress=False)
     assert packed.tile_ids == [p["tile_id"] for p in archive.tiles("train")] and len(packed) >= 2
     for i, tile_id in enumerate(packed.tile_ids):
@@ -39,11 +43,76 @@ def test_cache_equals_the_geotiffs(archive):
         assert set(sample) == {"s1", "s2", "lulc", "terrain"}
         for source, array in sample.items():
             with rasterio.open(archive.tile_path(source, tile_id)) as src:
-                np.testing.assert_array_equal(array, src.read())
-                assert array.dtype == np.dtype(src.dtypes[0])
+                raw = src.read()
+            assert array.dtype == raw.dtype and array.shape == raw.shape
+            if source in ("s2", "lulc"):
+                np.testing.assert_array_equal(array, raw)
+        with rasterio.open(archive.tile_path("s1", tile_id)) as src:
+            s1 = src.read()
+        for b, (low, high) in enumerate([(-25.0, 0.0), (-32.5, 0.0)]):  # VV, VH: half a step of 254
+            np.testing.assert_allclose(sample["s1"][b], np.clip(s1[b], low, high), atol=(high - low) / 254 / 2 + 1e-5)
+        with rasterio.open(archive.tile_path("terrain", tile_id)) as src:
+            dem, slope, aspect, hillshade = src.read()
+        assert np.abs(sample["terrain"][0] - dem).max() <= 0.25
+        assert np.abs(sample["terrain"][1] - slope).max() <= 90 / 254 / 2 + 1e-5
+        turn = np.abs(sample["terrain"][2] - aspect) % 360
+        assert np.minimum(turn, 360 - turn).max() <= 360 / 254 / 2 + 1e-4
+        np.testing.assert_array_equal(sample["terrain"][2] < 0, aspect < 0)  # flat pixels stay flat
+        assert np.abs(sample["terrain"][3] - hillshade).max() <= 3.0
     sample["s2"][:] = 0  # a copy, not a view of the read-only map
     assert packed[len(packed) - 1]["s2"].any()
     assert verify_cache(archive, "train") == []
+
+
+def test_cache_takes_under_a_megabyte_per_tile(archive):
+    folder = build_cache(archive, "train", progress=False)
+    packed = PackedSplit(archive, "train")
+    files = sum(f.stat().st_size for f in folder.glob("*.npy"))
+    assert packed.nbytes_per_tile() == 983_040 == 256 * 256 * 15
+    assert files - len(packed) * packed.nbytes_per_tile() <= 5 * 128  # only the five .npy headers besides
+    assert json.loads((folder / "tiles.json").read_text())["encoding"]["format"] == CACHE_FORMAT
+
+
+def test_parallel_build_is_byte_identical(archive, tmp_path):
+    one = build_cache(archive, "train", progress=False)
+    first = {f.name: f.read_bytes() for f in one.glob("*.npy")}
+    with mock.patch("rsgee.preprocess.cache._RUN", 1):  # one tile per unit: the workers interleave
+        build_cache(archive, "train", workers=2, progress=False)
+    assert {f.name: f.read_bytes() for f in one.glob("*.npy")} == first
+
+
+def test_decibel_codes_keep_nodata_and_clip_to_the_model_range():
+    codec = DecibelCodec("s1", ["VV", "VH"])
+    db = np.array([[[np.nan, -40.0, -25.0, -12.34, 0.0, 3.0]], [[np.nan, -40.0, -32.5, -20.0, 0.0, 3.0]]], np.float32)
+    codes = codec.encode(db)["s1"]
+    assert codes[:, 0, 0].tolist() == [0, 0] and codes[:, 0, 1:].min() >= 1
+    back = codec.decode({"s1": codes})
+    assert np.isnan(back[:, 0, 0]).all()
+    np.testing.assert_allclose(back[0, 0, 1:], [-25.0, -25.0, -12.34, 0.0, 0.0], atol=25 / 254 / 2 + 1e-6)
+    np.testing.assert_allclose(back[1, 0, 1:], [-32.5, -32.5, -20.0, 0.0, 0.0], atol=32.5 / 254 / 2 + 1e-6)
+    rng = np.random.default_rng(0)  # the bound holds for any value, not only these
+    values = rng.uniform(-32.5, 0, (2, 64, 64)).astype(np.float32)
+    assert codec.errors(np.clip(values, [[[-25.0]], [[-32.5]]], 0), codec.decode(codec.encode(values))) == []
+
+
+def test_terrain_codes_recompute_hillshade_from_slope_and_aspect(real_data):
+    dem = real_data / "terra" / "elev_vinschgau.tif"
+    with rasterio.open(dem) as src:
+        height = src.read(1).astype(np.float32)
+        t = terrain(height, *src.res, nodata=src.nodata)
+    reference = np.stack([np.where(np.isnan(t.slope), np.nan, height), t.slope, t.aspect, t.hillshade])
+    reference[:, :3, :3] = [[[np.nan]], [[0.0]], [[-1.0]], [[1 + 254 * np.sin(np.pi / 4)]]]  # flat pixels
+    codec = TerrainCodec("terrain")
+    decoded = codec.decode(codec.encode(reference))
+    assert codec.errors(reference, decoded) == [] and np.isnan(reference).any()
+    np.testing.assert_array_equal(np.isnan(decoded), np.isnan(reference))
+    np.testing.assert_array_equal(decoded[2, :3, :3], -1.0)
+    worst = np.nanmax(np.abs(decoded[3] - reference[3]))
+    assert 0.5 < worst <= codec.hillshade_tolerance < 3.01  # the bound is met and not vacuous
+    tampered = decoded.copy()
+    tampered[1, 50, 50] += 1.0  # a slope one degree off is caught
+    problems = codec.errors(reference, tampered)
+    assert len(problems) == 1 and problems[0].startswith("slope: ") and "(tolerance 0.177)" in problems[0]
 
 
 def test_stale_cache_is_detected_and_rebuilt(archive):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.terrain import terrain
 from rsgee.train.data import (
+    FusionSamples,
+    archive_normalisation,
     augment,
     dihedral,
     lulc_to_model,
@@ -20,6 +23,7 @@ from rsgee.train.data import (
     s2_to_model,
     terrain_to_model,
 )
+from rsgee.train.segmentation import SegmentationSamples
 
 
 def test_s2_normalisation_round_trips_and_masks_nodata():
@@ -85,3 +89,40 @@ def test_parse_sources():
     assert parse_sources("dem,lulc") == ("lulc", "terrain")
     with pytest.raises(RsgeeError, match="non-empty subset of lulc, s1, dem"):
         parse_sources("lulc,optical")
+
+
+def test_training_inputs_from_the_cache_match_the_geotiffs(small_archive):
+    """The compact cache changes inputs by at most its quantisation steps, in the models' units."""
+    norm = archive_normalisation(small_archive)
+    samples = FusionSamples(small_archive, "train", ("lulc", "s1", "terrain"), norm)
+    tolerance = {  # per model channel: half a code step, carried through the normalisation
+        "s1": 0.5 / 254,
+        "terrain": [0.25 / norm["dem_std"], 0.5 / 254, np.deg2rad(180 / 254), np.deg2rad(180 / 254), 3.01 / 255],
+    }
+    worst = {"s1": 0.0, "terrain": np.zeros(5)}
+    for i, tile_id in enumerate(samples.packed.tile_ids):
+        raw = {}
+        for source in ("s2", "lulc", "s1", "terrain"):
+            with rasterio.open(small_archive.tile_path(source, tile_id)) as src:
+                raw[source] = src.read()
+        sample = samples[i]
+        target, valid = s2_to_model(raw["s2"])
+        assert torch.equal(sample["target"], torch.from_numpy(target)) and torch.equal(sample["valid"], torch.from_numpy(valid))
+        assert torch.equal(sample["cond"]["lulc"], torch.from_numpy(lulc_to_model(raw["lulc"])))
+        s1 = np.abs(sample["cond"]["s1"].numpy() - s1_to_model(raw["s1"], norm["s1_bands"]))
+        worst["s1"] = max(worst["s1"], float(s1.max()))
+        terrain_ = np.abs(sample["cond"]["terrain"].numpy() - terrain_to_model(raw["terrain"], norm["dem_mean"], norm["dem_std"]))
+        worst["terrain"] = np.maximum(worst["terrain"], terrain_.reshape(5, -1).max(axis=1))
+    assert 0 < worst["s1"] <= tolerance["s1"] + 1e-6
+    assert (worst["terrain"] <= np.array(tolerance["terrain"]) + 1e-6).all(), worst["terrain"]
+    assert worst["terrain"][1:].min() > 0  # codes, not a copy: the comparison is not vacuous
+
+
+def test_segmentation_inputs_are_exact(small_archive):
+    mean, std = np.full(4, 0.1), np.full(4, 0.05)
+    samples = SegmentationSamples(small_archive, "train", mean, std)
+    for i, tile_id in enumerate(samples.packed.tile_ids):
+        with rasterio.open(small_archive.tile_path("s2", tile_id)) as src:
+            s2 = src.read()
+        expected = (np.clip(s2.astype(np.float32) / 10000, 0, 1) - mean[:, None, None]) / std[:, None, None]
+        np.testing.assert_array_equal(samples[i]["image"].numpy(), expected.astype(np.float32))
