@@ -4,7 +4,7 @@ Prints:
   * tiles per second per core of `rsgee tile` end to end (read exports, terrain, filter, write 4 GeoTIFFs,
     journal, stats), on synthetic exports;
   * archive read throughput in samples/s (all four sources of a random tile): per-tile GeoTIFFs vs the
-    packed cache, single process and through a torch DataLoader with 2 workers, against the goal of
+    packed cache (decoded to the archive's units) vs the float32 cache it replaced, single process and through a torch DataLoader with 2 workers, against the goal of
     ≥ 500 samples/s per core (reading must never bound GPU training);
   * the time to load an index of 20,000 tiles.
 
@@ -58,6 +58,34 @@ class GeoTiffSamples:
                 with rasterio.open(archive.tile_path(s, self.tile_ids[i])) as src:
                     out[s] = src.read()
             return out
+
+
+class Float32Cache:
+    """The cache as rsgee stored it before the compact format: every source in its archive dtype, read by copy."""
+
+    def __init__(self, archive: Archive, tile_ids: list[str], folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.arrays = {}
+        for s, spec in sorted(archive.sources().items()):
+            array = np.lib.format.open_memmap(folder / f"{s}.npy", mode="w+", dtype=spec.numpy_dtype,
+                                              shape=(len(tile_ids), len(spec.bands), 256, 256))
+            for i, tile_id in enumerate(tile_ids):
+                with rasterio.open(archive.tile_path(s, tile_id)) as src:
+                    array[i] = src.read()
+            array.flush()
+            self.arrays[s] = np.load(folder / f"{s}.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, i: int) -> dict:
+        return {s: np.array(a[i]) for s, a in self.arrays.items()}
+
+    def __getstate__(self) -> dict:
+        return {"arrays": {s: (a.filename, a.shape) for s, a in self.arrays.items()}}
+
+    def __setstate__(self, state) -> None:
+        self.arrays = {s: np.load(name, mmap_mode="r") for s, (name, _) in state["arrays"].items()}
 
 
 def make_exports(work: Path, per_side: int) -> Path:
@@ -156,7 +184,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     reads = {}
     geotiff = GeoTiffSamples(archive, tile_ids)
-    for name, dataset in (("GeoTIFF per tile", geotiff), ("packed cache (.npy memmap)", packed)):
+    float32 = Float32Cache(archive, train_ids, work / "float32_cache")
+    print(f"packed cache: {packed.nbytes_per_tile():,} bytes per tile; float32 cache: "
+          f"{sum(a[0].nbytes for a in float32.arrays.values()):,}")
+    for name, dataset in (("GeoTIFF per tile", geotiff), ("float32 cache (before the compact format)", float32),
+                          ("packed cache (.npy memmap, decoded)", packed)):
         order = rng.integers(0, len(dataset), size=args.reads)
         for loader_workers in (0, 2):
             reads[(name, loader_workers)] = time_reads(dataset, order, loader_workers)
@@ -165,8 +197,9 @@ def main() -> None:
     for (name, loader_workers), rate in reads.items():
         cores = max(loader_workers, 1)
         print(f"| {name} | {loader_workers} | {rate:.0f} | {rate / cores:.0f} | {rate / cores / GOAL_PER_CORE:.2f}× |")
-    ratio = reads[("packed cache (.npy memmap)", 0)] / reads[("GeoTIFF per tile", 0)]
-    print(f"\npacked cache / GeoTIFF, single process: {ratio:.1f}×")
+    packed_rate = reads[("packed cache (.npy memmap, decoded)", 0)]
+    print(f"\npacked cache / GeoTIFF, single process: {packed_rate / reads[('GeoTIFF per tile', 0)]:.1f}×; "
+          f"packed / float32 cache: {packed_rate / reads[('float32 cache (before the compact format)', 0)]:.2f}×")
     print(f"index load, 20,000 tiles: {index_load_time(archive, 20_000, work):.3f} s (median of 5)")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

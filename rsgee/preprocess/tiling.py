@@ -146,9 +146,7 @@ def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
             with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src:
                 problem = _registration_problem(src, grid, spec, source)
                 if source == "s1" and not problem:
-                    step = max(1, min(src.width, src.height) // 256)
-                    sample = src.read(out_shape=(src.count, src.height // step, src.width // step))
-                    s1_linear = looks_linear(to_catalog_nodata(sample, src.nodata, spec))
+                    s1_linear = looks_linear(to_catalog_nodata(_spread_sample(src), src.nodata, spec))
         except rasterio.errors.RasterioIOError as exc:
             raise RsgeeError(f"AOI '{name}': cannot open {path} ({str(exc).splitlines()[0]}); re-export it") from None
         if problem:
@@ -164,6 +162,23 @@ def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
     geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
     return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear,
                        paths, export_windows(manifest))
+
+
+def _spread_sample(src, windows: int = 8, size: int = 64) -> np.ndarray:
+    """Pixels from a ``windows`` × ``windows`` lattice of small windows across the raster.
+
+    Reads a few blocks wherever they lie, in time and memory independent of the raster's size (a
+    decimated read of the whole file decodes every block, and GDAL's block cache keeps them).
+    """
+    def starts(length: int) -> np.ndarray:  # inside one 256-px block each where the raster allows
+        if length < TILE_PX:
+            return np.array([0])
+        blocks = np.unique(np.linspace(0, length // TILE_PX - 1, windows).astype(int))
+        return blocks * TILE_PX + (TILE_PX - size) // 2
+
+    size = min(size, src.width, src.height)
+    return np.concatenate([src.read(window=Window(int(c), int(r), size, size)).reshape(src.count, -1)
+                           for r in starts(src.height) for c in starts(src.width)], axis=1)
 
 
 def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
@@ -189,9 +204,24 @@ def candidate_tiles(export: ExportedAOI) -> list[Tile]:
     return [t for t, hit in zip(tiles, touches) if hit]
 
 
+#: Widest run of tiles one task reads: a worker's memory stays the same however wide the AOI is.
+MAX_STRIP_TILES = 16
+
+
+def strip_runs(tiles: list[Tile]) -> list[tuple[Tile, ...]]:
+    """The tiles of one row, west to east, cut into runs spanning at most ``MAX_STRIP_TILES`` columns."""
+    runs: list[list[Tile]] = []
+    for tile in sorted(tiles, key=lambda t: t.col):
+        if runs and tile.col - runs[-1][0].col < MAX_STRIP_TILES:
+            runs[-1].append(tile)
+        else:
+            runs.append([tile])
+    return [tuple(run) for run in runs]
+
+
 @dataclass(frozen=True)
 class StripTask:
-    """One row of tiles of one AOI, with everything a worker process needs."""
+    """At most ``MAX_STRIP_TILES`` columns of one row of tiles of one AOI, with everything a worker needs."""
 
     archive_root: Path
     export: ExportedAOI
@@ -428,8 +458,9 @@ def _plan(archive, exports, index, meta, specs, split, filters, summary) -> tupl
         meta["aois"][exp.name] = {"manifest_sha256": exp.manifest_sha256, "complete": False, "rejected": {},
                                   "filters": filters.to_dict(), "source": exp.provenance, "windows": exp.windows}
         for strip, tiles in sorted(by_strip.items()):
-            tasks.append(StripTask(archive.root, exp, strip, tuple(tiles), specs, split, filters))
-            pending[exp.name] += 1
+            for run in strip_runs(tiles):
+                tasks.append(StripTask(archive.root, exp, strip, run, specs, split, filters))
+                pending[exp.name] += 1
         if not by_strip:
             meta["aois"][exp.name]["complete"] = True
     archive.write_meta(meta)

@@ -30,7 +30,7 @@ from rsgee.preprocess.radiometry import db_to_linear
 from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.stats import SAMPLE_STEP
 from rsgee.preprocess.terrain import terrain
-from rsgee.preprocess.tiling import TileFilters, build_archive, candidate_tiles, find_exports, open_export
+from rsgee.preprocess.tiling import TileFilters, build_archive, _spread_sample, candidate_tiles, find_exports, open_export, strip_runs
 from rsgee.preprocess.archive import tile_sources
 
 VALLEY = "valley=10.60,46.60,10.66,46.64"  # 2×3 tiles of EPSG:32632
@@ -145,6 +145,19 @@ def test_rebuild_is_byte_identical_and_two_workers_equal_one(archive, exports, t
     root, _ = archive
     build_archive([exports], tmp_path / "a2", load_catalog(), split=SPLIT, workers=2, progress=False)
     assert tree_bytes(tmp_path / "a2") == tree_bytes(root)
+
+
+def test_cutting_rows_into_narrow_runs_changes_no_byte(archive, exports, tmp_path, monkeypatch):
+    """Rows are read in runs of at most MAX_STRIP_TILES columns (bounded memory): runs of one tile give
+    the same archive, terrain at the runs' edges included (its halo comes from the neighbours)."""
+    root, _ = archive
+    monkeypatch.setattr("rsgee.preprocess.tiling.MAX_STRIP_TILES", 1)
+    assert [len(run) for run in strip_runs([Tile(32632, c, 5) for c in (4, 2, 3)])] == [1, 1, 1]
+    build_archive([exports], tmp_path / "narrow", load_catalog(), split=SPLIT, progress=False)
+    assert tree_bytes(tmp_path / "narrow") == tree_bytes(root)
+    monkeypatch.setattr("rsgee.preprocess.tiling.MAX_STRIP_TILES", 2)
+    runs = strip_runs([Tile(32632, c, 5) for c in (7, 2, 3, 4, 9)])
+    assert [[t.col for t in run] for run in runs] == [[2, 3], [4], [7], [9]]
 
 
 def test_growing_adds_tiles_without_moving_or_rewriting(exports, tmp_path, archive):
@@ -276,6 +289,17 @@ def test_corrupt_export_fails_that_aoi_only_and_leaves_no_partial_tiles(exports,
     assert not list((tmp_path / "a").rglob(".*.tmp"))
     assert not arch.read_meta()["aois"]["slope"]["complete"]
     assert check_archive(tmp_path / "a", progress=False).ok
+
+
+def test_the_s1_unit_check_reads_a_spread_sample(exports):
+    """dB-or-linear is decided on small windows across the raster, not on a read of the whole file."""
+    with rasterio.open(exports / "valley" / "s1.tif") as src:
+        full = src.read()
+        sample = _spread_sample(src, windows=2, size=8)
+    assert sample.shape == (2, 4 * 64)
+    window = full[:, 124:132, 124:132].reshape(2, -1)  # the first window: the middle of the first block
+    np.testing.assert_array_equal(sample[:, :64], window)
+    assert np.isin(sample, full).all()
 
 
 def test_linear_s1_is_converted_with_a_warning(exports, tmp_path, caplog):
