@@ -135,8 +135,10 @@ def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     for split in splits:
         if split not in SPLITS:
             raise RsgeeError(f"'{split}' is not a split; choose from {', '.join(SPLITS)}")
-        folders[split] = arch.root / "cache" / split if is_current(arch, split) else build_cache(arch, split, workers=workers,
-                                                                                                 progress=progress)
+        if is_current(arch, split):
+            folders[split] = arch.root / "cache" / split
+        else:
+            folders[split] = build_cache(arch, split, workers=workers, progress=progress)
     return folders
 
 

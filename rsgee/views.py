@@ -1,4 +1,4 @@
-"""xarray/rioxarray views of exports, archive tiles and packed caches: read-only and lazy (read when indexed).
+"""xarray/rioxarray views of exports, archive tiles and packed caches: read-only, lazy (read when indexed).
 
 Notebook users get the files as labelled arrays instead of paths: ``rsgee.open_export(folder)``,
 ``Archive.open_tile(tile_id)`` and ``Archive.to_xarray(split)``. Each source is one variable on the
@@ -96,10 +96,10 @@ def to_xarray(archive, split: str) -> xr.Dataset:
 
     Only what is indexed is read and decoded (``.chunk()`` makes it dask). Nothing is masked: values
     are the archive's (Sentinel-2 nodata 0, labels 255, NaN for floats; see each variable's
-    ``nodata``), Sentinel-1 and terrain within the cache's stated tolerances. The cache is (re)built first when missing or stale, as
-    for training. Tiles may lie in different UTM zones, so the grid is given per tile: ``epsg``,
-    ``x_origin`` and ``y_origin`` (the upper-left corner, metres) along ``tile``; pixel centres are
-    ``x_origin + (x + 0.5) * pixel_m`` and ``y_origin - (y + 0.5) * pixel_m``.
+    ``nodata``), Sentinel-1 and terrain within the cache's stated tolerances. The cache is (re)built
+    first when missing or stale, as for training. Tiles may lie in different UTM zones, so the grid
+    is given per tile: ``epsg``, ``x_origin`` and ``y_origin`` (the upper-left corner, metres) along
+    ``tile``; pixel centres are ``x_origin + (x + 0.5) * pixel_m`` and ``y_origin - (y + 0.5) * pixel_m``.
     """
     from rsgee.preprocess.cache import open_split
 

@@ -258,6 +258,9 @@ def is_current(archive: Archive, split: str) -> bool:
         return False
 
 
+_RUN = 64  # tiles per unit of work when building
+
+
 def build_cache(archive: Archive, split: str, *, workers: int = 1, progress: bool = True) -> Path:
     """(Re)build the packed cache of one split; returns its folder. Written aside, then swapped in.
 
@@ -293,8 +296,6 @@ def build_cache(archive: Archive, split: str, *, workers: int = 1, progress: boo
     shutil.rmtree(old, ignore_errors=True)
     return final
 
-
-_RUN = 64  # tiles per unit of work when building
 
 
 def _fill(root: str, work: str, start: int, tile_ids: Sequence[str]) -> int:
@@ -371,8 +372,7 @@ class PackedSplit:
         return dict(self.__dict__, _arrays=None)
 
 
-def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: bool = True,
-               workers: int = 1) -> PackedSplit:
+def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: bool = True) -> PackedSplit:
     """The packed cache of ``split``, (re)built first when missing or stale (unless ``rebuild`` is False).
 
     Processes that open the same split at once (the ranks of a torchrun job) wait for one builder.
@@ -384,7 +384,7 @@ def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: 
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not is_current(archive, split):  # another process may have built it meanwhile
-                    build_cache(archive, split, workers=workers, progress=progress)
+                    build_cache(archive, split, progress=progress)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     return PackedSplit(archive, split)
