@@ -16,6 +16,7 @@ import click
 
 from rsgee import __version__
 from rsgee.errors import RsgeeError
+from rsgee.memory import keep_freed_memory
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -790,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RSGEE_DEBUG", "") not in ("", "0")
     _log_to_stderr()
+    keep_freed_memory()  # the command is rsgee's own process: see rsgee.memory
     try:
         code = cli.main(args=args, prog_name="rsgee", standalone_mode=False)
     except click.exceptions.Exit as exc:

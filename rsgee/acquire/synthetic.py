@@ -32,6 +32,7 @@ from affine import Affine
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
+from rsgee.memory import keep_freed_memory
 
 SOURCES = ("dem", "lulc", "s2", "s1")
 
@@ -288,7 +289,8 @@ class SyntheticSource:
 
         ahead = 4 * self.workers  # tiles computed ahead of the writer: memory stays bounded
         spawn = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
-        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=spawn) as pool:
+        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=spawn,
+                                                    initializer=keep_freed_memory) as pool:
             pending = [pool.submit(_tile_arrays, job, tile) for tile in tiles[:ahead]]
             for i, tile in enumerate(tiles):
                 arrays = pending[i].result()
@@ -392,6 +394,7 @@ _LN2, _LN10 = math.log(2.0), math.log(10.0)
 #: 16 unit gradient directions (x + iy) for the gradient noise: a table, so no trigonometry per pixel.
 _GRAD = np.array([complex(math.cos(math.radians(22.5 * k + 11.25)), math.sin(math.radians(22.5 * k + 11.25)))
                   for k in range(16)])
+_GRAD_U, _GRAD_V = _GRAD.real.copy(), _GRAD.imag.copy()
 
 
 def _mix_int(z: int) -> int:
@@ -463,19 +466,26 @@ class _Noise:
         i0, j0 = int(iu.min()), int(iv.min())
         nx, ny = int(iu.max()) - i0 + 2, int(iv.max()) - j0 + 2
         corners = _hash(key, np.arange(i0, i0 + nx)[None, :], np.arange(j0, j0 + ny)[:, None])
-        grad = _GRAD[(corners >> np.uint64(60)).astype(np.intp).ravel()]  # complex: x + iy
+        direction = (corners >> np.uint64(60)).astype(np.intp).ravel()
+        gu, gv = _GRAD_U[direction], _GRAD_V[direction]  # the corners' gradients, as two real tables
         k = iv
         k -= j0
         k *= nx
         k += iu
         k -= i0  # flat index of the lower-left corner; the others are views shifted by 1, nx, nx + 1
-        c00, c10 = np.take(grad, k), np.take(grad[1:], k)
-        c01, c11 = np.take(grad[nx:], k), np.take(grad[nx + 1:], k)
         fu1, fv1 = fu - 1.0, fv - 1.0
-        n00 = c00.real * fu + c00.imag * fv
-        n10 = c10.real * fu1 + c10.imag * fv
-        n01 = c01.real * fu + c01.imag * fv1
-        n11 = c11.real * fu1 + c11.imag * fv1
+        n00 = np.take(gu, k)
+        n00 *= fu
+        n00 += np.take(gv, k) * fv
+        n10 = np.take(gu[1:], k)
+        n10 *= fu1
+        n10 += np.take(gv[1:], k) * fv
+        n01 = np.take(gu[nx:], k)
+        n01 *= fu
+        n01 += np.take(gv[nx:], k) * fv1
+        n11 = np.take(gu[nx + 1:], k)
+        n11 *= fu1
+        n11 += np.take(gv[nx + 1:], k) * fv1
         su = fu * fu * fu * (fu * (fu * 6.0 - 15.0) + 10.0)  # quintic fade: C², no creases
         sv = fv * fv * fv * (fv * (fv * 6.0 - 15.0) + 10.0)
         n10 -= n00

@@ -146,3 +146,16 @@ def test_missing_cache_is_a_clear_error(tmp_path, archive):
         PackedSplit(Archive(tmp_path), "test")
     folder = build_cache(archive, "test", progress=False)
     assert (folder / "tiles.json").exists() and not list(folder.parent.glob(".*"))
+
+
+def test_sources_of_one_read_are_separate_fresh_arrays(archive):
+    packed = open_split(archive, "train", progress=False)
+    first, again = packed[0], packed[0]
+    for source, array in first.items():
+        expected = packed.codecs[source].decode({f: np.load(packed.folder / f"{f}.npy")[0] for f in packed.codecs[source].files})
+        np.testing.assert_array_equal(array, expected)  # the one-buffer path equals the plain decode
+        array[...] = 0  # writing one source touches neither the others nor later reads
+    for source in first:
+        np.testing.assert_array_equal(packed[0][source], again[source])
+    batch = packed.read(slice(0, 2), ("s1", "terrain"))
+    np.testing.assert_array_equal(batch["terrain"][1], packed[1]["terrain"])
