@@ -4,7 +4,7 @@ The pipeline allocates and frees arrays of 0.1–2 MB per tile, thousands of tim
 serves those from fresh ``mmap`` s or returns the heap's top to the system once it frees more than a
 few MB, so the next tile page-faults every page back in. On the VMs rsgee was measured on a fault
 costs ~2 µs a page: the synthetic scene spent a third of its time faulting (0.33 → 0.23 s a tile with
-the setting below; BENCHMARKS.md, "Scale").
+the setting below; NOTES.md, #14).
 
 :func:`keep_freed_memory` tells glibc to serve arrays up to 32 MB from the heap and to keep up to
 256 MB of it free instead of trimming. It is process-wide, so only rsgee's own processes call it

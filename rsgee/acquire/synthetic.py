@@ -391,10 +391,9 @@ _U_M1, _U_M2 = np.uint64(_M1), np.uint64(_M2)
 _U_GI, _U_GJ = np.uint64(_GOLDEN), np.uint64(0xC2B2AE3D27D4EB4F)
 _SQRT_HALF = math.sqrt(0.5)
 _LN2, _LN10 = math.log(2.0), math.log(10.0)
-#: 16 unit gradient directions (x + iy) for the gradient noise: a table, so no trigonometry per pixel.
-_GRAD = np.array([complex(math.cos(math.radians(22.5 * k + 11.25)), math.sin(math.radians(22.5 * k + 11.25)))
-                  for k in range(16)])
-_GRAD_U, _GRAD_V = _GRAD.real.copy(), _GRAD.imag.copy()
+#: 16 unit gradient directions (u, v) for the gradient noise: tables, so no trigonometry per pixel.
+_GRAD_ANGLES = [math.radians(22.5 * k + 11.25) for k in range(16)]
+_GRAD_U, _GRAD_V = np.array([math.cos(a) for a in _GRAD_ANGLES]), np.array([math.sin(a) for a in _GRAD_ANGLES])
 
 
 def _mix_int(z: int) -> int:

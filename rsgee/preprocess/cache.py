@@ -327,7 +327,7 @@ class PackedSplit:
 
     Samples come back decoded, in the archive's dtypes, units and nodata (within the tolerances of
     the module docstring). Arrays are opened lazily (so a DataLoader can fork before the first read)
-    and every sample is a fresh array, so callers may modify it.
+    and every sample is fresh memory, so callers may modify it (a sample's sources share one buffer).
     """
 
     def __init__(self, archive: Archive, split: str):
@@ -372,14 +372,14 @@ class PackedSplit:
         for source, files in parts.items():
             codec, first = self.codecs[source], next(iter(files.values()))
             shapes[source] = (*first.shape[:-3], len(codec.bands), *first.shape[-2:])
-        sizes = {s: -(-math.prod(shape) * self.codecs[s].dtype.itemsize // 64) * 64 for s, shape in shapes.items()}
-        buffer = np.empty(sum(sizes.values()), np.uint8)
+        nbytes = {s: math.prod(shape) * self.codecs[s].dtype.itemsize for s, shape in shapes.items()}
+        buffer = np.empty(sum(-(-n // 64) * 64 for n in nbytes.values()), np.uint8)  # each array 64-byte aligned
         out, start = {}, 0
         for source, shape in shapes.items():
             codec = self.codecs[source]
-            view = buffer[start:start + math.prod(shape) * codec.dtype.itemsize].view(codec.dtype).reshape(shape)
+            view = buffer[start:start + nbytes[source]].view(codec.dtype).reshape(shape)
             out[source] = codec.decode(parts[source], out=view)
-            start += sizes[source]
+            start += -(-nbytes[source] // 64) * 64
         return out
 
     def nbytes_per_tile(self) -> int:
