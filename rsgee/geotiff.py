@@ -37,7 +37,12 @@ class RasterGrid:
     height: int
 
 
-def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "deflate") -> dict:
+#: zstd's own default level. GDAL's default (9) writes rsgee's tiles 2.8× slower for 1.6 % fewer bytes
+#: (S1, S2, terrain, land cover tiles: 41.6 → 14.9 ms, 1.385 → 1.407 MB; see NOTES.md).
+ZSTD_LEVEL = 3
+
+
+def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "zstd") -> dict:
     """Tiled, compressed GeoTIFF profile for one source on one grid (predictor on, BigTIFF if needed)."""
     floating = spec.numpy_dtype.kind == "f"
     block = 256 if grid.width % 256 == 0 and grid.height % 256 == 0 else None
@@ -54,6 +59,8 @@ def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "def
         "predictor": 3 if floating else 2,
         "bigtiff": "IF_SAFER",
     }
+    if compress == "zstd":
+        profile["zstd_level"] = ZSTD_LEVEL
     if block:
         profile.update(tiled=True, blockxsize=block, blockysize=block)
     return profile
@@ -84,7 +91,7 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
 @contextlib.contextmanager
 def open_for_writing(
     path: str | os.PathLike, spec: SourceSpec, grid: RasterGrid, *, tags: Mapping[str, str] | None = None,
-    units: Sequence[str] | None = None, compress: str = "deflate",
+    units: Sequence[str] | None = None, compress: str = "zstd",
 ) -> Iterator[rasterio.io.DatasetWriter]:
     """Create a GeoTIFF for ``spec`` on ``grid`` atomically; yield the open dataset for block writes.
 
@@ -105,7 +112,7 @@ def open_for_writing(
 
 def write_array(
     path: str | os.PathLike, array: np.ndarray, spec: SourceSpec, grid: RasterGrid, *,
-    tags: Mapping[str, str] | None = None, units: Sequence[str] | None = None, compress: str = "deflate",
+    tags: Mapping[str, str] | None = None, units: Sequence[str] | None = None, compress: str = "zstd",
 ) -> None:
     """Write a whole (bands, height, width) array as one GeoTIFF, atomically."""
     with open_for_writing(path, spec, grid, tags=tags, units=units, compress=compress) as dst:

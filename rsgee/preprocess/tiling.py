@@ -338,8 +338,7 @@ def _write_tile(task: StripTask, tile: Tile, arrays: dict[str, np.ndarray]) -> N
             "RSGEE_SYNTHETIC": "yes" if task.export.provenance == "synthetic" else "no"}
     for source, spec in task.specs.items():
         units = terrain_units(spec) if source == "terrain" else None
-        write_array(archive.tile_path(source, tile.id), arrays[source], spec, raster, tags=tags, units=units,
-                    compress="zstd")
+        write_array(archive.tile_path(source, tile.id), arrays[source], spec, raster, tags=tags, units=units)
 
 
 def _feature(task: StripTask, tile: Tile, arrays, valid, to_lonlat: Transformer) -> dict:

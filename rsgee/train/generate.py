@@ -80,7 +80,7 @@ def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int =
                     continue
                 tile = Tile.from_id(tile_id)
                 write_array(archive.generated_path(tile_id), reflectance_to_s2(image), spec,
-                            RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX), tags=tags, compress="zstd")
+                            RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX), tags=tags)
                 written += 1
             bar.update(int(batch["counted"].sum()) * fabric.world_size)
     bar.close()

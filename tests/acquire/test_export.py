@@ -50,7 +50,8 @@ def test_export_writes_the_four_geotiffs_on_the_aoi_grid(exported):
             assert src.units == (units,) * len(bands)
             assert (math.isnan(src.nodata) and math.isnan(nodata)) or src.nodata == nodata
             assert src.profile["tiled"] and src.profile["blockxsize"] == 256
-            assert src.compression is not None
+            assert src.compression.name == "zstd"  # ZSTD_LEVEL 3: see rsgee.geotiff
+            assert src.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == ("3" if dtype == "float32" else "2")
             tags = src.tags()
             assert tags["RSGEE_SOURCE"] == "synthetic" and tags["RSGEE_SYNTHETIC"] == "yes"
             assert "SYNTHETIC" in tags["TIFFTAG_IMAGEDESCRIPTION"]
