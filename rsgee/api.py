@@ -102,9 +102,10 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
 
 def tile(exports: str | Path | Sequence[str | Path], out: str | Path, *, catalog: str | Path | None = None,
          max_nodata: float = 0.05, max_s2_nodata: float = 0.2, split_ratios: str = "7:2:1", split_by: str = "block",
-         split_block: int = 4, split_seed: int = 0, workers: int = 1, progress: bool = True):
+         split_block: int = 4, split_seed: int = 0, workers: int = 1, progress: bool = True,
+         max_float_error: float | None = None):
     """Cut exports into the training archive ``out`` as ``rsgee tile`` does; returns its summary
-    (``.lines()``, ``.failed``, ``.written``)."""
+    (``.lines()``, ``.failed``, ``.written``). ``max_float_error``: see ``rsgee tile --max-float-error``."""
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.split import SplitConfig
     from rsgee.preprocess.tiling import TileFilters, build_archive
@@ -112,7 +113,8 @@ def tile(exports: str | Path | Sequence[str | Path], out: str | Path, *, catalog
     paths = [exports] if isinstance(exports, (str, Path)) else list(exports)
     split = SplitConfig(SplitConfig.parse_ratios(split_ratios), split_by, split_block, split_seed)
     return build_archive(paths, out, load_catalog(catalog), split=split,
-                         filters=TileFilters(max_nodata, max_s2_nodata), workers=workers, progress=progress)
+                         filters=TileFilters(max_nodata, max_s2_nodata), workers=workers, progress=progress,
+                         max_float_error=max_float_error)
 
 
 def check(archive: str | Path, *, workers: int = 1, progress: bool = True):

@@ -20,6 +20,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rsgee.catalog import SourceSpec
+from rsgee.errors import RsgeeError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -42,8 +43,18 @@ class RasterGrid:
 ZSTD_LEVEL = 3
 
 
-def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "zstd") -> dict:
-    """Tiled, compressed GeoTIFF profile for one source on one grid (predictor on, BigTIFF if needed)."""
+#: The largest ``max_z_error`` rsgee writes floats with: 0.01 in each band's units (dB, m, degrees,
+#: hillshade 0–255) is far below what Sentinel-1 (1 dB) and GLO-30 (< 2 m relative) resolve.
+MAX_Z_ERROR_LIMIT = 0.01
+
+
+def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "zstd",
+                     max_z_error: float = 0.0) -> dict:
+    """Tiled, compressed GeoTIFF profile for one source on one grid (predictor on, BigTIFF if needed).
+
+    ``max_z_error`` > 0 stores a floating-point source bounded-lossy instead (LERC + zstd: every value
+    within that absolute error, NaN kept); integer sources stay lossless.
+    """
     floating = spec.numpy_dtype.kind == "f"
     block = 256 if grid.width % 256 == 0 and grid.height % 256 == 0 else None
     profile = {
@@ -59,7 +70,12 @@ def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "zst
         "predictor": 3 if floating else 2,
         "bigtiff": "IF_SAFER",
     }
-    if compress == "zstd":
+    if max_z_error and floating:
+        if not 0.0 < max_z_error <= MAX_Z_ERROR_LIMIT:
+            raise RsgeeError(f"max_z_error must be within 0…{MAX_Z_ERROR_LIMIT}, got {max_z_error!r}")
+        del profile["predictor"]  # LERC encodes the values itself
+        profile.update(compress="lerc_zstd", max_z_error=float(max_z_error))
+    if profile["compress"] in ("zstd", "lerc_zstd"):
         profile["zstd_level"] = ZSTD_LEVEL
     if block:
         profile.update(tiled=True, blockxsize=block, blockysize=block)
@@ -91,7 +107,7 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
 @contextlib.contextmanager
 def open_for_writing(
     path: str | os.PathLike, spec: SourceSpec, grid: RasterGrid, *, tags: Mapping[str, str] | None = None,
-    units: Sequence[str] | None = None, compress: str = "zstd",
+    units: Sequence[str] | None = None, compress: str = "zstd", max_z_error: float = 0.0,
 ) -> Iterator[rasterio.io.DatasetWriter]:
     """Create a GeoTIFF for ``spec`` on ``grid`` atomically; yield the open dataset for block writes.
 
@@ -102,7 +118,7 @@ def open_for_writing(
     names = spec.band_names
     units = list(units or [spec.units] * len(names))
     with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **creation_profile(spec, grid, compress=compress)) as dst:
+        with rasterio.open(tmp, "w", **creation_profile(spec, grid, compress=compress, max_z_error=max_z_error)) as dst:
             for i, (name, unit) in enumerate(zip(names, units), start=1):
                 dst.set_band_description(i, name)
                 dst.set_band_unit(i, unit)
@@ -113,9 +129,10 @@ def open_for_writing(
 def write_array(
     path: str | os.PathLike, array: np.ndarray, spec: SourceSpec, grid: RasterGrid, *,
     tags: Mapping[str, str] | None = None, units: Sequence[str] | None = None, compress: str = "zstd",
+    max_z_error: float = 0.0,
 ) -> None:
     """Write a whole (bands, height, width) array as one GeoTIFF, atomically."""
-    with open_for_writing(path, spec, grid, tags=tags, units=units, compress=compress) as dst:
+    with open_for_writing(path, spec, grid, tags=tags, units=units, compress=compress, max_z_error=max_z_error) as dst:
         dst.write(array.astype(spec.numpy_dtype, copy=False))
 
 

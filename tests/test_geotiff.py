@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import rasterio
 from affine import Affine
 
 from rsgee.catalog import load_catalog
+from rsgee.errors import RsgeeError
 from rsgee.geotiff import ZSTD_LEVEL, RasterGrid, creation_profile, write_array
 
 GRID = RasterGrid("EPSG:32632", Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5100000.0), 256, 256)
@@ -45,3 +47,22 @@ def test_the_zstd_level_reaches_gdal(tmp_path):
     write_array(tmp_path / "default.tif", array, spec, GRID)
     with rasterio.open(tmp_path / "default.tif") as a, rasterio.open(tmp_path / "l3.tif") as b:
         assert a.block_size(1, 0, 0) == b.block_size(1, 0, 0)  # the same compressed first block
+
+
+def test_a_max_z_error_makes_floats_bounded_lossy_and_leaves_integers_exact(tmp_path):
+    catalog = load_catalog()
+    array = _speckle_db(2)
+    write_array(tmp_path / "s1.tif", array, catalog.sources["s1"], GRID, max_z_error=0.01)
+    with rasterio.open(tmp_path / "s1.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "LERC_ZSTD"
+        back = src.read()
+    assert np.array_equal(np.isnan(back), np.isnan(array))
+    finite = ~np.isnan(array)
+    assert 0.005 < np.abs(back[finite] - array[finite]).max() <= 0.01 + 1e-5
+    labels = np.random.default_rng(3).integers(0, 9, size=(1, 256, 256)).astype(np.uint8)
+    write_array(tmp_path / "lulc.tif", labels, catalog.sources["lulc"], GRID, max_z_error=0.01)
+    with rasterio.open(tmp_path / "lulc.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "ZSTD"
+        np.testing.assert_array_equal(src.read(), labels)
+    with pytest.raises(RsgeeError, match=r"max_z_error must be within 0…0.01, got 0.5"):
+        creation_profile(catalog.sources["s1"], GRID, max_z_error=0.5)

@@ -401,3 +401,71 @@ def test_one_small_aoi_with_default_blocks_warns_that_its_splits_are_unusable(ex
     assert len(warnings) == 1 and "--split-block 1 (now 4)" in warnings[0]
     summary = build_archive([exports], tmp_path / "a", load_catalog(), progress=False)
     assert summary.split_warning == warnings[0].removeprefix("rsgee: warning: ")
+
+
+def test_bounded_lossy_float_tiles_stay_within_their_error_and_pass_check(archive, exports, tmp_path):
+    """--max-float-error: S1 and terrain within E of the lossless tiles (NaN kept), S2 and land cover exact."""
+    from rsgee.preprocess.cache import build_cache, verify_cache
+
+    exact_root, _ = archive
+    error = 0.005
+    root = tmp_path / "lossy"
+    summary = build_archive([exports], root, load_catalog(), split=SPLIT, progress=False, max_float_error=error)
+    assert summary.written == 12
+    exact, lossy = Archive(exact_root), Archive(root)
+    assert lossy.read_meta()["max_float_error"] == error and exact.read_meta()["max_float_error"] == 0.0
+    assert [p["tile_id"] for p in lossy.tiles()] == [p["tile_id"] for p in exact.tiles()]
+    worst, changed = {}, 0
+    for props in exact.tiles():
+        for source in ("s1", "s2", "lulc", "terrain"):
+            with rasterio.open(exact.tile_path(source, props["tile_id"])) as a, \
+                    rasterio.open(lossy.tile_path(source, props["tile_id"])) as b:
+                ref, got = a.read(), b.read()
+                codec = b.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"]
+            if source in ("s2", "lulc"):
+                assert codec == "ZSTD"
+                np.testing.assert_array_equal(got, ref)
+                continue
+            assert codec == "LERC_ZSTD"
+            assert np.array_equal(np.isnan(ref), np.isnan(got))
+            finite = ~np.isnan(ref)
+            diff = np.abs(got[finite].astype(np.float64) - ref[finite])
+            # LERC quantises to 2E steps; the float32 result adds at most half a float32 spacing
+            assert (diff <= error + np.spacing(np.abs(ref[finite]))).all()
+            worst[source] = max(worst.get(source, 0.0), float(diff.max()))
+            changed += int(np.count_nonzero(diff))
+    assert changed and error / 2 < min(worst.values())  # lossy indeed, and the bound is nearly used
+    for source in ("s1", "terrain"):
+        lossy_bytes = sum(f.stat().st_size for f in (root / source).iterdir())
+        exact_bytes = sum(f.stat().st_size for f in (exact_root / source).iterdir())
+        assert lossy_bytes < 0.75 * exact_bytes, source
+    report = check_archive(root, progress=False)
+    assert report.ok, report.problems
+    build_cache(lossy, "train", progress=False)
+    assert verify_cache(lossy, "train") == []
+    assert build_archive([exports], root, load_catalog(), split=SPLIT, progress=False).written == 0  # its own setting
+
+
+def test_the_float_error_is_the_archives_own(archive, exports, tmp_path):
+    exact_root, _ = archive
+    copy = tmp_path / "copy"
+    shutil.copytree(exact_root, copy)
+    with pytest.raises(RsgeeError, match=r"max float error 0 \(0 = lossless\); pass --max-float-error 0"):
+        build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False, max_float_error=0.005)
+    assert build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False, max_float_error=0.0).written == 0
+    for bad in (-0.001, 0.02):
+        with pytest.raises(RsgeeError, match=r"max_float_error must be within 0…0.01"):
+            build_archive([exports], tmp_path / "bad", load_catalog(), split=SPLIT, progress=False, max_float_error=bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_the_cli_option_reaches_the_archive(exports, tmp_path, capsys):
+    from rsgee.cli import main
+
+    out = tmp_path / "a"
+    assert main(["tile", str(exports), "--out", str(out), "--split-block", "1", "--max-float-error", "0.002",
+                 "--no-progress"]) == 0
+    assert Archive(out).read_meta()["max_float_error"] == 0.002
+    assert main(["tile", str(exports), "--out", str(tmp_path / "b"), "--max-float-error", "0.5"]) == 2
+    assert "0.5 is not in the range 0.0<=x<=0.01" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
