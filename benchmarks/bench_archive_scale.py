@@ -15,7 +15,7 @@ exported, tiled, checked and cached with the command-line tool, each stage in it
     seconds and for peak RSS (0 = flat: memory does not grow with the AOI's area);
   * the extrapolation to 15,000 tiles, linear from the largest size, against the goal of the whole
     archive (export + tile + check + cache) in ≤ 30 minutes and ≤ 30 GB on this machine, and the disk
-    left once the exports (read only by `rsgee tile`) are deleted.
+    left once the exports (after tiling read only by `rsgee predict --exports`) are deleted.
 
 ``--max-float-error E`` builds the archives with `rsgee tile --max-float-error E` (bounded-lossy S1
 and terrain tiles) to measure what that saves.
@@ -156,7 +156,7 @@ def report(runs: list[dict], workers: int) -> None:
     print(f"| **all** | **{minutes:.1f}** ({verdict(minutes <= GOAL_MINUTES)} ≤ {GOAL_MINUTES:.0f}) "
           f"| **{gigabytes:.1f}** ({verdict(gigabytes <= GOAL_GB)} ≤ {GOAL_GB:.0f}) |")
     kept = gigabytes - last["stages"]["export"]["bytes"] * scale / 1e9
-    print(f"\nWithout the exports (rsgee tile is their only reader): {kept:.1f} GB ({verdict(kept <= GOAL_GB)} ≤ {GOAL_GB:.0f}).")
+    print(f"\nWithout the exports (after tiling only predict --exports reads them): {kept:.1f} GB ({verdict(kept <= GOAL_GB)} ≤ {GOAL_GB:.0f}).")
 
 
 def main() -> None:

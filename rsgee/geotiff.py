@@ -39,7 +39,7 @@ class RasterGrid:
 
 
 #: zstd's own default level. GDAL's default (9) writes rsgee's tiles 2.8× slower for 1.6 % fewer bytes
-#: (S1, S2, terrain, land cover tiles: 41.6 → 14.9 ms, 1.385 → 1.407 MB; see NOTES.md).
+#: (the four files of a tile, 20 tiles of a synthetic archive: 41.6 → 14.9 ms, 1.385 → 1.407 MB; see NOTES.md).
 ZSTD_LEVEL = 3
 
 

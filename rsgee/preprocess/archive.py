@@ -3,8 +3,8 @@
 ::
 
     ARCHIVE/
-      archive.json          format, sources and bands, split and filter settings, AOIs tiled
-                            (with the date windows of their exports)
+      archive.json          format, sources and bands, split and filter settings, max_float_error
+                            (0.0 = lossless float tiles), AOIs tiled (with their exports' date windows)
       catalog.yaml          the catalog the archive was built with (a byte copy)
       index.geojson         one Feature per tile: footprint in lon/lat, tile id, AOI, split,
                             valid fractions, class histogram (a GIS opens it as is)

@@ -49,6 +49,7 @@ from rsgee.geotiff import GDAL_READ_ENV, write_json_atomic
 from rsgee.grid import TILE_PX
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.radiometry import s1_db_range
+from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
 
 #: Bumped whenever the layout or an encoding changes: older caches are then stale and rebuilt.
 CACHE_FORMAT = 2
@@ -163,7 +164,7 @@ class TerrainCodec:
         finite = ~np.isnan(slope)
         slope_codes[finite] = 1 + np.rint(np.clip(slope[finite], 0.0, 90.0) / self.slope_step)
         aspect_codes = np.zeros(dem.shape, np.uint16)
-        flat, sloped = aspect < 0, aspect >= 0  # both False where NaN
+        flat, sloped = aspect < ASPECT_FLAT_BELOW, aspect >= ASPECT_FLAT_BELOW  # both False where NaN
         aspect_codes[flat] = 1
         aspect_codes[sloped] = 2 + (np.rint(aspect[sloped] / self.aspect_step).astype(np.int64) % STEPS)
         return {f"{self.name}_dem": dem_codes[None], f"{self.name}_slope_aspect": (slope_codes << 8 | aspect_codes)[None]}
@@ -190,10 +191,10 @@ class TerrainCodec:
         problems = _compare("dem", reference[0], decoded[0], self.DEM_STEP_M / 2)
         problems += _compare("slope", reference[1], decoded[1], self.slope_step / 2)
         ref, got = reference[2], decoded[2]
-        if not np.array_equal(np.isnan(ref), np.isnan(got)) or not np.array_equal(ref < 0, got < 0):
+        if not np.array_equal(np.isnan(ref), np.isnan(got)) or not np.array_equal(ref < ASPECT_FLAT_BELOW, got < ASPECT_FLAT_BELOW):
             problems.append("aspect: nodata or flat pixels differ from its GeoTIFF")
         else:
-            both = ref >= 0
+            both = ref >= ASPECT_FLAT_BELOW
             turn = np.abs(ref[both] - got[both]) % 360.0
             worst = float(np.minimum(turn, 360.0 - turn).max(initial=0.0))
             if worst > self.aspect_step / 2 + _FLOAT_SLACK:

@@ -57,7 +57,8 @@ def check_archive(root, *, workers: int = 1, progress: bool = True) -> CheckRepo
     report.tiles = len(index)
     split = SplitConfig.from_dict(meta["split"])
     _check_splits(index, split, report)
-    jobs = [(archive.root, tile_id, specs) for tile_id in sorted(index)]
+    lossy = meta.get("max_float_error", 0.0) > 0
+    jobs = [(archive.root, tile_id, specs, lossy) for tile_id in sorted(index)]
     bar = tqdm(total=len(jobs), desc="check", unit="tile", disable=not progress, file=sys.stderr)
     if workers <= 1:
         results = map(_check_tile, jobs)
@@ -106,7 +107,7 @@ def _check_splits(index: dict, split: SplitConfig, report: CheckReport) -> None:
 
 
 def _check_tile(job) -> list[str]:
-    root, tile_id, specs = job
+    root, tile_id, specs, lossy = job
     archive = Archive(root)
     tile = Tile.from_id(tile_id)
     problems = []
@@ -119,7 +120,7 @@ def _check_tile(job) -> list[str]:
                 continue
             try:
                 with rasterio.open(path) as src:
-                    problem = _tile_problem(src, tile, spec)
+                    problem = _tile_problem(src, tile, spec, lossy)
                     if problem is None:
                         src.read()  # decodes every block: catches truncated files
             except rasterio.errors.RasterioError as exc:
@@ -129,7 +130,7 @@ def _check_tile(job) -> list[str]:
     return problems
 
 
-def _tile_problem(src, tile: Tile, spec: SourceSpec) -> str | None:
+def _tile_problem(src, tile: Tile, spec: SourceSpec, lossy: bool) -> str | None:
     if (src.count, src.height, src.width) != (len(spec.bands), TILE_PX, TILE_PX):
         return f"shape {(src.count, src.height, src.width)}, expected {(len(spec.bands), TILE_PX, TILE_PX)}"
     if src.dtypes[0] != spec.dtype:
@@ -141,6 +142,10 @@ def _tile_problem(src, tile: Tile, spec: SourceSpec) -> str | None:
     nodata_ok = (src.nodata is not None and math.isnan(src.nodata)) if spec.nodata_is_nan else src.nodata == spec.nodata
     if not nodata_ok:
         return f"nodata {src.nodata}, expected {spec.nodata}"
+    stored_lossy = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "").startswith("LERC")
+    if stored_lossy != (lossy and spec.numpy_dtype.kind == "f"):
+        wanted = "bounded-lossy (LERC)" if lossy and spec.numpy_dtype.kind == "f" else "lossless"
+        return f"{'LERC' if stored_lossy else 'lossless'}-compressed, but archive.json says {wanted}"
     return None
 
 

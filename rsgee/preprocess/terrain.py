@@ -33,10 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ASPECT_FLAT", "Terrain", "hillshade_to_uint8", "terrain"]
+__all__ = ["ASPECT_FLAT", "ASPECT_FLAT_BELOW", "Terrain", "hillshade_to_uint8", "terrain"]
 
 #: Aspect of a flat pixel (gdaldem writes its nodata there; we use the archive's −1).
 ASPECT_FLAT = -1.0
+#: Readers of an archive test ``aspect < ASPECT_FLAT_BELOW`` for flat, not ``< 0``: tiles written with
+#: ``rsgee tile --max-float-error E`` hold −1 ± E for flat and may hold −E…0 for an aspect of 0…E.
+ASPECT_FLAT_BELOW = -0.5
 
 # atan(t) = t·P(t²) on [0, 1]: weighted least-squares minimax fit, |error| < 3.8e-8 rad in float64.
 # Coefficients are of 2·atan in degrees: |error| < 1.6e-5° when evaluated in float32.

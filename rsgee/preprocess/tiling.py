@@ -443,8 +443,8 @@ def _open_or_create(archive: Archive, catalog: Catalog, split: SplitConfig, filt
                          f"pass --catalog {archive.catalog_path} or build a new archive")
     recorded = meta.get("max_float_error", 0.0)  # archives from before the option are lossless
     if max_float_error is not None and max_float_error != recorded:
-        raise RsgeeError(f"{archive.root} stores float tiles with max float error {recorded:g} (0 = lossless); "
-                         f"pass --max-float-error {recorded:g} (or leave it out) or build a new archive")
+        raise RsgeeError(f"{archive.root} stores float tiles with max float error {recorded!r} (0.0 = lossless); "
+                         f"pass --max-float-error {recorded!r} (or leave it out) or build a new archive")
     return meta
 
 

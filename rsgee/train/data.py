@@ -30,6 +30,7 @@ from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import PackedSplit, open_split
 from rsgee.preprocess.radiometry import s1_db_range
+from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
 from rsgee.train.distributed import EvenShards, ResumableLoader, ShuffledSampler
 
 S2_SCALE = 10000.0
@@ -84,7 +85,7 @@ def lulc_to_model(labels: np.ndarray) -> np.ndarray:
 def terrain_to_model(terrain: np.ndarray, dem_mean: float, dem_std: float) -> np.ndarray:
     """(dem, slope, aspect, hillshade) → (dem standardised, slope/90, sin aspect, cos aspect, hillshade/255)."""
     dem, slope, aspect, hillshade = terrain.astype(np.float32)
-    flat = aspect < 0
+    flat = aspect < ASPECT_FLAT_BELOW
     radians = np.deg2rad(aspect)
     channels = np.stack([
         (dem - dem_mean) / max(dem_std, 1e-6),

@@ -159,3 +159,18 @@ def test_sources_of_one_read_are_separate_fresh_arrays(archive):
         np.testing.assert_array_equal(packed[0][source], again[source])
     batch = packed.read(slice(0, 2), ("s1", "terrain"))
     np.testing.assert_array_equal(batch["terrain"][1], packed[1]["terrain"])
+
+
+def test_terrain_codes_read_a_lossy_archives_flat_and_near_north_aspects():
+    """Tiles of --max-float-error E hold −1 ± E where flat and may hold −E for an aspect of ~0."""
+    codec = TerrainCodec("terrain")
+    reference = np.zeros((4, 2, 2), np.float32)
+    reference[0] = 500.0
+    reference[1] = [[0.0, 0.0], [10.0, 10.0]]
+    reference[2] = [[-1.004, -0.996], [-0.006, 359.996]]
+    slope, aspect, alt = np.deg2rad(reference[1]), np.deg2rad(reference[2]), np.deg2rad(45.0)
+    reference[3] = 1 + 254 * (np.sin(alt) * np.cos(slope) + np.cos(alt) * np.sin(slope) * np.cos(np.deg2rad(315.0) - aspect))
+    decoded = codec.decode(codec.encode(reference))
+    np.testing.assert_array_equal(decoded[2, 0], -1.0)  # flat
+    assert decoded[2, 1].tolist() == [0.0, 0.0]  # north, the first of the 254 directions
+    assert codec.errors(reference, decoded) == []

@@ -410,8 +410,9 @@ def test_bounded_lossy_float_tiles_stay_within_their_error_and_pass_check(archiv
     exact_root, _ = archive
     error = 0.005
     root = tmp_path / "lossy"
-    summary = build_archive([exports], root, load_catalog(), split=SPLIT, progress=False, max_float_error=error)
-    assert summary.written == 12
+    first = build_archive([exports / "valley"], root, load_catalog(), split=SPLIT, progress=False, max_float_error=error)
+    grown = build_archive([exports], root, load_catalog(), split=SPLIT, progress=False)  # the archive's own setting
+    assert first.written == 6 and grown.written == 6
     exact, lossy = Archive(exact_root), Archive(root)
     assert lossy.read_meta()["max_float_error"] == error and exact.read_meta()["max_float_error"] == 0.0
     assert [p["tile_id"] for p in lossy.tiles()] == [p["tile_id"] for p in exact.tiles()]
@@ -443,14 +444,22 @@ def test_bounded_lossy_float_tiles_stay_within_their_error_and_pass_check(archiv
     assert report.ok, report.problems
     build_cache(lossy, "train", progress=False)
     assert verify_cache(lossy, "train") == []
-    assert build_archive([exports], root, load_catalog(), split=SPLIT, progress=False).written == 0  # its own setting
+    from rsgee.geotiff import RasterGrid, write_array
+
+    tile_id = lossy.tiles()[0]["tile_id"]  # a lossless tile slipped into the lossy archive is reported
+    tile = Tile.from_id(tile_id)
+    with rasterio.open(exact.tile_path("s1", tile_id)) as src:
+        write_array(lossy.tile_path("s1", tile_id), src.read(), lossy.sources()["s1"],
+                    RasterGrid(tile.crs, tile.transform, 256, 256))
+    problems = check_archive(root, progress=False).problems
+    assert problems == [f"{tile_id}: s1: lossless-compressed, but archive.json says bounded-lossy (LERC)"]
 
 
 def test_the_float_error_is_the_archives_own(archive, exports, tmp_path):
     exact_root, _ = archive
     copy = tmp_path / "copy"
     shutil.copytree(exact_root, copy)
-    with pytest.raises(RsgeeError, match=r"max float error 0 \(0 = lossless\); pass --max-float-error 0"):
+    with pytest.raises(RsgeeError, match=r"max float error 0.0 \(0.0 = lossless\); pass --max-float-error 0.0 \(or leave it out\)"):
         build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False, max_float_error=0.005)
     assert build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False, max_float_error=0.0).written == 0
     for bad in (-0.001, 0.02):

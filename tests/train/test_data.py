@@ -126,3 +126,11 @@ def test_segmentation_inputs_are_exact(small_archive):
             s2 = src.read()
         expected = (np.clip(s2.astype(np.float32) / 10000, 0, 1) - mean[:, None, None]) / std[:, None, None]
         np.testing.assert_array_equal(samples[i]["image"].numpy(), expected.astype(np.float32))
+
+
+def test_a_lossy_archives_flat_and_near_north_aspects_keep_their_meaning():
+    """--max-float-error tiles hold −1 ± E for flat and may hold −E for an aspect of ~0 (north)."""
+    t = np.array([[[0.0, 0.0]], [[10.0, 0.0]], [[-0.006, -1.004]], [[200.0, 181.0]]], np.float32)
+    out = terrain_to_model(t, dem_mean=0.0, dem_std=1.0)
+    assert out[2:4, 0, 0].tolist() == pytest.approx([np.sin(np.deg2rad(-0.006)), 1.0], abs=1e-6)  # north-facing
+    assert out[2:4, 0, 1].tolist() == [0.0, 0.0]  # flat
