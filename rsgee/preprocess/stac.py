@@ -130,6 +130,10 @@ def _collection(archive: Archive, features: dict[str, dict], periods: dict) -> p
                    f"pixels from {', '.join(sources)}.")
     if synthetic:
         description += " SYNTHETIC pixels: rsgee's procedural offline stand-in for Earth Engine, not real imagery."
+    max_error = archive.read_meta().get("max_float_error", 0.0)
+    if max_error:
+        description += (f" Sentinel-1 and terrain stored bounded-lossy: every value within {max_error!r} of the "
+                        "exact one, in its unit.")
     boxes = [_bbox(f["geometry"]) for f in features.values()]
     extent = pystac.Extent(
         pystac.SpatialExtent([[min(b[0] for b in boxes), min(b[1] for b in boxes),
@@ -141,7 +145,9 @@ def _collection(archive: Archive, features: dict[str, dict], periods: dict) -> p
         id=root.name, title=f"rsgee archive {root.name}" + (" (synthetic)" if synthetic else ""),
         description=description, extent=extent, license="various", stac_extensions=[ML_AOI],
         summaries=pystac.Summaries({"ml-aoi:split": [ML_AOI_SPLITS[s] for s in splits]}),
-        extra_fields={"rsgee:version": __version__, "rsgee:synthetic": synthetic},
+        extra_fields={"rsgee:version": __version__, "rsgee:synthetic": synthetic,
+                      # > 0: S1 and terrain assets are within this absolute error of the exact values
+                      "rsgee:max_float_error": max_error},
         catalog_type=pystac.CatalogType.SELF_CONTAINED,
     )
     specs = archive.sources()

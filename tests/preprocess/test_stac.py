@@ -71,6 +71,7 @@ def test_collection_reads_back_with_one_item_per_tile(archive):
     assert collection.summaries.get_list("ml-aoi:split") == ["train", "validate", "test"]
     assert collection.extent.temporal.intervals == [[START, END]]
     assert "SYNTHETIC" in collection.description and collection.extra_fields["rsgee:synthetic"] is True
+    assert collection.extra_fields["rsgee:max_float_error"] == 0.0 and "bounded-lossy" not in collection.description
     lon = [x for f in index.values() for x, _ in f["geometry"]["coordinates"][0]]
     assert collection.extent.spatial.bboxes[0][0] == min(lon) and collection.extent.spatial.bboxes[0][2] == max(lon)
     names = {"train": "train", "val": "validate", "test": "test"}
@@ -189,3 +190,11 @@ def test_cli_writes_the_catalog_and_refuses_a_non_archive(archive, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an rsgee archive" in err and "rsgee tile" in err
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_bounded_lossy_archive_says_so(archive):
+    meta = archive.read_meta()
+    archive.write_meta(dict(meta, max_float_error=0.005))
+    collection = pystac.Collection.from_file(str(archive.to_stac()))
+    assert collection.extra_fields["rsgee:max_float_error"] == 0.005
+    assert "stored bounded-lossy: every value within 0.005 of the exact one" in collection.description
