@@ -64,6 +64,11 @@ def terrain_units(spec: SourceSpec) -> list[str]:
     return [spec.units] + [unit for _, unit in TERRAIN_BANDS]
 
 
+def recorded_float_error(meta: dict) -> float:
+    """archive.json's bound on the float tiles' error: 0.0 = lossless (archives from before the option are)."""
+    return float(meta.get("max_float_error", 0.0))
+
+
 def tile_sources(catalog: Catalog) -> dict[str, SourceSpec]:
     """Archive sources: every catalog source except the DEM, which becomes ``terrain``."""
     catalog.require("s1", "s2", "lulc", "dem")

@@ -16,7 +16,7 @@ from rsgee.catalog import SourceSpec
 from rsgee.errors import GridError, RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV
 from rsgee.grid import TILE_PX, Tile
-from rsgee.preprocess.archive import Archive, CorruptIndex
+from rsgee.preprocess.archive import Archive, CorruptIndex, recorded_float_error
 from rsgee.preprocess.cache import cache_dir, is_current, verify_cache
 from rsgee.preprocess.split import SPLITS, SplitConfig
 from rsgee.preprocess.stats import compute_stats, read_stats
@@ -57,7 +57,7 @@ def check_archive(root, *, workers: int = 1, progress: bool = True) -> CheckRepo
     report.tiles = len(index)
     split = SplitConfig.from_dict(meta["split"])
     _check_splits(index, split, report)
-    lossy = meta.get("max_float_error", 0.0) > 0
+    lossy = recorded_float_error(meta) > 0
     jobs = [(archive.root, tile_id, specs, lossy) for tile_id in sorted(index)]
     bar = tqdm(total=len(jobs), desc="check", unit="tile", disable=not progress, file=sys.stderr)
     if workers <= 1:
@@ -143,8 +143,9 @@ def _tile_problem(src, tile: Tile, spec: SourceSpec, lossy: bool) -> str | None:
     if not nodata_ok:
         return f"nodata {src.nodata}, expected {spec.nodata}"
     stored_lossy = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "").startswith("LERC")
-    if stored_lossy != (lossy and spec.numpy_dtype.kind == "f"):
-        wanted = "bounded-lossy (LERC)" if lossy and spec.numpy_dtype.kind == "f" else "lossless"
+    wanted_lossy = lossy and spec.numpy_dtype.kind == "f"  # integer sources are lossless in every archive
+    if stored_lossy != wanted_lossy:
+        wanted = "bounded-lossy (LERC)" if wanted_lossy else "lossless"
         return f"{'LERC' if stored_lossy else 'lossless'}-compressed, but archive.json says {wanted}"
     return None
 

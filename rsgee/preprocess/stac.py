@@ -39,7 +39,7 @@ from rsgee import __version__
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Tile
-from rsgee.preprocess.archive import Archive, terrain_units
+from rsgee.preprocess.archive import Archive, recorded_float_error, terrain_units
 
 ML_AOI = "https://stac-extensions.github.io/ml-aoi/v0.2.0/schema.json"
 #: Archive split → ml-aoi's name for it.
@@ -130,7 +130,7 @@ def _collection(archive: Archive, features: dict[str, dict], periods: dict) -> p
                    f"pixels from {', '.join(sources)}.")
     if synthetic:
         description += " SYNTHETIC pixels: rsgee's procedural offline stand-in for Earth Engine, not real imagery."
-    max_error = archive.read_meta().get("max_float_error", 0.0)
+    max_error = recorded_float_error(archive.read_meta())
     if max_error:
         description += (f" Sentinel-1 and terrain stored bounded-lossy: every value within {max_error!r} of the "
                         "exact one, in its unit.")

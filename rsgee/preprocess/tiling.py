@@ -32,7 +32,8 @@ from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, MAX_Z_ERROR_LIMIT, RasterGrid, write_array
 from rsgee.grid import TILE_PX, Grid, Tile, to_utm
-from rsgee.preprocess.archive import FORMAT, FORMAT_VERSION, Archive, file_sha256, terrain_units, tile_sources
+from rsgee.preprocess.archive import (FORMAT, FORMAT_VERSION, Archive, file_sha256, recorded_float_error, terrain_units,
+                                      tile_sources)
 from rsgee.preprocess.radiometry import linear_to_db, looks_linear
 from rsgee.preprocess.split import SplitConfig, split_warning
 from rsgee.preprocess.stats import compute_stats, stats_are_current
@@ -230,7 +231,7 @@ class StripTask:
     specs: dict[str, SourceSpec]
     split: SplitConfig
     filters: TileFilters
-    max_float_error: float = 0.0  # > 0: S1 and terrain tiles bounded-lossy (the archive's setting)
+    max_float_error: float  # > 0: S1 and terrain tiles bounded-lossy (the archive's setting)
 
 
 @dataclass
@@ -441,7 +442,7 @@ def _open_or_create(archive: Archive, catalog: Catalog, split: SplitConfig, filt
     if without_recipe_keys(archive.catalog().to_dict()["sources"]) != without_recipe_keys(catalog.to_dict()["sources"]):
         raise RsgeeError(f"{archive.root} was built with a different catalog ({archive.catalog_path}); "
                          f"pass --catalog {archive.catalog_path} or build a new archive")
-    recorded = meta.get("max_float_error", 0.0)  # archives from before the option are lossless
+    recorded = recorded_float_error(meta)
     if max_float_error is not None and max_float_error != recorded:
         raise RsgeeError(f"{archive.root} stores float tiles with max float error {recorded!r} (0.0 = lossless); "
                          f"pass --max-float-error {recorded!r} (or leave it out) or build a new archive")
@@ -476,7 +477,7 @@ def _plan(archive, exports, index, meta, specs, split, filters, summary) -> tupl
         for strip, tiles in sorted(by_strip.items()):
             for run in strip_runs(tiles):
                 tasks.append(StripTask(archive.root, exp, strip, run, specs, split, filters,
-                                       meta.get("max_float_error", 0.0)))
+                                       recorded_float_error(meta)))
                 pending[exp.name] += 1
         if not by_strip:
             meta["aois"][exp.name]["complete"] = True
