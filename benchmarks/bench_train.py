@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsgee.train.data import FusionData, collate
-from rsgee.train.fusion import FusionConfig, FusionTask
+from rsgee.train.fusion import MODELS, FusionConfig, FusionTask
 
 
 class Timer(L.Callback):
@@ -87,7 +87,7 @@ def fit(task: FusionTask, loader: DataLoader, steps: int, warmup: int, accelerat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", type=Path, default=None, help="an existing archive (default: build one)")
-    parser.add_argument("--model", default="rs-spade", choices=["rs-spade", "pix2pix"])
+    parser.add_argument("--model", default="rs-spade", choices=MODELS)
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "paper"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)

@@ -292,9 +292,15 @@ training_options = [
     click.option("--size", type=click.Choice(["tiny", "small", "paper"]), default="small", show_default=True,
                  help="Model width preset: paper = the published widths (GPU), small for CPU/small GPUs, tiny for "
                       "smoke tests and the demo."),
-    click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True, help="Training epochs."),
+    click.option("--epochs", type=click.IntRange(min=1), default=None,
+                 help="Passes over the train split.  [default: 50, unless --steps is given]"),
+    click.option("--steps", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Train exactly N optimiser steps instead of whole epochs (one step per batch; for a GAN, one "
+                      "generator and one discriminator update)."),
     click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
                  help="Batches per epoch on each device.  [default: the device's share of the train split]"),
+    click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+                 help="Optimiser steps of linear learning-rate warm-up before the --schedule starts."),
     click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
                  help="Samples per batch on each device: an optimiser step sees batch size × devices × nodes."),
     click.option("--seed", type=int, default=0, show_default=True,
@@ -363,8 +369,10 @@ def _say(text: str) -> None:
 
 @train_group.command("fusion", context_settings=CONTEXT)
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", type=click.Choice(["rs-spade", "pix2pix"]), default="rs-spade", show_default=True,
-              help="RS-SPADE (the paper's model) or the pix2pix baseline.")
+@click.option("--model", type=click.Choice(["rs-spade", "pix2pix", "spade-decoder"]), default="rs-spade",
+              show_default=True,
+              help="RS-SPADE (the paper's: pix2pix's U-Net, every normalisation followed by the multi-source "
+                   "modulation), the pix2pix baseline, or SPADE's decoder-only generator with the same modulation.")
 @click.option("--sources", default="lulc,s1,dem", show_default=True, metavar="NAMES",
               help="Conditioning inputs, any non-empty subset of lulc, s1, dem (dem = DEM + slope, aspect, hillshade): "
                    "the paper's ablation.")
@@ -376,7 +384,7 @@ def _say(text: str) -> None:
               help="Training recipe, apart from the architecture: pix2pix (vanilla GAN + L1 ×100, Adam 2e-4 (0.5, "
                    "0.999), 70×70 PatchGAN), spade (hinge + feature matching ×10, no L1, Adam 1e-4/4e-4 (0, 0.999), "
                    "2-scale D) or hybrid (spade + L1 ×10). The options below override single parts.  "
-                   "[default: hybrid for rs-spade, pix2pix for pix2pix]")
+                   "[default: pix2pix]")
 @click.option("--gan-loss", type=click.Choice(["hinge", "vanilla"]), default=None, help="Adversarial loss.  [default: the recipe's]")
 @click.option("--discriminator", type=click.Choice(["multiscale", "patchgan70"]), default=None,
               help="Conditional discriminator.  [default: the recipe's]")
@@ -393,12 +401,21 @@ def _say(text: str) -> None:
                    "validation and evaluate; generate --weights ema uses it); 0 = none.")
 @click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Validate (and choose the best checkpoint) every N epochs.")
+@click.option("--val-figures", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
+              help="Val tiles drawn in the PNG grid written at each validation (0 = no figures).")
+@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="cosine", show_default=True,
+              help="Learning rate over the run's steps (both optimisers): constant; linear (pix2pix's: constant for "
+                   "the first half, then down to 0); cosine (down to 0 along half a cosine).")
+@click.option("--augment", type=click.Choice(["none", "flip", "dihedral"]), default="none", show_default=True,
+              help="Random flips/rotations of each training sample: none, flip (mirror E–W/N–S) or dihedral (all 8). "
+                   "The sun does not turn with the tile: after a flip or rotation other slopes face it, which breaks "
+                   "the aspect → illumination relation, the strongest signal terrain gives Sentinel-2.")
 @_with(training_options)
 def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discriminator, betas, lr_g, lr_d, l1_weight,
-                     fm_weight, vgg_weights, ema_decay, val_every, run_dir, size,
-                     epochs, steps_per_epoch, batch_size, seed, workers, resume, accelerator, devices, num_nodes,
-                     precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
-    """Train RS-SPADE or pix2pix to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
+                     fm_weight, vgg_weights, ema_decay, val_every, val_figures, schedule, augment, run_dir, size,
+                     epochs, steps, steps_per_epoch, warmup, batch_size, seed, workers, resume, accelerator, devices,
+                     num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
+    """Train RS-SPADE, pix2pix or the SPADE decoder to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
 
     Reads ARCHIVE's train and val splits (through its packed cache, built when missing or stale),
     logs losses and val PSNR/SSIM/SAM to OUT/logs/metrics.csv, writes a PNG grid per validation to
@@ -408,10 +425,11 @@ def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discrimina
     from rsgee.train.fusion import FusionConfig, train_fusion
 
     config = FusionConfig(model=model, sources=parse_sources(sources), size=size, batch_size=batch_size, epochs=epochs,
-                          steps_per_epoch=steps_per_epoch, crop=crop, recipe=recipe, gan_loss=gan_loss,
+                          steps=steps, steps_per_epoch=steps_per_epoch, schedule=schedule, warmup=warmup,
+                          augment=augment, crop=crop, recipe=recipe, gan_loss=gan_loss,
                           discriminator=discriminator, betas=_betas(betas), lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
                           fm_weight=fm_weight, vgg_weights=vgg_weights, ema_decay=ema_decay, val_every=val_every,
-                          seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
+                          val_figures=val_figures, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
                           skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
     run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator,
                        devices=_count(devices, "--devices"), num_nodes=_count(num_nodes, "--num-nodes"),
@@ -427,10 +445,15 @@ def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discrimina
 @click.option("--crop", type=click.IntRange(32, 256), default=None,
               help="Train on random square crops of this many pixels (multiple of 32).  [default: whole tiles]")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="constant", show_default=True,
+              help="Learning rate over the run's steps: constant; linear (constant for the first half, then down to "
+                   "0); cosine (down to 0 along half a cosine).")
+@click.option("--augment", type=click.Choice(["none", "flip", "dihedral"]), default="dihedral", show_default=True,
+              help="Random flips/rotations of each training sample: none, flip (mirror E–W/N–S) or dihedral (all 8).")
 @_with(training_options)
-def train_seg_cmd(archive, mix, crop, lr, run_dir, size, epochs, steps_per_epoch, batch_size, seed, workers, resume,
-                  accelerator, devices, num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm,
-                  progress) -> None:
+def train_seg_cmd(archive, mix, crop, lr, schedule, augment, run_dir, size, epochs, steps, steps_per_epoch, warmup,
+                  batch_size, seed, workers, resume, accelerator, devices, num_nodes, precision, checkpoint_every,
+                  skip_nonfinite, clip_grad_norm, progress) -> None:
     """Train RS-UNet (9 Dynamic World classes) on real tiles or a real:generated mix.
 
     Validation and test use real tiles only; val mIoU and accuracy are logged every epoch to
@@ -439,8 +462,9 @@ def train_seg_cmd(archive, mix, crop, lr, run_dir, size, epochs, steps_per_epoch
     """
     from rsgee.train.segmentation import SegmentationConfig, parse_mix, train_segmentation
 
-    config = SegmentationConfig(mix=parse_mix(mix), size=size, batch_size=batch_size, epochs=epochs,
-                                steps_per_epoch=steps_per_epoch, crop=crop, lr=lr, seed=seed, num_workers=workers,
+    config = SegmentationConfig(mix=parse_mix(mix), size=size, batch_size=batch_size, epochs=epochs, steps=steps,
+                                steps_per_epoch=steps_per_epoch, schedule=schedule, warmup=warmup, augment=augment,
+                                crop=crop, lr=lr, seed=seed, num_workers=workers,
                                 checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                                 clip_grad_norm=clip_grad_norm)
     run = train_segmentation(archive, run_dir, config, resume=resume, accelerator=accelerator,

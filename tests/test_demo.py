@@ -10,8 +10,7 @@ from rsgee.demo import DEMO_AOIS, DemoSettings, run_demo
 
 pytestmark = pytest.mark.slow
 
-MINIMAL = DemoSettings(split_block=1, fusion_epochs=1, fusion_steps=2, fusion_batch=2, seg_epochs=1, seg_steps=2,
-                       seg_batch=2, seg_crop=64, workers=1)
+MINIMAL = DemoSettings(split_block=1, fusion_steps=2, fusion_batch=2, seg_steps=2, seg_batch=2, seg_crop=64, workers=1)
 
 
 @pytest.fixture()
@@ -35,8 +34,8 @@ def test_demo_runs_every_step_and_resumes(tmp_path, aois):
     result = run_demo(tmp_path / "demo", MINIMAL, aois=aois, progress=False, say=messages.append)
     assert [m[:3] for m in messages if m[1] == "/"] == ["1/7", "2/7", "3/7", "3/7", "4/7", "5/7", "6/7", "6/7", "7/7"]
     assert [(r["model"], r["weights"]) for r in result.fusion_table] == [
-        ("constant-mean", "—"), ("class-mean", "—"), ("rs-spade", "raw"), ("rs-spade", "ema"), ("pix2pix", "raw"),
-        ("pix2pix", "ema")]
+        ("constant-mean", "—"), ("class-mean", "—"), ("class-illumination", "—"), ("rs-spade", "raw"),
+        ("rs-spade", "ema"), ("pix2pix", "raw"), ("pix2pix", "ema")]
     assert [r["training_set"] for r in result.seg_table] == ["majority-class (baseline)",
                                                              "class-mean-spectrum (baseline)",
                                                              "real only (True Data)", "real:generated 1:1"]

@@ -1,4 +1,4 @@
-"""Pure torch modules (RS-SPADE, pix2pix, discriminators, RS-UNet); no file I/O.
+"""Pure torch modules (RS-SPADE, pix2pix, the SPADE decoder, discriminators, RS-UNet); no file I/O.
 
 The factory is the entry point: :func:`build_generator`, :func:`build_discriminator` and
 :func:`build_segmenter` build an architecture by name at a size preset (``"tiny"``, ``"small"``,
@@ -18,7 +18,6 @@ from rsgee.models.discriminator import (
     Pix2PixPatchDiscriminator,
 )
 from rsgee.models.factory import (
-    DEFAULT_DISCRIMINATOR,
     IMAGE_CHANNELS,
     NUM_CLASSES,
     SIZES,
@@ -41,11 +40,12 @@ from rsgee.models.losses import (
     vanilla_generator_loss,
 )
 from rsgee.models.pix2pix import Pix2PixGenerator
-from rsgee.models.rs_spade import RsSpadeGenerator, SpatiallyAdaptiveNorm, SPADEResBlock
+from rsgee.models.modulation import SourceEmbedding, SpatiallyAdaptiveNorm
+from rsgee.models.rs_spade import RsSpadeGenerator
+from rsgee.models.spade_decoder import SPADEResBlock, SpadeDecoderGenerator
 from rsgee.models.unet import RsUNet
 
 __all__ = [
-    "DEFAULT_DISCRIMINATOR",
     "IMAGE_CHANNELS",
     "NUM_CLASSES",
     "SIZES",
@@ -58,6 +58,8 @@ __all__ = [
     "RsSpadeGenerator",
     "RsUNet",
     "SPADEResBlock",
+    "SourceEmbedding",
+    "SpadeDecoderGenerator",
     "SpatiallyAdaptiveNorm",
     "VGGPerceptualLoss",
     "build_discriminator",

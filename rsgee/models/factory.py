@@ -1,13 +1,15 @@
 """Build the models by name and size preset; the one place that knows the sources' channel counts.
 
-Three presets per architecture:
+Generators: ``rs-spade`` (the paper's: pix2pix's U-Net with the multi-source modulation after every
+normalisation), ``pix2pix`` (the baseline U-Net on the concatenated sources) and ``spade-decoder``
+(SPADE's decoder-only generator with the same modulation, kept as an ablation). Three presets each:
 
-* ``"paper"`` — the published defaults (SPADE: ngf 64, SPADE hidden 128, ndf 64, 2 scales × 4
-  layers; pix2pix: ``unet_256`` with ngf 64 and the 70×70 PatchGAN with ndf 64; RS-UNet: the
-  classic U-Net widths 64…1024 over 5 levels). For GPUs.
+* ``"paper"`` — the published defaults (pix2pix and RS-SPADE: ``unet_256`` with ngf 64, RS-SPADE's
+  modulation nets 128 wide as SPADE's; SPADE decoder: ngf 64, hidden 128; discriminators ndf 64, the
+  70×70 PatchGAN or 2 scales × 4 layers; RS-UNet: the classic U-Net widths 64…1024 over 5 levels). For GPUs.
 * ``"small"`` — the same architectures at a quarter to half the width, for CPU or small-GPU runs
   on real archives.
-* ``"tiny"`` — 0.3–2 M parameters, for tests and the offline demo; a generator + discriminator
+* ``"tiny"`` — 0.25–2 M parameters, for tests and the offline demo; a generator + discriminator
   step at batch 2, 128² takes 0.1–0.4 s on a 2-core CPU.
 
 Every keyword of the architecture's constructor can be overridden
@@ -25,6 +27,7 @@ from rsgee.errors import RsgeeError
 from rsgee.models.discriminator import MultiScaleDiscriminator, Pix2PixPatchDiscriminator
 from rsgee.models.pix2pix import Pix2PixGenerator
 from rsgee.models.rs_spade import RsSpadeGenerator
+from rsgee.models.spade_decoder import SpadeDecoderGenerator
 from rsgee.models.unet import RsUNet
 
 #: Channels of each model input source as the data module delivers them: Dynamic World one-hot
@@ -41,17 +44,23 @@ NUM_CLASSES = 9
 SIZES = ("tiny", "small", "paper")
 
 GENERATOR_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "rs-spade": {
-        "tiny": {"ngf": 8, "embed_channels": 8, "spade_hidden": 16},
-        "small": {"ngf": 16, "embed_channels": 16, "spade_hidden": 32},
-        "paper": {"ngf": 64, "embed_channels": 32, "spade_hidden": 128},
-    },
     # num_downs: the bottleneck must stay ≥ 1 px, so tiny (5 levels) runs on any multiple of 32,
-    # small (7) on multiples of 128, paper (8, unet_256) on multiples of 256.
+    # small (7) on multiples of 128, paper (8, unet_256) on multiples of 256. RS-SPADE's U-Net is
+    # pix2pix's at the same size.
+    "rs-spade": {
+        "tiny": {"ngf": 8, "num_downs": 5, "embed_channels": 8, "spade_hidden": 16},
+        "small": {"ngf": 32, "num_downs": 7, "embed_channels": 16, "spade_hidden": 32},
+        "paper": {"ngf": 64, "num_downs": 8, "embed_channels": 32, "spade_hidden": 128},
+    },
     "pix2pix": {
         "tiny": {"ngf": 8, "num_downs": 5},
         "small": {"ngf": 32, "num_downs": 7},
         "paper": {"ngf": 64, "num_downs": 8},
+    },
+    "spade-decoder": {
+        "tiny": {"ngf": 8, "embed_channels": 8, "spade_hidden": 16},
+        "small": {"ngf": 16, "embed_channels": 16, "spade_hidden": 32},
+        "paper": {"ngf": 64, "embed_channels": 32, "spade_hidden": 128},
     },
 }
 
@@ -76,12 +85,10 @@ SEGMENTER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: The discriminator each generator is trained with in the paper's setup.
-DEFAULT_DISCRIMINATOR = {"rs-spade": "multiscale", "pix2pix": "patchgan70"}
-
 _GENERATORS: dict[str, Callable[..., nn.Module]] = {
     "rs-spade": RsSpadeGenerator,
     "pix2pix": Pix2PixGenerator,
+    "spade-decoder": SpadeDecoderGenerator,
 }
 _DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
     "multiscale": MultiScaleDiscriminator,
@@ -158,7 +165,7 @@ def build_generator(
     """Build a generator that maps the enabled sources to RGBN.
 
     Args:
-        name: ``"rs-spade"`` or ``"pix2pix"``.
+        name: ``"rs-spade"``, ``"pix2pix"`` or ``"spade-decoder"``.
         sources: any non-empty subset of :data:`SOURCE_CHANNELS` (order irrelevant).
         size: ``"tiny"``, ``"small"`` or ``"paper"`` (see :data:`GENERATOR_PRESETS`).
         **overrides: constructor keywords replacing preset values (e.g. ``ngf=32``,
@@ -179,7 +186,8 @@ def build_discriminator(
 
     Args:
         name: ``"multiscale"`` (RS-SPADE's; returns per-scale feature lists) or ``"patchgan70"``
-            (pix2pix's; returns patch logits). :data:`DEFAULT_DISCRIMINATOR` maps generators to them.
+            (pix2pix's; returns patch logits). The training recipe chooses one
+            (:data:`rsgee.train.fusion.RECIPES`).
         in_channels: condition + image channels, see :func:`discriminator_in_channels`.
         size: ``"tiny"``, ``"small"`` or ``"paper"``.
         **overrides: constructor keywords replacing preset values.

@@ -1,26 +1,30 @@
-"""RS-SPADE: a SPADE generator driven by separately-embedded remote-sensing sources.
+"""RS-SPADE as the paper builds it: pix2pix's U-Net generator, every normalisation followed by the multi-source modulation.
 
-The paper (section 3.1, Figures 4–5) embeds each source (land cover, SAR, DEM + terrain)
-separately, fuses the embeddings, and turns them into spatial modulation parameters applied after
-every BatchNorm of the generator. This module re-implements that from the description of SPADE
-(Park et al., 2019); no SPADE code is used (its licence is non-commercial).
+How it follows the paper (section 3.1):
 
-Layout, for ``n_up = 5`` (SPADE's "normal") and a 256² input::
+* **Figure 4, "based on the Pix2pix model"**: the generator is pix2pix's U-Net (``unet_256`` for the
+  paper size, :mod:`rsgee.models.pix2pix`): ``num_downs`` 4×4 stride-2 convolutions halve the
+  concatenated sources down to H/2^num_downs, widths ngf, 2ngf, 4ngf, 8ngf, 8ngf, …; the decoder mirrors
+  them with 4×4 stride-2 transposed convolutions, each fed its own output concatenated with the matching
+  encoder activation (the skip path). LeakyReLU 0.2 down, ReLU up, dropout 0.5 in the ``num_downs − 5``
+  8·ngf decoder levels next to the bottleneck, tanh out. Normalisation sits where pix2pix puts it: after
+  every conv except the outermost down, the innermost (bottleneck) down and the outermost up.
+* **"LULC/SAR/DEM data are used as label inputs, and embedding processing is applied to different types
+  separately"**: each source has its own stem (:class:`~rsgee.models.modulation.SourceEmbedding`); the
+  stems' outputs are concatenated into one fused embedding at full resolution.
+* **Figure 5 and "applied following each Batch Normalization (BN) operation within the generative
+  model"**: every normalisation of the U-Net is parameter-free and followed by a spatial modulation whose γ
+  and β (per channel and pixel) a small conv net predicts from the fused embedding resized (area) to that
+  layer's resolution (:class:`~rsgee.models.modulation.SpatiallyAdaptiveNorm`). For ``num_downs`` levels
+  that is 2·num_downs − 3 modulated layers, at every resolution from H/2 down to H/2^(num_downs−1).
 
-    sources ─► per-source stem (3×3 conv, ReLU, 3×3 conv) at 256² ─► concat = embedding E
-    E ─area─► 8² ─► 3×3 conv to 16·ngf
-      ─► SPADEBlock(16→16) ─up─► SPADEBlock(16→16) ─► SPADEBlock(16→16) ─up─►
-         SPADEBlock(16→8) ─up─► SPADEBlock(8→4) ─up─► SPADEBlock(4→2) ─up─► SPADEBlock(2→1)
-      ─► leaky ReLU ─► 3×3 conv to 4 ─► tanh                                 (widths × ngf)
-
-Every SPADE layer reads E resized to its own resolution by area averaging (see
-:func:`rsgee.models.layers.resize_to`). The embedding is resized, not the raw inputs, so a layer at
-8² still sees texture statistics the stems extracted at full resolution (speckle strength, slope
-roughness) instead of their blurred inputs. Spectral normalisation sits where SPADE puts it: on the
-residual blocks' convs, not on the modulation nets, the first conv or the output conv.
-
-Which sources exist is decided only by the keys of the stem dictionary, so every subset of sources
-runs the same forward code (the paper's ablation, Table 2).
+The U-Net's encoder reads the sources concatenated, as pix2pix's does, so RS-SPADE is pix2pix plus the
+modulation: an architecture comparison of the two isolates what the paper adds (with γ = β = 0 it computes
+exactly pix2pix's function, tested). As in pix2pix with BatchNorm, only the outermost up conv has a bias
+(the modulation's β replaces the others). Weights start as pix2pix's
+(N(0, 0.02)); the modulation nets then give γ, β ≈ 0 (plain normalisation), and the stems keep PyTorch's
+default initialisation. Which sources exist is decided only by ``source_channels``, so every subset runs
+the same forward code (the paper's ablation, Table 2).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsgee.errors import RsgeeError
@@ -38,156 +41,67 @@ from rsgee.models.layers import (
     check_norm,
     check_sources,
     init_weights,
-    maybe_spectral,
-    param_free_norm,
-    resize_to,
     select_sources,
 )
+from rsgee.models.modulation import (
+    ConditionPyramid,
+    SpatiallyAdaptiveNorm,
+    embed_sources,
+    reset_stems,
+    source_stems,
+)
 
-#: Slope of the leaky ReLUs inside and after the SPADE blocks (SPADE's ``actvn``).
+#: Slope of the encoder's leaky ReLUs (pix2pix's).
 LEAKY_SLOPE = 0.2
 
 
-class SpatiallyAdaptiveNorm(nn.Module):
-    """Parameter-free normalisation followed by a spatially-varying affine modulation (SPADE).
-
-    ``out = norm(x) · (1 + γ(c)) + β(c)``, where ``c`` is the conditioning map resized to x's
-    resolution, and γ, β come from a small conv net: 3×3 conv to ``hidden`` – ReLU – one 3×3 conv
-    each for γ and β. The ``1 +`` makes γ = β = 0 the identity modulation, so the layer starts as
-    plain normalisation under a small initialisation.
+class ModulatedConv(nn.Module):
+    """One U-Net conv: activation – conv (down, or transposed up) – [modulated normalisation] – [dropout].
 
     Args:
-        channels: channels of the normalised activation ``x``.
-        cond_channels: channels of the conditioning map ``c``.
-        hidden: width of the shared hidden conv (SPADE hard-codes 128).
-        norm: ``"batch"`` or ``"instance"`` (both without learned affine parameters).
-        interpolation: how ``c`` is resized when it is not already at x's resolution.
-        kernel_size: kernel of the modulation convs (SPADE's ``3x3``).
+        in_channels, out_channels: the conv's widths.
+        up: a 4×4 stride-2 transposed conv (decoder) instead of a 4×4 stride-2 conv (encoder).
+        activation: ``"leaky"`` (encoder), ``"relu"`` (decoder) or ``None`` (the outermost down conv).
+        modulated: follow the conv by a :class:`SpatiallyAdaptiveNorm`; ``None`` for no normalisation.
+        dropout: dropout 0.5 after the normalisation.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        cond_channels: int,
-        hidden: int = 128,
-        norm: str = "batch",
-        interpolation: str = "area",
-        kernel_size: int = 3,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, up: bool, activation: str | None,
+                 modulated: dict | None, dropout: bool = False) -> None:
         super().__init__()
-        self.interpolation = interpolation
-        self.norm = param_free_norm(norm, channels)
-        padding = kernel_size // 2
-        self.shared = nn.Sequential(
-            nn.Conv2d(cond_channels, hidden, kernel_size, padding=padding), nn.ReLU()
-        )
-        self.to_gamma = nn.Conv2d(hidden, channels, kernel_size, padding=padding)
-        self.to_beta = nn.Conv2d(hidden, channels, kernel_size, padding=padding)
+        conv = nn.ConvTranspose2d if up else nn.Conv2d
+        self.activation = {"leaky": nn.LeakyReLU(LEAKY_SLOPE), "relu": nn.ReLU(), None: nn.Identity()}[activation]
+        # as pix2pix with BatchNorm: only the outermost up conv (no normalisation after it) has a bias
+        self.conv = conv(in_channels, out_channels, 4, stride=2, padding=1, bias=up and modulated is None)
+        self.norm = SpatiallyAdaptiveNorm(out_channels, **modulated) if modulated is not None else None
+        self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
-    def modulation(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """The (γ, β) maps for activation ``x`` under condition ``cond``."""
-        hidden = self.shared(resize_to(cond, x.shape[-2:], self.interpolation))
-        return self.to_gamma(hidden), self.to_beta(hidden)
-
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """Normalise ``x`` without parameters, then modulate it with γ, β predicted from ``cond``."""
-        normalised = self.norm(x)
-        gamma, beta = self.modulation(x, cond)
-        return normalised * (1 + gamma) + beta
-
-
-class SPADEResBlock(nn.Module):
-    """Pre-activation residual block whose normalisations are all SPADE layers.
-
-    ``dx = conv_1(act(norm_1(conv_0(act(norm_0(x, c))), c)))`` and
-    ``out = shortcut(x) + dx``, with ``act`` a leaky ReLU(0.2). The middle width is
-    ``min(in, out)``. When the widths differ the shortcut is a learned, bias-free 1×1 conv after its
-    own SPADE layer; otherwise it is the identity. The three convs are spectrally normalised (as
-    SPADE's ``spectral`` generator norm); the modulation convs are not.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        cond_channels: int,
-        hidden: int,
-        norm: str = "batch",
-        interpolation: str = "area",
-        spectral: bool = True,
-    ) -> None:
-        super().__init__()
-        middle = min(in_channels, out_channels)
-        self.learned_shortcut = in_channels != out_channels
-
-        def spade(channels: int) -> SpatiallyAdaptiveNorm:
-            return SpatiallyAdaptiveNorm(channels, cond_channels, hidden, norm, interpolation)
-
-        self.norm_0 = spade(in_channels)
-        self.conv_0 = maybe_spectral(nn.Conv2d(in_channels, middle, 3, padding=1), spectral)
-        self.norm_1 = spade(middle)
-        self.conv_1 = maybe_spectral(nn.Conv2d(middle, out_channels, 3, padding=1), spectral)
-        if self.learned_shortcut:
-            self.norm_s = spade(in_channels)
-            self.conv_s = maybe_spectral(
-                nn.Conv2d(in_channels, out_channels, 1, bias=False), spectral
-            )
-
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """Residual update of ``x`` modulated by ``cond`` (at x's resolution or resized to it)."""
-        shortcut = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, cond), LEAKY_SLOPE))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, cond), LEAKY_SLOPE))
-        return shortcut + dx
-
-
-class SourceEmbedding(nn.Module):
-    """One source's stem: 3×3 conv – ReLU – 3×3 conv, at full resolution.
-
-    Giving each source its own stem is the paper's "separate embedding": a one-hot label map, a
-    speckled backscatter pair and smooth terrain rasters have different statistics, and a stem of
-    their own lets each be mapped to features before they are mixed. The stems run once per
-    forward pass at full resolution (not once per SPADE layer), which keeps their cost to two
-    convolutions per source.
-    """
-
-    def __init__(self, in_channels: int, embed_channels: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, embed_channels, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(embed_channels, embed_channels, 3, padding=1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Embed one source: (B, C_source, H, W) → (B, embed_channels, H, W)."""
-        return self.layers(x)
+    def forward(self, x: Tensor, cond: ConditionPyramid) -> Tensor:
+        """Run the conv; the normalisation reads the condition at the conv output's resolution."""
+        y = self.conv(self.activation(x))
+        if self.norm is not None:
+            y = self.norm(y, cond.at(y.shape[-2:]))
+        return self.dropout(y)
 
 
 class RsSpadeGenerator(nn.Module):
-    """RS-SPADE generator: enabled sources → Sentinel-2 RGBN in [-1, 1].
+    """RS-SPADE: the pix2pix U-Net over the concatenated sources, modulated by their fused embedding → RGBN in [-1, 1].
 
     Args:
         source_channels: ``{source name: channels}`` of the enabled sources, e.g.
-            ``{"lulc": 10, "s1": 2, "terrain": 5}``; its order fixes the order of the fused
-            embedding. Any non-empty subset builds the same architecture apart from the stems.
+            ``{"lulc": 10, "s1": 2, "terrain": 5}``; their order fixes both the concatenation the encoder
+            reads and the order of the fused embedding. Any non-empty subset builds the same U-Net.
         out_channels: output bands (4: B2, B3, B4, B8).
-        ngf: base width; the decoder runs 16·ngf → … → ngf (SPADE's ``ngf``, 64 in the paper).
+        ngf: width of the outermost level (64 in pix2pix).
+        num_downs: stride-2 levels; 8 is ``unet_256`` (256² → 1×1 bottleneck). At least 5. Inputs must be
+            divisible by 2^num_downs.
         embed_channels: width of each source's embedding.
-        spade_hidden: hidden width of every SPADE modulation net (SPADE hard-codes 128).
-        n_up: number of 2× nearest upsamplings; the decoder starts at H/2^n_up. 5 is SPADE's
-            "normal", 6 "more", 7 "most" (an extra up between the middle blocks, and for 7 a final
-            ngf → ngf/2 block); 1–4 stop halving early, so the last block is 2^(5-n_up)·ngf wide.
-            Inputs must be divisible by 2^n_up.
-        norm: ``"batch"`` (default; convertible with ``SyncBatchNorm.convert_sync_batchnorm``) or
-            ``"instance"`` (for one sample per device).
-        interpolation: how the embedding is resized to each layer (``"area"``; see
-            :func:`rsgee.models.layers.resize_to` for why not ``"nearest"``).
-        spectral: spectral normalisation of the residual-block convs (SPADE's default).
-
-    Weights follow SPADE (Xavier-normal, gain 0.02) except the stems, which keep PyTorch's default
-    (Kaiming-uniform) init: two extra 0.02-gain layers in front of the modulation nets would shrink
-    the conditioning signal by ~10⁻⁴ at initialisation.
+        spade_hidden: hidden width of every modulation net (SPADE's 128).
+        norm: ``"batch"`` (the paper's BN; convertible with ``SyncBatchNorm.convert_sync_batchnorm``) or
+            ``"instance"`` (for one sample per device); both without learned affine parameters.
+        dropout: dropout 0.5 in the ``num_downs − 5`` 8·ngf decoder levels next to the bottleneck.
+        interpolation: how the embedding is resized to each layer (``"area"``: class fractions and
+            multilooked SAR; see :func:`rsgee.models.layers.resize_to`).
     """
 
     def __init__(
@@ -195,73 +109,61 @@ class RsSpadeGenerator(nn.Module):
         source_channels: Mapping[str, int],
         out_channels: int = 4,
         ngf: int = 64,
+        num_downs: int = 8,
         embed_channels: int = 32,
         spade_hidden: int = 128,
-        n_up: int = 5,
         norm: str = "batch",
+        dropout: bool = True,
         interpolation: str = "area",
-        spectral: bool = True,
     ) -> None:
         super().__init__()
         self.source_channels = check_sources(source_channels)
         check_norm(norm)
-        if not 1 <= n_up <= 7:
-            raise RsgeeError(f"n_up must be 1…7 (5 is SPADE's 'normal'), got {n_up}")
+        if num_downs < 5:
+            raise RsgeeError(f"the RS-SPADE U-Net needs num_downs ≥ 5, got {num_downs}")
         if min(ngf, embed_channels, spade_hidden) < 1:
             raise RsgeeError("ngf, embed_channels and spade_hidden must be positive")
-        if n_up == 7 and ngf < 2:
-            raise RsgeeError("n_up=7 ends with an ngf/2 block; ngf must be at least 2")
         if interpolation not in INTERPOLATIONS:
-            raise RsgeeError(
-                f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}"
-            )
-        self.n_up = n_up
+            raise RsgeeError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        self.num_downs = num_downs
         self.interpolation = interpolation
-        self.stems = nn.ModuleDict(
-            {name: SourceEmbedding(c, embed_channels) for name, c in self.source_channels.items()}
-        )
-        cond = embed_channels * len(self.source_channels)
-        self.cond_channels = cond
-
-        def block(fin: int, fout: int) -> SPADEResBlock:
-            return SPADEResBlock(fin, fout, cond, spade_hidden, norm, interpolation, spectral)
-
-        top = 16 * ngf
-        self.fc = nn.Conv2d(cond, top, 3, padding=1)
-        # SPADE's layout: head, up, middle_0, [up if n_up ≥ 6], middle_1, then (up, halving block)
-        # for the remaining upsamplings. upsample_before[i] says whether blocks[i] is preceded by
-        # a 2× nearest upsampling; for n_up = 5 the widths run 16,16,16,8,4,2,1 × ngf.
-        blocks = [block(top, top), block(top, top), block(top, top)]
-        upsample_before = [False, True, n_up >= 6]
-        width = top
-        for _ in range(n_up - sum(upsample_before)):
-            blocks.append(block(width, width // 2))
-            upsample_before.append(True)
-            width //= 2
-        self.blocks = nn.ModuleList(blocks)
-        self.upsample_before = tuple(upsample_before)
-        self.out_conv = nn.Conv2d(width, out_channels, 3, padding=1)
         self.out_channels = out_channels
+        self.stems = source_stems(self.source_channels, embed_channels)
+        self.cond_channels = embed_channels * len(self.source_channels)
+        modulated = {"cond_channels": self.cond_channels, "hidden": spade_hidden, "norm": norm,
+                     "interpolation": interpolation}
 
-        init_weights(self, "xavier", 0.02)
-        for stem in self.stems.values():
-            stem.apply(_reset_default)
+        # encoder widths, outermost first: ngf, 2ngf, 4ngf, 8ngf, 8ngf, …
+        widths = [min(2**i, 8) * ngf for i in range(num_downs)]
+        inputs = [sum(self.source_channels.values())] + widths[:-1]
+        innermost = num_downs - 1
+        self.downs = nn.ModuleList(
+            ModulatedConv(inputs[i], widths[i], up=False, activation=None if i == 0 else "leaky",
+                          modulated=None if i in (0, innermost) else modulated)
+            for i in range(num_downs))
+        # decoder level i maps (its own width, doubled by the skip except at the bottleneck) back to the
+        # width level i received; the outermost one to the image, with tanh and no normalisation
+        self.ups = nn.ModuleList(
+            ModulatedConv(widths[i] * (1 if i == innermost else 2), out_channels if i == 0 else inputs[i],
+                          up=True, activation="relu", modulated=None if i == 0 else modulated,
+                          dropout=dropout and 0 < i < innermost and num_downs - 1 - i <= num_downs - 5)
+            for i in range(num_downs))
+
+        init_weights(self, "normal", 0.02)
+        reset_stems(self.stems)
 
     @property
     def sources(self) -> tuple[str, ...]:
-        """Names of the enabled sources, in the order their embeddings are concatenated."""
+        """Names of the enabled sources, in concatenation (and embedding) order."""
         return tuple(self.source_channels)
 
     def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """The fused conditioning map: every enabled source's embedding, concatenated (full res)."""
-        return self._embed(select_sources(inputs, self.source_channels))
-
-    def _embed(self, tensors: list[Tensor]) -> Tensor:
-        return torch.cat([self.stems[n](x) for n, x in zip(self.sources, tensors)], dim=1)
+        """The fused conditioning map: every enabled source's embedding, concatenated (full resolution)."""
+        return embed_sources(self.stems, select_sources(inputs, self.source_channels))
 
     def output_layer(self) -> nn.Module:
         """The layer right before tanh (its bias sets where an untrained generator starts)."""
-        return self.out_conv
+        return self.ups[0].conv
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Generate RGBN from a dict of source tensors (extra keys such as the target are ignored).
@@ -270,38 +172,14 @@ class RsSpadeGenerator(nn.Module):
             (B, out_channels, H, W) in [-1, 1].
         """
         tensors = select_sources(inputs, self.source_channels)
-        check_divisible(tensors[0], 2**self.n_up, f"RS-SPADE with n_up={self.n_up}")
-        embedding = self._embed(tensors)
-        height, width = embedding.shape[-2:]
-        # One resized copy of the embedding per resolution, shared by every layer at that size.
-        pyramid: dict[tuple[int, int], Tensor] = {}
-
-        def cond_at(size: tuple[int, int]) -> Tensor:
-            if size not in pyramid:
-                pyramid[size] = resize_to(embedding, size, self.interpolation)
-            return pyramid[size]
-
-        # the decoder never starts below MIN_START² (a 64-px crop would start at 2×2 with n_up = 5, a
-        # 256-px tile at 8×8): on small inputs the first upsamplings are skipped, the blocks all run
-        skip = 0
-        while (min(height, width) >> (self.n_up - skip)) < min(MIN_START, min(height, width)):
-            skip += 1
-        x = self.fc(cond_at((height >> (self.n_up - skip), width >> (self.n_up - skip))))
-        for block, upsample in zip(self.blocks, self.upsample_before):
-            if upsample and skip:
-                skip -= 1
-            elif upsample:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = block(x, cond_at(tuple(x.shape[-2:])))
-        x = self.out_conv(F.leaky_relu(x, LEAKY_SLOPE))
-        return torch.tanh(x)
-
-
-#: Smallest grid the decoder starts from, whatever the input size.
-MIN_START = 8
-
-
-def _reset_default(module: nn.Module) -> None:
-    """Restore PyTorch's default initialisation of a conv layer."""
-    if isinstance(module, nn.Conv2d):
-        module.reset_parameters()
+        x = torch.cat(tensors, dim=1)
+        check_divisible(x, 2**self.num_downs, f"the RS-SPADE U-Net with num_downs={self.num_downs}")
+        cond = ConditionPyramid(embed_sources(self.stems, tensors), self.interpolation)
+        skips = []
+        for down in self.downs:
+            x = down(x, cond)
+            skips.append(x)
+        y = self.ups[-1](skips[-1], cond)
+        for i in range(self.num_downs - 2, -1, -1):
+            y = self.ups[i](torch.cat([skips[i], y], dim=1), cond)
+        return torch.tanh(y)

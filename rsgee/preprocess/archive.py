@@ -82,6 +82,7 @@ class Archive:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._catalog: Catalog | None = None  # parsed once: an archive keeps the catalog it started with
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -143,8 +144,11 @@ class Archive:
         write_json_atomic(self.meta_path, meta)
 
     def catalog(self) -> Catalog:
-        """The catalog the archive was built with."""
-        return parse_catalog(yaml.safe_load(self.catalog_path.read_text(encoding="utf-8")), self.catalog_path)
+        """The catalog the archive was built with (read once per Archive object: it never changes)."""
+        if self._catalog is None:
+            self._catalog = parse_catalog(yaml.safe_load(self.catalog_path.read_text(encoding="utf-8")),
+                                          self.catalog_path)
+        return self._catalog
 
     def sources(self) -> dict[str, SourceSpec]:
         return tile_sources(self.catalog())

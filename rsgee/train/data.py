@@ -1,4 +1,4 @@
-"""Archive tiles as model inputs: normalisation, dihedral augmentation and the Lightning data module.
+"""Archive tiles as model inputs: normalisation, augmentation and the Lightning data module.
 
 Model inputs follow DESIGN.md: Sentinel-2 reflectance/10000 clipped to [0, 1], then mapped to [-1, 1]
 (the generators' tanh range); Sentinel-1 dB clipped to [-25, 0] (VH [-32.5, 0]) and mapped to [0, 1];
@@ -6,10 +6,15 @@ land cover one-hot with a don't-care channel for 255; terrain as the standardise
 and cosine of aspect (0, 0 where flat) and hillshade/255. Samples are read from the archive's packed
 cache (built or rebuilt on first use), never from the GeoTIFFs one by one.
 
-Augmentation draws one of the eight flips/rotations per sample, applied identically to every source.
-Aspect is a compass direction, so its sine and cosine are rotated and mirrored with the pixels (a
-north-facing slope rotated a quarter turn anticlockwise faces west). Hillshade keeps its 315° sun: after
-a rotation it reads as a shading from another azimuth, a harmless variation for a conditioning input.
+Augmentation (:data:`AUGMENTATIONS`) draws one flip/rotation per sample, applied identically to every
+source: ``dihedral`` any of the eight, ``flip`` one of the four that mirror east–west and/or north–south,
+``none`` keeps the tile as it lies. Aspect is a compass direction, so its sine and cosine turn and mirror
+with the pixels (a north-facing slope rotated a quarter turn anticlockwise faces west). But the sun does
+not turn: in a scene (real Sentinel-2 as the synthetic source) the slopes that face it are bright, and
+after any flip or rotation other slopes face it, so the aspect → illumination relation, the strongest
+signal terrain carries for Sentinel-2, no longer holds. Fusion therefore trains with ``none`` by default;
+segmentation, which reads only Sentinel-2, keeps ``dihedral``. Hillshade keeps its 315° sun after a
+transform (it then reads as lit from another azimuth), and SAR's look direction is not corrected either.
 """
 
 from __future__ import annotations
@@ -99,6 +104,25 @@ def terrain_to_model(terrain: np.ndarray, dem_mean: float, dem_std: float) -> np
 
 # -- augmentation ------------------------------------------------------------------------------
 
+#: Augmentations a training run can draw from: none, the four flips (identity, mirror E–W, mirror N–S,
+#: half turn) or all eight flips and rotations.
+AUGMENTATIONS = ("none", "flip", "dihedral")
+
+
+def check_augmentation(name: str) -> str:
+    """Return ``name`` if it is one of :data:`AUGMENTATIONS`, else a one-line error."""
+    if name not in AUGMENTATIONS:
+        raise RsgeeError(f"--augment {name!r}: choose {', '.join(AUGMENTATIONS)}")
+    return name
+
+
+def draw_transform(name: str, digest: bytes) -> tuple[int, bool] | None:
+    """The (quarter turns, mirror) a sample gets under augmentation ``name``, from its seeded digest."""
+    if name == "none":
+        return None
+    turns = digest[0] % 4 if name == "dihedral" else 2 * (digest[0] % 2)  # flips: 0 or a half turn, ± mirror
+    return turns, bool(digest[1] & 1)
+
 def dihedral(array: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     """Rotate (C, H, W) by k quarter turns anticlockwise (as displayed, north up), then mirror east–west."""
     out = torch.rot90(array, k, dims=(-2, -1))
@@ -163,21 +187,21 @@ class FusionSamples(Dataset):
         split: "train", "val" or "test".
         sources: conditioning sources (subset of lulc, s1, terrain).
         normalisation: from :func:`archive_normalisation` (always the train split's statistics).
-        augment: draw a random flip/rotation per sample (training only).
-        crop: train on random square crops of this many pixels (a multiple of 32), e.g. to make CPU
-            runs affordable; None = whole 256×256 tiles.
-        seed: makes the augmentation reproducible, combined with the epoch: items are indexed by
+        augment: one of :data:`AUGMENTATIONS`, drawn per sample (training; ``"none"`` for evaluation).
+        crop: random square crops of this many pixels (a multiple of 32), e.g. to make CPU runs
+            affordable (training); None = whole 256×256 tiles.
+        seed: makes crops and augmentation reproducible, combined with the epoch: items are indexed by
             ``i`` or by the ``(i, epoch)`` pairs an :class:`~rsgee.train.distributed.EpochSampler` yields.
     """
 
     def __init__(self, archive: Archive, split: str, sources: Sequence[str], normalisation: dict, *,
-                 augment: bool = False, crop: int | None = None, seed: int = 0, progress: bool = False):
+                 augment: str = "none", crop: int | None = None, seed: int = 0, progress: bool = False):
         if crop is not None and (crop % 32 or not 32 <= crop <= 256):
             raise RsgeeError(f"--crop {crop}: use a multiple of 32 between 32 and 256 pixels")
         self.packed: PackedSplit = open_split(archive, split, progress=progress)
         self.sources = tuple(sources)
         self.norm = normalisation
-        self.augment = augment
+        self.augment = check_augmentation(augment)
         self.crop = crop
         self.seed = seed
 
@@ -188,9 +212,9 @@ class FusionSamples(Dataset):
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         # crop first, then normalise only the pixels and sources used (random crops commute with the
         # dihedral transforms, so drawing the window before rotating changes nothing but the cost)
-        digest = hashlib.sha256(f"{self.seed}:{epoch}:{i}".encode()).digest() if self.augment else b""
+        digest = hashlib.sha256(f"{self.seed}:{epoch}:{i}".encode()).digest()
         window = None
-        if self.augment and self.crop and self.crop < TILE_PX:
+        if self.crop and self.crop < TILE_PX:
             room = TILE_PX - self.crop
             row = int.from_bytes(digest[2:4], "big") % (room + 1)
             col = int.from_bytes(digest[4:6], "big") % (room + 1)
@@ -207,8 +231,9 @@ class FusionSamples(Dataset):
                 terrain_to_model(raw["terrain"], self.norm["dem_mean"], self.norm["dem_std"]))
         sample = {"cond": cond, "target": torch.from_numpy(target), "valid": torch.from_numpy(valid),
                   "index": i, "tile_id": self.packed.tile_ids[i]}
-        if self.augment:
-            sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
+        transform = draw_transform(self.augment, digest)
+        if transform:
+            sample = augment(sample, *transform)
         return sample
 
 
@@ -216,11 +241,12 @@ class FusionData(L.LightningDataModule):
     """Train/val/test loaders over an archive for the fusion models."""
 
     def __init__(self, archive: str | Path, sources: Sequence[str], *, batch_size: int = 4, num_workers: int = 0,
-                 crop: int | None = None, seed: int = 0, progress: bool = True):
+                 crop: int | None = None, augment: str = "none", seed: int = 0, progress: bool = True):
         super().__init__()
         self.archive = Archive(archive)
         self.sources = tuple(sources)
         self.crop = crop
+        self.augment = check_augmentation(augment)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -237,8 +263,10 @@ class FusionData(L.LightningDataModule):
         self.norm = archive_normalisation(self.archive)
         for split in ("train", "val", "test"):
             if split not in self.splits:
+                train = split == "train"
                 self.splits[split] = FusionSamples(self.archive, split, self.sources, self.norm,
-                                                   augment=split == "train", crop=self.crop, seed=self.seed)
+                                                   augment=self.augment if train else "none",
+                                                   crop=self.crop if train else None, seed=self.seed)
         for split in ("train", "val", "test"):  # test too: evaluate would fail only after training
             if not len(self.splits[split]):
                 raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "

@@ -1,4 +1,4 @@
-"""Fusion training: RS-SPADE or the pix2pix baseline generating Sentinel-2 from land cover, SAR and terrain.
+"""Fusion training: RS-SPADE, the pix2pix baseline or the SPADE decoder generating Sentinel-2 from land cover, SAR and terrain.
 
 One GAN iteration per batch under Lightning's manual optimisation: a discriminator step on real and
 generated images (conditioned on the inputs), then a generator step. The generator (architecture) and
@@ -31,13 +31,16 @@ from rsgee.models import losses
 from rsgee.models.layers import count_parameters
 from rsgee.models.factory import build_discriminator, build_generator, discriminator_in_channels
 from rsgee.preprocess.archive import Archive
-from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance, parse_sources
+from rsgee.train.data import FusionData, check_augmentation, condition_tensor, model_to_reflectance, parse_sources
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, run_inputs,
-                                 seed_everything, start_run)
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_length, checkpoint_of, fit, make_trainer,
+                                 planned_steps, read_run, resolve_launch, run_inputs, scheduled, seed_everything,
+                                 start_run)
 
-MODELS = ("rs-spade", "pix2pix")
+#: Generators: the paper's RS-SPADE (pix2pix's U-Net + multi-source modulation), the pix2pix baseline, and
+#: SPADE's decoder-only generator with the same modulation (an ablation).
+MODELS = ("rs-spade", "pix2pix", "spade-decoder")
 #: Training recipes, apart from architectures. ``pix2pix``: Isola et al.'s (vanilla GAN + L1 ×100, Adam
 #: 2e-4 (0.5, 0.999), 70×70 PatchGAN). ``spade``: NVlabs/SPADE's (hinge + feature matching ×10 (+ VGG ×10
 #: with --vgg-weights), no L1, TTUR 1e-4/4e-4, betas (0, 0.999), 2-scale D). ``hybrid``: SPADE's with an L1
@@ -50,8 +53,9 @@ RECIPES = {
     "hybrid": {"gan_loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "l1_weight": 10.0,
                "fm_weight": 10.0, "discriminator": "multiscale"},
 }
-#: The recipe each model trains with unless told otherwise (see NOTES.md: not yet chosen by experiment).
-DEFAULT_RECIPE = {"rs-spade": "hybrid", "pix2pix": "pix2pix"}
+#: The recipe every generator trains with unless told otherwise: on the demo's val split each of the three
+#: learned most with it (BENCHMARKS.md, "Convergence"), and one recipe for all keeps comparisons fair.
+DEFAULT_RECIPE = "pix2pix"
 
 
 @dataclass
@@ -60,13 +64,17 @@ class FusionConfig:
 
     model: str = "rs-spade"
     sources: tuple[str, ...] = ("lulc", "s1", "terrain")
-    recipe: str | None = None  # pix2pix | spade | hybrid; None = the model's DEFAULT_RECIPE
+    recipe: str | None = None  # pix2pix | spade | hybrid; None = DEFAULT_RECIPE
     gan_loss: str | None = None  # hinge | vanilla (None = the recipe's)
     discriminator: str | None = None  # multiscale | patchgan70 (None = the recipe's)
     size: str = "small"
     batch_size: int = 4
-    epochs: int = 50
+    epochs: int | None = None  # passes over the train split (DEFAULT_EPOCHS when steps is None too)
+    steps: int | None = None  # or exactly this many optimiser steps (GAN iterations)
     steps_per_epoch: int | None = None  # batches per epoch; None = the whole train split
+    schedule: str = "cosine"  # learning-rate schedule over the run's steps (trainer.SCHEDULES)
+    warmup: int = 0  # optimiser steps of linear learning-rate warm-up
+    augment: str = "none"  # none | flip | dihedral: the sun does not turn (rsgee.train.data)
     crop: int | None = None  # train on random crops of this size (pixels); None = whole tiles
     lr_g: float | None = None
     lr_d: float | None = None
@@ -88,9 +96,13 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
-            raise RsgeeError(f"unknown fusion model '{self.model}'; choose {' or '.join(MODELS)}")
+            raise RsgeeError(f"unknown fusion model '{self.model}'; choose {', '.join(MODELS)}")
         self.sources = parse_sources(self.sources)
-        self.recipe = self.recipe or DEFAULT_RECIPE[self.model]
+        check_length(self)
+        check_augmentation(self.augment)
+        if self.val_figures < 0:
+            raise RsgeeError(f"--val-figures {self.val_figures}: use 0 (none) or more tiles")
+        self.recipe = self.recipe or DEFAULT_RECIPE
         if self.recipe not in RECIPES:
             raise RsgeeError(f"unknown recipe '{self.recipe}'; choose {', '.join(RECIPES)}")
         for key, value in RECIPES[self.recipe].items():
@@ -113,8 +125,8 @@ class FusionConfig:
 class FusionTask(GuardedTask):
     """Generator + conditional discriminator trained as a GAN (manual optimisation)."""
 
-    def __init__(self, config: dict, normalisation: dict | None = None):
-        super().__init__()
+    def __init__(self, config: dict, normalisation: dict | None = None, planned_steps: int | None = None):
+        super().__init__(planned_steps)
         self.save_hyperparameters()
         self.config = FusionConfig.from_dict(config)
         self.norm = normalisation
@@ -155,6 +167,7 @@ class FusionTask(GuardedTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         c = self.config
+        self.start_step()
         opt_g, opt_d = self.optimizers()
         cond, real, valid = batch["cond"], batch["target"], batch["valid"]
         condition = condition_tensor(cond, c.sources)
@@ -201,7 +214,7 @@ class FusionTask(GuardedTask):
             self._score(self.generator_ema(batch["cond"]), batch, self.val_metrics["ema"])
         if "crop" in self.val_metrics:
             self._score(in_windows(self.generator, batch["cond"], self.config.crop), batch, self.val_metrics["crop"])
-        if batch_idx == 0 and self.trainer.is_global_zero:
+        if batch_idx == 0 and self.trainer.is_global_zero and self.config.val_figures:
             self._figure_batch = {"fake": fake[: self.config.val_figures].detach().cpu(), "batch": batch}
 
     def on_validation_epoch_end(self) -> None:
@@ -236,8 +249,8 @@ class FusionTask(GuardedTask):
 
     def configure_optimizers(self):
         c = self.config
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=c.betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr_d, betas=c.betas)
+        opt_g = scheduled(torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=c.betas))
+        opt_d = scheduled(torch.optim.Adam(self.discriminator.parameters(), lr=c.lr_d, betas=c.betas))
         return [opt_g, opt_d]
 
 
@@ -315,16 +328,18 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = FusionData(archive.root, config.sources, batch_size=config.batch_size, num_workers=config.num_workers,
-                      crop=config.crop, seed=config.seed, progress=progress)
+                      crop=config.crop, augment=config.augment, seed=config.seed, progress=progress)
     data.prepare_data()
     data.setup("fit")
-    task = FusionTask(asdict(config), data.norm)
-    trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs, launch=launch,
+    shard = -(-len(data.splits["train"]) // launch.world_size)  # each device's share of the train split
+    steps = planned_steps(config, batches_per_epoch(shard, config.batch_size, config.steps_per_epoch, drop_last=True))
+    task = FusionTask(asdict(config), data.norm, steps)
+    trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
                            val_every=config.val_every)
     info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
-            **run_inputs(archive),
+            "planned_steps": steps, **run_inputs(archive),
             "parameters": {"generator": count_parameters(task.generator),
                            "discriminator": count_parameters(task.discriminator)}}
     return fit(run_dir, task, data, trainer, ckpt, info)
@@ -341,7 +356,14 @@ def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "c
         raise RsgeeError(f"{run_dir} is not a fusion run")
     if weights not in WEIGHTS:
         raise RsgeeError(f"unknown weights '{weights}'; choose raw or ema")
-    task = FusionTask.load_from_checkpoint(checkpoint_of(run_dir, which), map_location=map_location)
+    checkpoint = torch.load(checkpoint_of(run_dir, which), map_location=map_location, weights_only=False)
+    hparams = dict(checkpoint["hyper_parameters"])
+    if hparams["config"].get("model") == "rs-spade" and "generator.fc.weight" in checkpoint["state_dict"]:
+        # trained before RS-SPADE became the paper's U-Net: the generator is today's spade-decoder
+        hparams["config"] = dict(hparams["config"], model="spade-decoder")
+    task = FusionTask(**hparams)
+    task.on_load_checkpoint(checkpoint)
+    task.load_state_dict(checkpoint["state_dict"])
     if weights == "ema":
         task.use_ema()
     return task.eval()

@@ -29,12 +29,13 @@ from rsgee.models.factory import NUM_CLASSES, build_segmenter
 from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
-from rsgee.train.data import S2_SCALE, augment, crop
+from rsgee.train.data import S2_SCALE, augment, check_augmentation, crop, draw_transform
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
-from rsgee.train.trainer import (GuardedTask, checkpoint_of, fit, make_trainer, read_run, resolve_launch, run_inputs,
-                                 seed_everything, start_run)
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_length, checkpoint_of, fit, make_trainer,
+                                 planned_steps, read_run, resolve_launch, run_inputs, scheduled, seed_everything,
+                                 start_run)
 
 
 IGNORE = 255
@@ -87,13 +88,13 @@ class SegmentationSamples(Dataset):
     """
 
     def __init__(self, archive: Archive, split: str, mean: np.ndarray, std: np.ndarray, *,
-                 with_generated: bool = False, augment: bool = False, crop: int | None = None, seed: int = 0,
+                 with_generated: bool = False, augment: str = "none", crop: int | None = None, seed: int = 0,
                  progress: bool = False):
         self.archive = archive
         self.packed = open_split(archive, split, progress=progress)
         self.mean, self.std = mean[:, None, None], std[:, None, None]
         self.generated_ids = list(self.packed.tile_ids) if with_generated else []
-        self.augment, self.crop, self.seed = augment, crop, seed
+        self.augment, self.crop, self.seed = check_augmentation(augment), crop, seed
 
     @property
     def n_real(self) -> int:
@@ -117,13 +118,14 @@ class SegmentationSamples(Dataset):
         sample = {"cond": {}, "target": torch.from_numpy(image.astype(np.float32)),
                   "labels": torch.from_numpy(labels)[None], "generated": i >= self.n_real,
                   "tile_id": self.packed.tile_ids[real_index]}
-        if self.augment:
-            digest = hashlib.sha256(f"seg:{self.seed}:{epoch}:{i}".encode()).digest()
-            sample = augment(sample, digest[0] % 4, bool(digest[1] & 1))
-            if self.crop and self.crop < image.shape[-1]:
-                room = image.shape[-1] - self.crop
-                sample = crop(sample, int.from_bytes(digest[2:4], "big") % (room + 1),
-                              int.from_bytes(digest[4:6], "big") % (room + 1), self.crop)
+        digest = hashlib.sha256(f"seg:{self.seed}:{epoch}:{i}".encode()).digest()
+        transform = draw_transform(self.augment, digest)
+        if transform:
+            sample = augment(sample, *transform)
+        if self.crop and self.crop < image.shape[-1]:
+            room = image.shape[-1] - self.crop
+            sample = crop(sample, int.from_bytes(digest[2:4], "big") % (room + 1),
+                          int.from_bytes(digest[4:6], "big") % (room + 1), self.crop)
         return {"image": sample["target"], "labels": sample["labels"][0], "generated": sample["generated"],
                 "tile_id": sample["tile_id"]}
 
@@ -173,8 +175,12 @@ class SegmentationConfig:
     mix: tuple[int, int] = (1, 0)
     size: str = "small"
     batch_size: int = 8
-    epochs: int = 50
+    epochs: int | None = None  # passes over the (mixed) train epoch (DEFAULT_EPOCHS when steps is None too)
+    steps: int | None = None  # or exactly this many optimiser steps
     steps_per_epoch: int | None = None
+    schedule: str = "constant"  # learning-rate schedule over the run's steps (trainer.SCHEDULES)
+    warmup: int = 0  # optimiser steps of linear learning-rate warm-up
+    augment: str = "dihedral"  # none | flip | dihedral (segmentation reads only Sentinel-2)
     crop: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -186,6 +192,8 @@ class SegmentationConfig:
 
     def __post_init__(self) -> None:
         self.mix = tuple(int(v) for v in self.mix)
+        check_length(self)
+        check_augmentation(self.augment)
 
     @property
     def mix_label(self) -> str:
@@ -196,8 +204,8 @@ class SegmentationConfig:
 class SegmentationTask(GuardedTask):
     """RS-UNet with cross-entropy (255 ignored), Adam, and dataset-level mIoU / accuracy."""
 
-    def __init__(self, config: dict, in_channels: int = 4):
-        super().__init__()
+    def __init__(self, config: dict, in_channels: int = 4, planned_steps: int | None = None):
+        super().__init__(planned_steps)
         self.save_hyperparameters()
         self.config = SegmentationConfig(**{k: v for k, v in config.items() if k in SegmentationConfig.__dataclass_fields__})
         self.model = build_segmenter("rs-unet", in_channels, NUM_CLASSES, self.config.size)
@@ -209,6 +217,7 @@ class SegmentationTask(GuardedTask):
         return self.model(image)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.start_step()
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["labels"], ignore_index=IGNORE)
         if not self.optimise(self.optimizers(), loss, {"loss": loss}, "RS-UNet"):
@@ -236,7 +245,7 @@ class SegmentationTask(GuardedTask):
         self.test_metrics.update(self(batch["image"]).argmax(1), counted_labels(batch))
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return scheduled(torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay))
 
 
 class SegmentationData(L.LightningDataModule):
@@ -259,7 +268,7 @@ class SegmentationData(L.LightningDataModule):
             check_generated(self.archive)
         if not self.splits:
             self.splits["train"] = SegmentationSamples(self.archive, "train", mean, std, with_generated=needs_generated,
-                                                       augment=True, crop=c.crop, seed=c.seed)
+                                                       augment=c.augment, crop=c.crop, seed=c.seed)
             for split in ("val", "test"):
                 self.splits[split] = SegmentationSamples(self.archive, split, mean, std)
         for split in ("val", "test"):  # test too: evaluate would fail only after training
@@ -319,14 +328,16 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     data.setup("fit")
     sampler = data.sampler(0, launch.world_size)
     generated = check_generated(archive) if config.mix[1] else None
-    task = SegmentationTask(asdict(config), in_channels=len(archive.sources()["s2"].bands))
+    steps = planned_steps(config, batches_per_epoch(len(sampler), config.batch_size, config.steps_per_epoch,
+                                                    drop_last=False))
+    task = SegmentationTask(asdict(config), in_channels=len(archive.sources()["s2"].bands), planned_steps=steps)
     mean, std = image_stats(archive)
-    trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs, launch=launch,
+    trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/miou", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
     info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
             "mix_label": config.mix_label, "generated_by": generated,
-            "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count},
+            "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count}, "planned_steps": steps,
             "parameters": {"rs-unet": count_parameters(task.model)}, **run_inputs(archive),
             "normalisation": {"s2_mean": [float(v) for v in mean], "s2_std": [float(v) for v in std]}}
     return fit(run_dir, task, data, trainer, ckpt, info)

@@ -12,12 +12,19 @@ with synchronised BatchNorm. Only the main process (global rank 0) writes ``run.
 figures. Both models use manual optimisation, so every optimiser step passes the same guards: a
 non-finite loss stops the run (or, with ``--skip-nonfinite``, skips the batch on every rank), and
 ``--clip-grad-norm`` clips each optimiser's gradients after mixed-precision unscaling.
+
+Length and learning rate: a run trains ``--epochs`` over the train split or exactly ``--steps`` optimiser
+steps (one per batch; for the GAN, one generator and one discriminator step), and every optimiser's
+learning rate follows one schedule over those steps (:data:`SCHEDULES`, after an optional linear warm-up).
+The rate is a function of the step count alone, which the checkpoint holds, so a resumed run continues the
+schedule exactly.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -34,6 +41,54 @@ from rsgee.geotiff import write_json_atomic
 from rsgee.train.distributed import is_main_process
 
 RUN_FILE = "run.json"
+
+#: Learning-rate schedules over a run's optimiser steps (after ``warmup`` steps of linear warm-up):
+#: ``constant``; ``linear``, pix2pix's (constant for the first half, then linearly down to 0 at the last
+#: step); ``cosine`` (half a cosine from the base rate down to 0).
+SCHEDULES = ("constant", "linear", "cosine")
+#: Epochs a run trains when neither ``epochs`` nor ``steps`` is given.
+DEFAULT_EPOCHS = 50
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """The factor on the base learning rate for optimiser step ``step`` (0-based) of ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return min(1.0, 2.0 * (1.0 - progress))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise RsgeeError(f"--schedule {schedule!r}: choose {', '.join(SCHEDULES)}")
+
+
+def check_length(config) -> None:
+    """Validate and complete a config's run length: ``epochs`` or ``steps`` (not both), schedule and warm-up.
+
+    Called by the configs' ``__post_init__``: fills in :data:`DEFAULT_EPOCHS` when neither is given.
+    """
+    if config.steps is not None and config.epochs is not None:
+        raise RsgeeError(f"give --epochs ({config.epochs}) or --steps ({config.steps}), not both: --steps trains "
+                         "exactly that many optimiser steps, --epochs whole passes over the train split")
+    if config.steps is None and config.epochs is None:
+        config.epochs = DEFAULT_EPOCHS
+    for name in ("epochs", "steps"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise RsgeeError(f"--{name} {value}: use a positive number")
+    if config.schedule not in SCHEDULES:
+        raise RsgeeError(f"--schedule {config.schedule!r}: choose {', '.join(SCHEDULES)}")
+    if config.warmup < 0:
+        raise RsgeeError(f"--warmup {config.warmup}: use 0 or more optimiser steps")
+
+
+def planned_steps(config, batches_per_epoch: int) -> int:
+    """Optimiser steps a run takes: ``--steps``, or ``--epochs`` × the batches of an epoch on one device."""
+    if config.steps:
+        return int(config.steps)
+    return int(config.epochs) * int(batches_per_epoch)
 
 
 def write_run(run_dir: Path, info: dict) -> None:
@@ -282,8 +337,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-#: Settings a resumed run may change: train longer, read with more workers, checkpoint or guard differently.
-RESUMABLE_CHANGES = ("epochs", "num_workers", "checkpoint_every", "skip_nonfinite", "clip_grad_norm")
+#: Settings a resumed run may change: train longer (with a constant schedule), read with more workers,
+#: checkpoint, guard or draw figures differently.
+RESUMABLE_CHANGES = ("epochs", "steps", "num_workers", "checkpoint_every", "skip_nonfinite", "clip_grad_norm",
+                     "val_figures")
 
 
 def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
@@ -300,8 +357,13 @@ def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
         changed = [k for k, v in fresh.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES]
         if changed:
             raise RsgeeError(f"{run_dir} was trained with other settings ({', '.join(changed)}); resume with the same "
-                             "options (only --epochs, --workers, --checkpoint-every, --skip-nonfinite and "
-                             "--clip-grad-norm may change) or use another --out")
+                             "options (only --epochs/--steps, --workers, --checkpoint-every, --skip-nonfinite, "
+                             "--clip-grad-norm and --val-figures may change) or use another --out")
+        longer = [k for k in ("epochs", "steps") if stored.get(k) != fresh.get(k)]
+        if longer and stored.get("schedule", "constant") != "constant":
+            raise RsgeeError(f"{run_dir} follows a {stored['schedule']} learning-rate schedule planned over its "
+                             f"length; resume with the same {' and '.join('--' + k for k in longer)}, or train on "
+                             "in a new run (a schedule decayed to 0 cannot be extended)")
         ckpt = checkpoint_of(run_dir, "last")
         keep_logs_for_resume(run_dir)
         return ckpt
@@ -323,7 +385,7 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
         stored = read_run(run_dir)
         best = trainer.checkpoint_callback.best_model_path
         stored.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
-                      epochs_done=int(trainer.current_epoch), launch=launch)
+                      epochs_done=int(trainer.current_epoch), steps_done=int(task.steps_done), launch=launch)
         write_run(run_dir, stored)
     return run_dir
 
@@ -347,7 +409,8 @@ def train_or_reuse(train, archive: Path, run_dir: Path, config, progress: bool =
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         info = read_run(run_dir)
         same = info.get("config") == json.loads(json.dumps(asdict(config)))  # as run.json stores it
-        if same and info.get("epochs_done", 0) >= config.epochs and info.get("best_checkpoint"):
+        done = info.get("steps_done", 0) >= info.get("planned_steps", math.inf)
+        if same and done and info.get("best_checkpoint"):
             return run_dir
         return train(archive, run_dir, config, resume=True, progress=progress)
     return train(archive, run_dir, config, progress=progress)
@@ -361,16 +424,43 @@ def batches_per_epoch(n_tiles: int, batch_size: int, limit: int | None, *, drop_
 
 
 class GuardedTask(L.LightningModule):
-    """Manual optimisation with the run's guards; both fusion and segmentation tasks build on it.
+    """Manual optimisation with the run's guards and schedule; both fusion and segmentation tasks build on it.
 
-    Subclasses set ``self.config`` with ``skip_nonfinite`` and ``clip_grad_norm`` and call
-    :meth:`optimise` once per optimiser and batch.
+    Subclasses set ``self.config`` (with ``steps``, ``schedule``, ``warmup``, ``skip_nonfinite`` and
+    ``clip_grad_norm``), create their optimisers with :func:`scheduled`, call :meth:`start_step` first in
+    every ``training_step`` and :meth:`optimise` once per optimiser and batch.
+
+    Args:
+        planned_steps: the run's length in optimiser steps (:func:`planned_steps`), over which the
+            learning-rate schedule runs; None: Lightning's estimate from the trainer's epochs and batches.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, planned_steps: int | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.skipped_batches = 0
+        self.steps_done = 0
+        self.planned_steps = planned_steps
+
+    def start_step(self) -> None:
+        """Count this batch's step, set every optimiser's learning rate for it, validate after the last one
+        and stop there with ``--steps``."""
+        step, self.steps_done = self.steps_done, self.steps_done + 1
+        if self.planned_steps is None:  # a task built outside train_*: Lightning's estimate of the run's steps
+            self.planned_steps = self.trainer.estimated_stepping_batches
+        factor = lr_factor(self.config.schedule, step, self.planned_steps, self.config.warmup)
+        optimizers = self.optimizers()
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        self.log("train/lr_factor", factor, on_step=True, on_epoch=False, batch_size=1)
+        if self.planned_steps and self.steps_done >= self.planned_steps:
+            # the last step: make its epoch a validation epoch, so that the final weights are always scored
+            # (and can be the best) whatever --val-every is; with --steps, stop after it (Lightning validates
+            # and writes last.ckpt first)
+            self.trainer.check_val_every_n_epoch = 1
+            if self.config.steps:
+                self.trainer.should_stop = True
 
     def optimise(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor], which: str) -> bool:
         """One guarded step: False (nothing changed) when a term is non-finite and skipping is allowed."""
@@ -428,6 +518,15 @@ class GuardedTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rsgee_skipped_batches"] = self.skipped_batches
+        checkpoint["rsgee_steps_done"] = self.steps_done
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_batches = checkpoint.get("rsgee_skipped_batches", 0)
+        self.steps_done = checkpoint.get("rsgee_steps_done", 0)
+
+
+def scheduled(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Record each parameter group's base learning rate (``initial_lr``) for :meth:`GuardedTask.start_step`."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rsgee.models import (
-    DEFAULT_DISCRIMINATOR,
     AdversarialLoss,
     build_discriminator,
     build_generator,
@@ -39,14 +38,16 @@ def _split(output, batch: int):
 
 
 @pytest.mark.parametrize(
-    ("name", "mode", "l1_weight"), [("rs-spade", "hinge", 10.0), ("pix2pix", "vanilla", 100.0)]
+    ("name", "disc", "mode", "l1_weight"),
+    [("rs-spade", "multiscale", "hinge", 10.0), ("rs-spade", "patchgan70", "vanilla", 100.0),
+     ("spade-decoder", "multiscale", "hinge", 10.0), ("pix2pix", "patchgan70", "vanilla", 100.0)],
 )
-def test_one_gan_iteration_updates_every_parameter(name: str, mode: str, l1_weight: float) -> None:
+def test_one_gan_iteration_updates_every_parameter(name: str, disc: str, mode: str, l1_weight: float) -> None:
     torch.manual_seed(0)
     sources = ("lulc", "s1", "terrain")
     generator = build_generator(name, sources, size="tiny")
     discriminator = build_discriminator(
-        DEFAULT_DISCRIMINATOR[name], discriminator_in_channels(sources), size="tiny"
+        disc, discriminator_in_channels(sources), size="tiny"
     )
     adversarial = AdversarialLoss(mode)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.999))
@@ -73,7 +74,7 @@ def test_one_gan_iteration_updates_every_parameter(name: str, mode: str, l1_weig
     d_out = discriminator(torch.cat([torch.cat([condition, fake], 1), real_pair]))
     d_fake, d_real = _split(d_out, 2)
     g_loss = adversarial.generator(d_fake) + l1_weight * masked_l1_loss(fake, real, batch["valid"])
-    if name == "rs-spade":
+    if disc == "multiscale":
         g_loss = g_loss + feature_matching_loss(d_fake, d_real)
     opt_g.zero_grad()
     g_loss.backward()

@@ -1,4 +1,4 @@
-"""RS-SPADE and pix2pix generators at the tiny preset: shapes, ranges, sources, gradients, training."""
+"""RS-SPADE, pix2pix and the SPADE decoder at the tiny preset: structure, shapes, ranges, sources, gradients, training."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import torch
 from rsgee.errors import RsgeeError
 from rsgee.models import (
     SOURCE_CHANNELS,
+    count_parameters,
     Pix2PixGenerator,
     RsSpadeGenerator,
+    SpadeDecoderGenerator,
+    SpatiallyAdaptiveNorm,
     build_generator,
     masked_l1_loss,
 )
 
-GENERATORS = ("rs-spade", "pix2pix")
+GENERATORS = ("rs-spade", "pix2pix", "spade-decoder")
 ALL_SUBSETS = [
     subset
     for k in range(1, len(SOURCE_CHANNELS) + 1)
@@ -69,9 +72,9 @@ def test_every_subset_of_sources_builds_and_runs(name: str, sources: tuple[str, 
     assert model(only).shape == (2, 4, 64, 64)
 
 
-def test_rs_spade_differs_from_subset_only_in_stems() -> None:
-    full = build_generator("rs-spade", size="tiny")
-    sar = build_generator("rs-spade", ("s1",), size="tiny")
+def test_spade_decoder_differs_from_subset_only_in_stems() -> None:
+    full = build_generator("spade-decoder", size="tiny")
+    sar = build_generator("spade-decoder", ("s1",), size="tiny")
     assert set(full.stems) == {"lulc", "s1", "terrain"} and set(sar.stems) == {"s1"}
     assert full.cond_channels == 3 * 8 and sar.cond_channels == 8
     assert len(full.blocks) == len(sar.blocks) == 7
@@ -91,9 +94,10 @@ def test_each_source_changes_the_output(name: str, source: str) -> None:
     assert diff.mean() > 1e-4, f"{source} has no effect on {name}"
 
 
-def test_rs_spade_embeds_each_source_separately() -> None:
+@pytest.mark.parametrize("name", ["rs-spade", "spade-decoder"])
+def test_each_source_has_its_own_embedding(name: str) -> None:
     torch.manual_seed(0)
-    model = build_generator("rs-spade", size="tiny")
+    model = build_generator(name, size="tiny")
     inputs = make_inputs(1, 64)
     changed = dict(inputs, s1=torch.zeros_like(inputs["s1"]))
     a, b = model.embed(inputs), model.embed(changed)
@@ -103,8 +107,8 @@ def test_rs_spade_embeds_each_source_separately() -> None:
 
 
 @pytest.mark.parametrize(("n_up", "width"), [(4, 16), (5, 8), (6, 8), (7, 4)])
-def test_rs_spade_n_up_sets_start_size_and_final_width(n_up: int, width: int) -> None:
-    model = RsSpadeGenerator({"s1": 2}, ngf=8, embed_channels=4, spade_hidden=4, n_up=n_up)
+def test_spade_decoder_n_up_sets_start_size_and_final_width(n_up: int, width: int) -> None:
+    model = SpadeDecoderGenerator({"s1": 2}, ngf=8, embed_channels=4, spade_hidden=4, n_up=n_up)
     assert sum(model.upsample_before) == n_up
     assert model.out_conv.in_channels == width
     seen = []
@@ -115,12 +119,74 @@ def test_rs_spade_n_up_sets_start_size_and_final_width(n_up: int, width: int) ->
 
 
 @pytest.mark.parametrize(("size", "ups"), [(32, 2), (64, 3), (128, 4), (256, 5), (512, 5)])
-def test_rs_spade_decoder_never_starts_below_8x8(size: int, ups: int) -> None:
-    model = RsSpadeGenerator({"s1": 2}, ngf=8, embed_channels=4, spade_hidden=4, n_up=5)
+def test_spade_decoder_never_starts_below_8x8(size: int, ups: int) -> None:
+    model = SpadeDecoderGenerator({"s1": 2}, ngf=8, embed_channels=4, spade_hidden=4, n_up=5)
     seen = []
     model.fc.register_forward_hook(lambda m, args, out: seen.append(out.shape[-1]))
     assert model({"s1": torch.rand(2, 2, size, size)}).shape == (2, 4, size, size)
     assert seen == [size >> ups] and seen[0] >= 8  # small crops skip the first upsamplings
+
+
+def test_rs_spade_is_pix2pix_with_a_modulation_after_every_norm() -> None:
+    """Every BatchNorm of RS-SPADE is parameter-free and modulated, at each resolution H/2 … H/2^(num_downs−1)."""
+    model = RsSpadeGenerator({"s1": 2, "terrain": 5}, ngf=4, num_downs=6, embed_channels=3, spade_hidden=5)
+    norms = [m for m in model.modules() if isinstance(m, SpatiallyAdaptiveNorm)]
+    assert len(norms) == 2 * 6 - 3
+    assert all(not m.norm.affine for m in norms)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == len(norms)
+    assert all(n.shared[0].in_channels == 2 * 3 for n in norms)  # each reads the fused embedding
+    seen = []
+    for norm in norms:
+        norm.register_forward_hook(lambda m, args, out: seen.append(out.shape[-1]))
+    model({"s1": torch.rand(2, 2, 128, 128), "terrain": torch.rand(2, 5, 128, 128)})
+    # encoder levels 1–4 (not the outermost, not the bottleneck), then every decoder level but the outermost
+    assert seen == [32, 16, 8, 4, 4, 8, 16, 32, 64]
+
+
+def test_rs_spade_with_identity_modulation_computes_pix2pix() -> None:
+    """γ = β = 0 turns every modulated norm into plain normalisation: the U-Net is then exactly pix2pix's."""
+    torch.manual_seed(0)
+    sources = {"lulc": 10, "s1": 2, "terrain": 5}
+    spade = RsSpadeGenerator(sources, ngf=4, num_downs=6, embed_channels=3, spade_hidden=5, dropout=False)
+    pix2pix = Pix2PixGenerator(sources, ngf=4, num_downs=6, dropout=False)
+    for norm in (m for m in spade.modules() if isinstance(m, SpatiallyAdaptiveNorm)):
+        for layer in (norm.to_gamma, norm.to_beta):
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+    for bn in (m for m in pix2pix.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.ones_(bn.weight)
+        torch.nn.init.zeros_(bn.bias)
+    # pix2pix registers its convs outermost down … bottleneck, then the ups from the bottleneck outwards
+    theirs = [m for m in pix2pix.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    ours = [d.conv for d in spade.downs] + [u.conv for u in reversed(spade.ups)]
+    assert len(theirs) == len(ours) == 12
+    for a, b in zip(ours, theirs):
+        assert a.weight.shape == b.weight.shape and (a.bias is None) == (b.bias is None)
+        a.load_state_dict(b.state_dict())
+    inputs = make_inputs(2, 64)
+    torch.testing.assert_close(spade(inputs), pix2pix(inputs))  # training mode: batch statistics
+    spade.eval(), pix2pix.eval()
+    torch.testing.assert_close(spade(inputs), pix2pix(inputs))  # the running statistics moved alike
+    assert count_parameters(spade) > count_parameters(pix2pix)
+
+
+def test_rs_spade_modulation_alone_carries_each_source(monkeypatch) -> None:
+    """With the encoder's input held fixed, changing only what the modulation reads changes the output."""
+    from rsgee.models import rs_spade
+
+    torch.manual_seed(0)
+    model = build_generator("rs-spade", size="tiny").eval()
+    inputs = make_inputs(2, 64)
+    with torch.no_grad():
+        base = model(inputs)
+    embed = rs_spade.embed_sources
+    for source in SOURCE_CHANNELS:
+        changed = dict(inputs, **{source: make_inputs(2, 64, seed=1)[source]})
+        monkeypatch.setattr(rs_spade, "embed_sources",
+                            lambda stems, tensors: embed(stems, [changed[n] for n in model.sources]))
+        with torch.no_grad():  # γ, β start small (N(0, 0.02) weights): a small but certain change
+            assert (base - model(inputs)).abs().mean() > 1e-3 * base.abs().mean(), source
+        monkeypatch.setattr(rs_spade, "embed_sources", embed)
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -152,13 +218,15 @@ def test_instance_norm_variant_runs_at_batch_one(name: str) -> None:
     assert model(make_inputs(1, 64)).shape == (1, 4, 64, 64)
 
 
-def test_sync_batchnorm_conversion_of_rs_spade() -> None:
+@pytest.mark.parametrize(("name", "norms"), [("rs-spade", 2 * 5 - 3), ("spade-decoder", 3 * 2 + 4 * 3)])
+def test_sync_batchnorm_conversion(name: str, norms: int) -> None:
     torch.manual_seed(0)
-    model = build_generator("rs-spade", size="tiny")
+    model = build_generator(name, size="tiny")
     reference = copy.deepcopy(model)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    # three equal-width blocks with 2 SPADE norms each, four halving blocks with 3 (shortcut)
-    assert n_bn == 3 * 2 + 4 * 3
+    # RS-SPADE: 2·num_downs − 3 modulated norms; the decoder: three equal-width blocks with 2 SPADE norms
+    # each, four halving blocks with 3 (shortcut)
+    assert n_bn == norms
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == n_bn
     assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
@@ -194,6 +262,6 @@ def test_a_few_l1_steps_reduce_the_loss(name: str) -> None:
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    # RS-SPADE starts slower: its modulation nets are initialised near zero, as SPADE's
+    # the SPADE generators start slower: their modulation nets are initialised near zero, as SPADE's
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
     assert max(losses[-3:]) < min(losses[:3]), losses

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from rsgee.errors import RsgeeError
 from rsgee.models.layers import check_divisible, concat_sources, init_weights, resize_to
-from rsgee.models.rs_spade import SpatiallyAdaptiveNorm, SPADEResBlock
+from rsgee.models.modulation import SpatiallyAdaptiveNorm
+from rsgee.models.spade_decoder import SPADEResBlock
 
 
 def _zero_modulation(layer: SpatiallyAdaptiveNorm) -> None:

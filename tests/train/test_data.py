@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from rsgee.train.data import (
     FusionSamples,
     archive_normalisation,
     augment,
+    check_augmentation,
     dihedral,
+    draw_transform,
     lulc_to_model,
     model_to_reflectance,
     parse_sources,
@@ -23,7 +26,7 @@ from rsgee.train.data import (
     s2_to_model,
     terrain_to_model,
 )
-from rsgee.train.segmentation import SegmentationSamples
+from rsgee.train.segmentation import SegmentationConfig, SegmentationSamples
 
 
 def test_s2_normalisation_round_trips_and_masks_nodata():
@@ -134,3 +137,38 @@ def test_a_lossy_archives_flat_and_near_north_aspects_keep_their_meaning():
     out = terrain_to_model(t, dem_mean=0.0, dem_std=1.0)
     assert out[2:4, 0, 0].tolist() == pytest.approx([np.sin(np.deg2rad(-0.006)), 1.0], abs=1e-6)  # north-facing
     assert out[2:4, 0, 1].tolist() == [0.0, 0.0]  # flat
+
+
+def test_augmentations_draw_from_their_groups_only():
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(200)]
+    assert all(draw_transform("none", d) is None for d in digests)
+    assert {draw_transform("flip", d) for d in digests} == {(0, False), (0, True), (2, False), (2, True)}
+    assert {draw_transform("dihedral", d) for d in digests} == {(k, m) for k in range(4) for m in (False, True)}
+    with pytest.raises(RsgeeError, match="--augment 'rotate': choose none, flip, dihedral"):
+        check_augmentation("rotate")
+
+
+def test_fusion_trains_on_tiles_as_they_lie_unless_told_otherwise(small_archive):
+    """The sun does not turn: fusion's default keeps every sample's orientation (crops still move)."""
+    from rsgee.train.fusion import FusionConfig
+
+    assert FusionConfig().augment == "none" and SegmentationConfig().augment == "dihedral"
+    norm = archive_normalisation(small_archive)
+    sources = ("lulc", "s1", "terrain")
+    plain = FusionSamples(small_archive, "train", sources, norm)
+    kept = FusionSamples(small_archive, "train", sources, norm, augment="none", seed=3)
+    turned = FusionSamples(small_archive, "train", sources, norm, augment="dihedral", seed=3)
+    for epoch in range(4):
+        for i in range(len(plain)):
+            assert torch.equal(kept[(i, epoch)]["cond"]["terrain"], plain[i]["cond"]["terrain"])
+    changed = [not torch.equal(turned[(i, e)]["target"], plain[i]["target"]) for i in range(len(plain)) for e in range(4)]
+    assert any(changed)  # the dihedral draw does transform some samples
+
+
+def test_segmentation_keeps_the_dihedral_draw(small_archive):
+    mean, std = np.full(4, 0.1), np.full(4, 0.05)
+    plain = SegmentationSamples(small_archive, "train", mean, std)
+    turned = SegmentationSamples(small_archive, "train", mean, std, augment="dihedral")
+    kept = SegmentationSamples(small_archive, "train", mean, std, augment="none")
+    assert all(torch.equal(kept[(i, 1)]["image"], plain[i]["image"]) for i in range(len(plain)))
+    assert any(not torch.equal(turned[(i, e)]["image"], plain[i]["image"]) for i in range(len(plain)) for e in range(4))

@@ -1,4 +1,5 @@
-"""Fusion training end to end on CPU: smoke runs of both models, an overfit, resume, generate, evaluate."""
+"""Fusion training end to end on CPU: smoke runs of the generators, an overfit, steps, schedules, resume, generate,
+evaluate."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import Tile
-from rsgee.train.data import FusionData, collate, model_to_reflectance
+from rsgee.train.data import FusionData, FusionSamples, collate, model_to_reflectance
 from rsgee.train.evaluate import evaluate_fusion
-from rsgee.train.fusion import FusionConfig, FusionTask, load_fusion, train_fusion
+from rsgee.train.fusion import DEFAULT_RECIPE, RECIPES, FusionConfig, FusionTask, load_fusion, train_fusion
 from rsgee.train.generate import generate
-from rsgee.train.trainer import read_metrics, read_run
+from rsgee.train.trainer import lr_factor, read_metrics, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,11 @@ def spade_run(small_archive, tmp_path_factory):
 def test_rs_spade_smoke_run_writes_a_complete_run(spade_run):
     info = read_run(spade_run)
     assert info["kind"] == "fusion" and info["config"]["model"] == "rs-spade" and info["global_step"] == 4
-    assert info["config"]["betas"] == [0.0, 0.999] and info["config"]["lr_g"] == 1e-4 and info["config"]["lr_d"] == 4e-4
+    recipe = RECIPES[DEFAULT_RECIPE]
+    assert info["config"]["betas"] == list(recipe["betas"]) and info["config"]["lr_g"] == recipe["lr_g"]
+    assert info["config"]["augment"] == "none" and info["config"]["schedule"] == "cosine"
+    assert info["planned_steps"] == info["steps_done"] == 2  # 1 epoch × 2 batches
+    assert info["parameters"]["generator"] > info["parameters"]["discriminator"] > 0
     rows = metric_rows(spade_run)
     losses = [float(r["train/g_loss_step"]) for r in rows if r.get("train/g_loss_step")]
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -51,7 +56,7 @@ def test_rs_spade_smoke_run_writes_a_complete_run(spade_run):
 
 
 @pytest.mark.parametrize("model, sources", [("pix2pix", ("lulc", "s1", "terrain")), ("rs-spade", ("lulc",)),
-                                             ("rs-spade", ("s1", "terrain"))])
+                                             ("rs-spade", ("s1", "terrain")), ("spade-decoder", ("lulc", "s1"))])
 def test_baseline_and_ablations_train(small_archive, tmp_path, model, sources):
     run = train_fusion(small_archive.root, tmp_path / "run", tiny(model=model, sources=sources), progress=False)
     task = load_fusion(run)
@@ -83,18 +88,72 @@ def test_generator_l1_falls_when_overfitting_one_batch(small_archive):
 
 def test_resume_continues_from_the_checkpoint(small_archive, tmp_path):
     run = tmp_path / "run"
-    train_fusion(small_archive.root, run, tiny(), progress=False)
+    train_fusion(small_archive.root, run, tiny(schedule="constant"), progress=False)
     first = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["global_step"] == 4 and first["epoch"] == 0
     with pytest.raises(RsgeeError, match="already holds a trained run; pass --resume"):
-        train_fusion(small_archive.root, run, tiny(), progress=False)
+        train_fusion(small_archive.root, run, tiny(schedule="constant"), progress=False)
     with pytest.raises(RsgeeError, match=r"other settings \(l1_weight\)"):
-        train_fusion(small_archive.root, run, tiny(epochs=2, l1_weight=1.0), resume=True, progress=False)
-    train_fusion(small_archive.root, run, tiny(epochs=2), resume=True, progress=False)
+        train_fusion(small_archive.root, run, tiny(epochs=2, l1_weight=1.0, schedule="constant"), resume=True,
+                     progress=False)
+    train_fusion(small_archive.root, run, tiny(epochs=2, schedule="constant"), resume=True, progress=False)
     second = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert second["global_step"] == 8 and second["epoch"] == 1
     epochs = {r["epoch"] for r in metric_rows(run) if r.get("train/g_loss_step")}
     assert epochs == {"0", "1"}
+
+
+def test_a_decaying_schedule_cannot_be_extended_on_resume(small_archive, tmp_path):
+    run = train_fusion(small_archive.root, tmp_path / "run", tiny(model="pix2pix"), progress=False)
+    with pytest.raises(RsgeeError, match="cosine learning-rate schedule planned over its length; resume with the "
+                                         "same --epochs") as error:
+        train_fusion(small_archive.root, run, tiny(model="pix2pix", epochs=3), resume=True, progress=False)
+    assert "\n" not in str(error.value)
+
+
+def test_steps_train_exactly_that_many_and_the_last_is_always_validated(small_archive, tmp_path):
+    # 4 train tiles at batch 2: 2 batches an epoch, so 5 steps end one batch into the third epoch
+    config = tiny(model="pix2pix", epochs=None, steps=5, steps_per_epoch=None, val_every=100, val_figures=0)
+    run = train_fusion(small_archive.root, tmp_path / "run", config, progress=False)
+    info = read_run(run)
+    assert info["planned_steps"] == info["steps_done"] == 5 and info["global_step"] == 10  # a D and a G update each
+    assert info["config"]["epochs"] is None and info["config"]["steps"] == 5
+    val = [r for r in metric_rows(run) if r.get("val/psnr")]
+    assert len(val) == 1 and val[0]["epoch"] == "2"  # the final weights, although --val-every is 100
+    assert info["best_checkpoint"] and not (run / "val").exists()  # --val-figures 0: no figures, no crash
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 10 and last["rsgee_steps_done"] == 5
+    with pytest.raises(RsgeeError, match=r"give --epochs \(1\) or --steps \(5\), not both"):
+        tiny(steps=5)
+
+
+def test_the_learning_rate_follows_the_schedule_step_by_step(small_archive, tmp_path):
+    config = tiny(model="pix2pix", epochs=None, steps=6, steps_per_epoch=None, schedule="cosine", warmup=2,
+                  lr_g=1e-3, lr_d=2e-3, val_figures=0)
+    run = train_fusion(small_archive.root, tmp_path / "run", config, progress=False)
+    factors = [float(r["train/lr_factor"]) for r in metric_rows(run) if r.get("train/lr_factor")]
+    assert factors == pytest.approx([lr_factor("cosine", step, 6, 2) for step in range(6)])
+    assert factors[:3] == pytest.approx([0.5, 1.0, 1.0]) and factors[5] == pytest.approx(0.5 * (1 + np.cos(np.pi * 3 / 4)))
+    optimisers = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["optimizer_states"]
+    assert [o["param_groups"][0]["lr"] for o in optimisers] == pytest.approx([1e-3 * factors[-1], 2e-3 * factors[-1]])
+    assert [o["param_groups"][0]["initial_lr"] for o in optimisers] == [1e-3, 2e-3]
+
+
+def test_a_run_of_the_old_decoder_rs_spade_loads_as_spade_decoder(small_archive, tmp_path):
+    """Runs trained before RS-SPADE became the paper's U-Net hold decoder weights under the name rs-spade."""
+    run = train_fusion(small_archive.root, tmp_path / "old", tiny(model="spade-decoder", val_figures=0),
+                       progress=False)
+    expected = load_fusion(run)
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["hyper_parameters"]["config"]["model"] = "rs-spade"
+        del checkpoint["hyper_parameters"]["planned_steps"]  # older runs did not record it
+        torch.save(checkpoint, path)
+    task = load_fusion(run)
+    assert task.config.model == "spade-decoder" and type(task.generator).__name__ == "SpadeDecoderGenerator"
+    inputs = collate([FusionSamples(small_archive, "val", task.config.sources, task.norm)[0]])["cond"]
+    with torch.no_grad():
+        assert torch.equal(task(inputs), expected(inputs))
 
 
 def test_generate_writes_georeferenced_pseudo_s2_and_skips_done(spade_run, small_archive, tmp_path):
@@ -127,11 +186,15 @@ def test_evaluate_on_the_test_split(spade_run):
     rows = evaluate_fusion([spade_run], progress=False)
     # baselines first, same tiles; then the run with its raw and its EMA weights
     assert [(r["model"], r["weights"]) for r in rows] == [("constant-mean", "—"), ("class-mean", "—"),
-                                                         ("rs-spade", "raw"), ("rs-spade", "ema")]
-    constant, _, row, ema = rows
+                                                         ("class-illumination", "—"), ("rs-spade", "raw"),
+                                                         ("rs-spade", "ema")]
+    assert [r["sources"] for r in rows[:3]] == ["—", "lulc", "lulc+dem"]
+    constant, class_mean, _, row, ema = rows
     assert row["sources"] == "lulc+s1+dem" and row["tiles"] == constant["tiles"] == 1
     assert 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and 0 <= row["sam"] <= np.pi / 2
-    assert row["note"] == ("" if row["psnr"] > constant["psnr"] else "below constant-mean")
+    expected = ("below constant-mean" if row["psnr"] <= constant["psnr"] else
+                "below class-mean" if row["psnr"] <= class_mean["psnr"] else "")
+    assert row["note"] == expected and expected  # two steps: nothing learned beyond a land-cover lookup
     assert row["params"].endswith(" M") and float(row["params"][:-2]) > 0.1 and constant["params"] == "0"
     assert ema["psnr"] != row["psnr"]  # the average of 2 steps is not the last weights
     assert [r["model"] for r in evaluate_fusion([spade_run], progress=False, baselines=False)] == ["rs-spade"] * 2
@@ -147,14 +210,27 @@ def test_cli_train_and_evaluate(small_archive, tmp_path, capsys):
     code = main(["evaluate", "fusion", str(run), "--out", str(tmp_path / "eval"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "| rs-spade | raw | lulc+dem |" in out and "| rs-spade | ema | lulc+dem |" in out
+    assert "| class-illumination | — | lulc+dem |" in out
     assert (tmp_path / "eval" / "fusion_table.csv").read_text().startswith("model,weights,sources,psnr,ssim,sam")
     code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "x"), "--sources", "optical"])
     assert code == 1 and "non-empty subset of lulc, s1, dem" in capsys.readouterr().err
     code = main(["evaluate", "fusion", str(tmp_path / "nothing")])
     assert code == 1 and "is not an rsgee run" in capsys.readouterr().err
+    stepped = tmp_path / "stepped"
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(stepped), "--size", "tiny", "--steps", "3",
+                 "--batch-size", "2", "--crop", "64", "--schedule", "linear", "--warmup", "1", "--augment", "flip",
+                 "--val-figures", "0", "--model", "spade-decoder", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    config = read_run(stepped)["config"]
+    assert (config["steps"], config["epochs"], config["schedule"], config["warmup"], config["augment"],
+            config["val_figures"], config["model"], config["recipe"]) == (3, None, "linear", 1, "flip", 0,
+                                                                          "spade-decoder", "pix2pix")
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "y"), "--steps", "3",
+                 "--epochs", "2"])
+    assert code == 1 and "not both" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("model", ["rs-spade", "pix2pix"])
+@pytest.mark.parametrize("model", ["rs-spade", "pix2pix", "spade-decoder"])
 def test_an_untrained_generator_starts_at_the_train_band_means(ddp_archive, model):
     data = FusionData(ddp_archive.root, ("lulc", "s1", "terrain"), batch_size=2, progress=False)
     data.prepare_data()
@@ -211,7 +287,7 @@ def test_recipe_parts_override_and_bad_combinations_are_one_line(small_archive, 
 
     config = tiny(model="pix2pix", recipe="spade", l1_weight=5.0, betas=(0.9, 0.99), gan_loss="vanilla")
     assert (config.l1_weight, config.betas, config.gan_loss, config.fm_weight) == (5.0, (0.9, 0.99), "vanilla", 10.0)
-    assert tiny().recipe == "hybrid" and tiny(model="pix2pix").recipe == "pix2pix"
+    assert {tiny(model=m).recipe for m in ("rs-spade", "pix2pix", "spade-decoder")} == {DEFAULT_RECIPE} == {"pix2pix"}
     with pytest.raises(RsgeeError, match="needs the multiscale discriminator"):
         tiny(model="pix2pix", fm_weight=10.0)  # used to crash inside feature matching
     code = main(["train", "fusion", str(small_archive.root), "--out", str(tmp_path / "r"), "--model", "pix2pix",
