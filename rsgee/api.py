@@ -147,8 +147,8 @@ def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"),
 def train_fusion(archive: str | Path, out: str | Path, *, resume: bool = False, accelerator: str = "auto",
                  devices: int | str = "auto", num_nodes: int | str = "auto", precision: str | None = None,
                  progress: bool = True, **options) -> Path:
-    """Train RS-SPADE or pix2pix as ``rsgee train fusion`` does; ``options`` are
-    :class:`~rsgee.train.fusion.FusionConfig` fields (``model``, ``sources``, ``recipe``, ``epochs`` …)
+    """Train RS-SPADE, pix2pix or the SPADE decoder as ``rsgee train fusion`` does; ``options`` are
+    :class:`~rsgee.train.fusion.FusionConfig` fields (``model``, ``sources``, ``recipe``, ``steps``, ``schedule`` …)
     with the command's defaults. Returns the run folder."""
     from rsgee.train.fusion import FusionConfig
     from rsgee.train.fusion import train_fusion as run

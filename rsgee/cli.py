@@ -697,8 +697,9 @@ experiment_options = [
               help="Generators of Table 1.")
 @click.option("--recipes", default="pix2pix,spade,hybrid", show_default=True, metavar="NAMES",
               help="Recipes every generator of Table 1 is trained with.")
-@click.option("--ablation-model", type=click.Choice(["rs-spade", "pix2pix", "none"]), default="rs-spade",
-              show_default=True, help="Generator of the sources ablation (Table 2, its default recipe); none = skip it.")
+@click.option("--ablation-model", type=click.Choice(["rs-spade", "pix2pix", "spade-decoder", "none"]),
+              default="rs-spade", show_default=True,
+              help="Generator of the sources ablation (Table 2, the default recipe); none = skip it.")
 @click.option("--ablation-sources", default="lulc;lulc,s1;lulc,dem;lulc,s1,dem", show_default=True, metavar="SETS",
               help="Source subsets of the ablation, separated by ';'.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Epochs of every run.")
@@ -713,7 +714,7 @@ def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sou
     """Tables 1 and 2 over seeds: generators × recipes, and the sources ablation, at one budget.
 
     Every run has the same epochs, batches and crops; each is scored on ARCHIVE's test split beside
-    constant-mean and class-mean, with raw and EMA weights. Writes OUT/fusion_tables.md and
+    constant-mean, class-mean and class-illumination, with raw and EMA weights. Writes OUT/fusion_tables.md and
     OUT/fusion_runs.csv and prints the tables.
     """
     from rsgee.train.experiment import FusionExperiment, run_fusion_experiment

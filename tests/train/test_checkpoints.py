@@ -18,7 +18,7 @@ import torch
 from rsgee.models import losses
 from rsgee.train.fusion import FusionConfig, FusionTask, train_fusion
 from rsgee.train.segmentation import SegmentationConfig, SegmentationTask, train_segmentation
-from rsgee.train.trainer import NonFiniteError, read_metrics, read_run
+from rsgee.train.trainer import NonFiniteError, lr_factor, read_metrics, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,51 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_steps_and_weights(ddp_archiv
     a, b = load(whole / "checkpoints" / "last.ckpt"), load(killed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 10
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+GAN_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from rsgee.train import trainer
+    from rsgee.train.fusion import FusionConfig, train_fusion
+
+    kill_at = int(sys.argv[3])
+    original = trainer.LastCheckpoint.on_train_batch_end
+
+    def then_die(self, t, *args):
+        original(self, t, *args)
+        if kill_at and t.lightning_module.steps_done == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.LastCheckpoint.on_train_batch_end = then_die
+    config = FusionConfig(model="pix2pix", size="tiny", batch_size=2, steps=7, crop=64, seed=0, schedule="cosine",
+                          warmup=2, val_figures=0, checkpoint_every=1)
+    train_fusion(sys.argv[1], sys.argv[2], config, resume=sys.argv[4] == "resume", progress=False)
+""")
+
+
+def test_a_gan_killed_mid_schedule_resumes_to_the_same_learning_rates_and_weights(ddp_archive, tmp_path):
+    """--steps 7 with warm-up and cosine decay: killed after step 5 (mid-epoch), resumed, identical to a whole run."""
+    def python(run, kill_at, mode):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, "-c", GAN_KILLER, str(ddp_archive.root), str(run), str(kill_at), mode],
+                              capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+
+    whole = tmp_path / "whole"
+    assert python(whole, 0, "fresh").returncode == 0
+    killed = tmp_path / "killed"
+    died = python(killed, 5, "fresh")  # 2 batches an epoch: step 5 is the first batch of the third epoch
+    assert died.returncode == -9, died.stderr[-2000:]
+    assert load(killed / "checkpoints" / "last.ckpt")["rsgee_steps_done"] == 5
+    resumed = python(killed, 0, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = load(whole / "checkpoints" / "last.ckpt"), load(killed / "checkpoints" / "last.ckpt")
+    assert a["rsgee_steps_done"] == b["rsgee_steps_done"] == 7 and a["global_step"] == b["global_step"] == 14
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert [o["param_groups"][0]["lr"] for o in a["optimizer_states"]] == \
+           [o["param_groups"][0]["lr"] for o in b["optimizer_states"]]
+    factors = [float(r["train/lr_factor"]) for r in read_metrics(killed) if r.get("train/lr_factor")]
+    assert factors[-2:] == pytest.approx([lr_factor("cosine", step, 7, 2) for step in (5, 6)])
+    assert read_run(killed)["steps_done"] == 7
 
 
 def test_bf16_mixed_trains_on_cpu(ddp_archive, tmp_path):
