@@ -130,8 +130,7 @@ def fusion_baselines(archive: Archive, split: str = "test", batch_size: int = 8)
         target, mask = torch.from_numpy(reflectance), torch.from_numpy(valid)
         flat = np.broadcast_to(constant[None, :, None, None], reflectance.shape)
         painted = lookup[np.minimum(labels, NUM_CLASSES)].transpose(0, 3, 1, 2)
-        lit = np.stack([illuminated(w, t, l, p) for w, t, l, p in
-                        zip([weights] * len(labels), terrain, labels, painted)])
+        lit = np.stack([illuminated(weights, t, k, p) for t, k, p in zip(terrain, labels, painted)])
         for name, prediction in (("constant-mean", flat), ("class-mean", painted), ("class-illumination", lit)):
             metrics[name].update(torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32)), target, mask)
     return {name: metric.compute() for name, metric in metrics.items()}

@@ -31,6 +31,9 @@ from rsgee.train.distributed import EvenShards
 from rsgee.train.metrics import FusionMetrics
 from rsgee.train.trainer import read_run, start_processes
 
+#: What each fusion baseline reads, in the sources column of the tables.
+BASELINE_SOURCES = {"constant-mean": "—", "class-mean": "lulc", "class-illumination": "lulc+dem"}
+
 
 def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
                     batch_size: int = 8, progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
@@ -91,9 +94,6 @@ def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = 
                 break
     return references + rows
 
-
-#: What each fusion baseline reads, in the sources column of the tables.
-BASELINE_SOURCES = {"constant-mean": "—", "class-mean": "lulc", "class-illumination": "lulc+dem"}
 
 
 def _fusion_scores(values: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Fusion training: RS-SPADE, the pix2pix baseline or the SPADE decoder generating Sentinel-2 from land cover, SAR and terrain.
+"""Fusion training: RS-SPADE, pix2pix or the SPADE decoder generating Sentinel-2 from land cover, SAR and terrain.
 
 One GAN iteration per batch under Lightning's manual optimisation: a discriminator step on real and
 generated images (conditioned on the inputs), then a generator step. The generator (architecture) and

@@ -404,13 +404,17 @@ def train_or_reuse(train, archive: Path, run_dir: Path, config, progress: bool =
     """Train a run, resume an interrupted one, or reuse a finished one (the demo's and experiments' steps).
 
     ``train`` is :func:`~rsgee.train.fusion.train_fusion` or :func:`~rsgee.train.segmentation.train_segmentation`;
-    a run left with other settings is an error from :func:`start_run`, never silently reused.
+    a run left with other settings (by another rsgee version, say) is a one-line error, never silently reused.
     """
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         info = read_run(run_dir)
-        same = info.get("config") == json.loads(json.dumps(asdict(config)))  # as run.json stores it
-        done = info.get("steps_done", 0) >= info.get("planned_steps", math.inf)
-        if same and done and info.get("best_checkpoint"):
+        stored, wanted = info.get("config", {}), json.loads(json.dumps(asdict(config)))  # as run.json stores it
+        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+        if changed:
+            raise RsgeeError(f"{run_dir} holds a run with other settings ({', '.join(changed)}), trained by rsgee "
+                             f"{info.get('rsgee_version', 'of another version')}; delete that folder to train it "
+                             "again, or choose another output folder")
+        if info.get("steps_done", 0) >= info.get("planned_steps", math.inf) and info.get("best_checkpoint"):
             return run_dir
         return train(archive, run_dir, config, resume=True, progress=progress)
     return train(archive, run_dir, config, progress=progress)

@@ -70,11 +70,17 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_steps_and_weights(ddp_archive, tmp_path):
+def killable(script: str, archive):
+    """Run ``script`` (KILLER or GAN_KILLER) on ``archive`` in a fresh process: ``python(run, kill_at, mode)``."""
     def python(run, kill_at, mode):
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        return subprocess.run([sys.executable, "-c", KILLER, str(ddp_archive.root), str(run), str(kill_at), mode],
+        return subprocess.run([sys.executable, "-c", script, str(archive.root), str(run), str(kill_at), mode],
                               capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    return python
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_steps_and_weights(ddp_archive, tmp_path):
+    python = killable(KILLER, ddp_archive)
 
     whole = tmp_path / "whole"
     assert python(whole, 0, "fresh").returncode == 0
@@ -113,10 +119,7 @@ GAN_KILLER = textwrap.dedent("""
 
 def test_a_gan_killed_mid_schedule_resumes_to_the_same_learning_rates_and_weights(ddp_archive, tmp_path):
     """--steps 7 with warm-up and cosine decay: killed after step 5 (mid-epoch), resumed, identical to a whole run."""
-    def python(run, kill_at, mode):
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        return subprocess.run([sys.executable, "-c", GAN_KILLER, str(ddp_archive.root), str(run), str(kill_at), mode],
-                              capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    python = killable(GAN_KILLER, ddp_archive)
 
     whole = tmp_path / "whole"
     assert python(whole, 0, "fresh").returncode == 0

@@ -370,3 +370,18 @@ def test_no_ema_means_no_ema_rows_and_a_one_line_refusal(small_archive, tmp_path
         load_fusion(run, weights="ema")
     with pytest.raises(RsgeeError, match="--ema-decay 1"):
         tiny(ema_decay=1.0)
+
+
+def test_train_or_reuse_reuses_a_finished_run_and_refuses_one_with_other_settings(small_archive, tmp_path):
+    from rsgee.train.trainer import train_or_reuse
+
+    config = tiny(model="pix2pix", val_figures=0)
+    run = train_or_reuse(train_fusion, small_archive.root, tmp_path / "run", config, progress=False)
+    stamp = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert train_or_reuse(train_fusion, small_archive.root, run, config, progress=False) == run
+    assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp  # finished: not trained again
+    with pytest.raises(RsgeeError, match=r"holds a run with other settings \(l1_weight\), trained by rsgee .*; "
+                                         "delete that folder") as error:
+        train_or_reuse(train_fusion, small_archive.root, run, tiny(model="pix2pix", val_figures=0, l1_weight=1.0),
+                       progress=False)
+    assert "\n" not in str(error.value)
