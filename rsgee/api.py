@@ -24,8 +24,12 @@ from typing import Any, Iterable, Sequence
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.archive import Archive
 
-__all__ = ["Archive", "cache", "check", "evaluate_fusion", "evaluate_seg", "export", "generate", "predict_fusion",
-           "predict_seg", "tile", "train_fusion", "train_seg"]
+__all__ = ["Archive", "cache", "check", "evaluate_fusion", "evaluate_seg", "experiment_archive", "export", "generate",
+           "predict_fusion", "predict_seg", "tile", "train_fusion", "train_seg"]
+
+#: The experiment's AOIs: four synthetic landscapes (mountains, hills, lowland, lakes), four AOIs each,
+#: two of every kind pinned to train, one to val, one to test (their ``split`` property).
+EXPERIMENT_AOIS = Path(__file__).resolve().parent / "experiment_aois.geojson"
 
 
 def _date(value: str | dt.date) -> dt.date:
@@ -102,19 +106,43 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
 
 def tile(exports: str | Path | Sequence[str | Path], out: str | Path, *, catalog: str | Path | None = None,
          max_nodata: float = 0.05, max_s2_nodata: float = 0.2, split_ratios: str = "7:2:1", split_by: str = "block",
-         split_block: int = 4, split_seed: int = 0, workers: int = 1, progress: bool = True,
-         max_float_error: float | None = None):
+         split_block: int = 4, split_seed: int = 0, split_aoi: dict[str, str] | None = None, workers: int = 1,
+         progress: bool = True, max_float_error: float | None = None):
     """Cut exports into the training archive ``out`` as ``rsgee tile`` does; returns its summary
-    (``.lines()``, ``.failed``, ``.written``). ``max_float_error``: see ``rsgee tile --max-float-error``."""
+    (``.lines()``, ``.failed``, ``.written``). ``split_aoi`` pins AOIs to splits ({name: "test", …});
+    ``max_float_error``: see ``rsgee tile --max-float-error``."""
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.split import SplitConfig
     from rsgee.preprocess.tiling import TileFilters, build_archive
 
     paths = [exports] if isinstance(exports, (str, Path)) else list(exports)
-    split = SplitConfig(SplitConfig.parse_ratios(split_ratios), split_by, split_block, split_seed)
+    split = SplitConfig(SplitConfig.parse_ratios(split_ratios), split_by, split_block, split_seed,
+                        tuple((split_aoi or {}).items()))
     return build_archive(paths, out, load_catalog(catalog), split=split,
                          filters=TileFilters(max_nodata, max_s2_nodata), workers=workers, progress=progress,
                          max_float_error=max_float_error)
+
+
+def experiment_archive(out: str | Path, *, seed: int = 0, cloud_cover: float = 0.05, workers: int = 2,
+                       progress: bool = True):
+    """The archive ``rsgee experiment`` is meant for, built from the synthetic source into ``out``.
+
+    Exports :data:`EXPERIMENT_AOIS` (16 AOIs of ~16 tiles, ~1° apart, in four kinds of terrain) to
+    ``out/exports`` and tiles them into ``out/archive`` split by AOI with each AOI pinned to the split its
+    file names: every split holds every kind of terrain, and no val or test tile has a train tile beside it
+    (~133 train, 66 val, 64 test tiles). Re-running reuses what is there. Returns the tiling summary.
+    """
+    import json
+
+    out = Path(out)
+    for result in export(str(EXPERIMENT_AOIS), out / "exports", source="synthetic", seed=seed,
+                         cloud_cover=cloud_cover, workers=workers, progress=progress):
+        if not result.ok:
+            raise RsgeeError(result.line())
+    features = json.loads(EXPERIMENT_AOIS.read_text(encoding="utf-8"))["features"]
+    pins = {f["properties"]["name"]: f["properties"]["split"] for f in features}
+    return tile([out / "exports"], out / "archive", split_by="aoi", split_aoi=pins, workers=workers,
+                progress=progress)
 
 
 def check(archive: str | Path, *, workers: int = 1, progress: bool = True):

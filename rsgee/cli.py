@@ -191,6 +191,9 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
 @click.option("--split-block", type=click.IntRange(min=1), default=4, show_default=True,
               help="k, the block size in tiles (k×2560 m) for --split-by block.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the block → split assignment.")
+@click.option("--split-aoi", "split_aoi", multiple=True, metavar="NAME=SPLIT",
+              help="Pin an AOI to a split (train, val or test), e.g. a held-out region: all its tiles go there, "
+                   "whatever the blocks say. Repeatable.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (tile rows of AOIs run in parallel).")
 @click.option("--max-float-error", type=click.FloatRange(0.0, 0.01), default=None, metavar="E",
@@ -199,7 +202,7 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
                    "Default: lossless (or the existing archive's setting).")
 @progress_option
 def tile_cmd(exports, out_dir, catalog_path, max_nodata, max_s2_nodata, split_ratios, split_by, split_block,
-             split_seed, workers, max_float_error, progress) -> None:
+             split_seed, split_aoi, workers, max_float_error, progress) -> None:
     """Cut exports into the 256×256 training archive OUT.
 
     EXPORTS are AOI folders written by `rsgee export` (or folders holding them). Terrain (slope,
@@ -208,10 +211,12 @@ def tile_cmd(exports, out_dir, catalog_path, max_nodata, max_s2_nodata, split_ra
     OUT/stats.json is recomputed on the train split. Re-running adds only what is missing.
     """
     from rsgee import api
+    from rsgee.preprocess.split import SplitConfig
 
     summary = api.tile(list(exports), out_dir, catalog=catalog_path, max_nodata=max_nodata, max_s2_nodata=max_s2_nodata,
                        split_ratios=split_ratios, split_by=split_by, split_block=split_block, split_seed=split_seed,
-                       workers=workers, progress=progress, max_float_error=max_float_error)
+                       split_aoi=dict(SplitConfig.parse_pins(split_aoi)), workers=workers, progress=progress,
+                       max_float_error=max_float_error)
     for line in summary.lines():
         click.echo(line)
     if summary.failed:
@@ -301,6 +306,9 @@ training_options = [
                  help="Batches per epoch on each device.  [default: the device's share of the train split]"),
     click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
                  help="Optimiser steps of linear learning-rate warm-up before the --schedule starts."),
+    click.option("--train-tiles", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Train on only N train tiles, chosen by --seed (the same N and seed choose the same tiles in "
+                      "train fusion and train seg: the low-label protocol).  [default: all]"),
     click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
                  help="Samples per batch on each device: an optimiser step sees batch size × devices × nodes."),
     click.option("--seed", type=int, default=0, show_default=True,
@@ -401,6 +409,8 @@ def _say(text: str) -> None:
                    "validation and evaluate; generate --weights ema uses it); 0 = none.")
 @click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Validate (and choose the best checkpoint) every N epochs.")
+@click.option("--val-every-steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Validate every N optimiser steps instead (with --steps).")
 @click.option("--val-figures", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Val tiles drawn in the PNG grid written at each validation (0 = no figures).")
 @click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="cosine", show_default=True,
@@ -412,9 +422,11 @@ def _say(text: str) -> None:
                    "the aspect → illumination relation, the strongest signal terrain gives Sentinel-2.")
 @_with(training_options)
 def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discriminator, betas, lr_g, lr_d, l1_weight,
-                     fm_weight, vgg_weights, ema_decay, val_every, val_figures, schedule, augment, run_dir, size,
-                     epochs, steps, steps_per_epoch, warmup, batch_size, seed, workers, resume, accelerator, devices,
-                     num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
+                     fm_weight, vgg_weights, ema_decay, val_every, val_every_steps, val_figures, schedule, augment,
+                     run_dir, size,
+                     epochs, steps, steps_per_epoch, warmup, train_tiles, batch_size, seed, workers, resume,
+                     accelerator, devices, num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm,
+                     progress) -> None:
     """Train RS-SPADE, pix2pix or the SPADE decoder to generate Sentinel-2 B2/B3/B4/B8 from land cover, SAR and terrain.
 
     Reads ARCHIVE's train and val splits (through its packed cache, built when missing or stale),
@@ -426,10 +438,11 @@ def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discrimina
 
     config = FusionConfig(model=model, sources=parse_sources(sources), size=size, batch_size=batch_size, epochs=epochs,
                           steps=steps, steps_per_epoch=steps_per_epoch, schedule=schedule, warmup=warmup,
-                          augment=augment, crop=crop, recipe=recipe, gan_loss=gan_loss,
+                          augment=augment, crop=crop, train_tiles=train_tiles, recipe=recipe, gan_loss=gan_loss,
                           discriminator=discriminator, betas=_betas(betas), lr_g=lr_g, lr_d=lr_d, l1_weight=l1_weight,
                           fm_weight=fm_weight, vgg_weights=vgg_weights, ema_decay=ema_decay, val_every=val_every,
-                          val_figures=val_figures, seed=seed, num_workers=workers, checkpoint_every=checkpoint_every,
+                          val_every_steps=val_every_steps, val_figures=val_figures, seed=seed, num_workers=workers,
+                          checkpoint_every=checkpoint_every,
                           skip_nonfinite=skip_nonfinite, clip_grad_norm=clip_grad_norm)
     run = train_fusion(archive, run_dir, config, resume=resume, accelerator=accelerator,
                        devices=_count(devices, "--devices"), num_nodes=_count(num_nodes, "--num-nodes"),
@@ -450,10 +463,13 @@ def train_fusion_cmd(archive, model, sources, crop, recipe, gan_loss, discrimina
                    "0); cosine (down to 0 along half a cosine).")
 @click.option("--augment", type=click.Choice(["none", "flip", "dihedral"]), default="dihedral", show_default=True,
               help="Random flips/rotations of each training sample: none, flip (mirror E–W/N–S) or dihedral (all 8).")
+@click.option("--val-every-steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Validate every N optimiser steps (with --steps) instead of after every epoch: learning curves "
+                   "comparable between runs whose epochs differ in length.")
 @_with(training_options)
-def train_seg_cmd(archive, mix, crop, lr, schedule, augment, run_dir, size, epochs, steps, steps_per_epoch, warmup,
-                  batch_size, seed, workers, resume, accelerator, devices, num_nodes, precision, checkpoint_every,
-                  skip_nonfinite, clip_grad_norm, progress) -> None:
+def train_seg_cmd(archive, mix, crop, lr, schedule, augment, val_every_steps, run_dir, size, epochs, steps,
+                  steps_per_epoch, warmup, train_tiles, batch_size, seed, workers, resume, accelerator, devices,
+                  num_nodes, precision, checkpoint_every, skip_nonfinite, clip_grad_norm, progress) -> None:
     """Train RS-UNet (9 Dynamic World classes) on real tiles or a real:generated mix.
 
     Validation and test use real tiles only; val mIoU and accuracy are logged every epoch to
@@ -464,7 +480,8 @@ def train_seg_cmd(archive, mix, crop, lr, schedule, augment, run_dir, size, epoc
 
     config = SegmentationConfig(mix=parse_mix(mix), size=size, batch_size=batch_size, epochs=epochs, steps=steps,
                                 steps_per_epoch=steps_per_epoch, schedule=schedule, warmup=warmup, augment=augment,
-                                crop=crop, lr=lr, seed=seed, num_workers=workers,
+                                crop=crop, lr=lr, seed=seed, num_workers=workers, train_tiles=train_tiles,
+                                val_every_steps=val_every_steps,
                                 checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                                 clip_grad_norm=clip_grad_norm)
     run = train_segmentation(archive, run_dir, config, resume=resume, accelerator=accelerator,
@@ -685,43 +702,65 @@ experiment_options = [
                  help="Repeats of every arm, seeds 0…N-1 (a winner needs |mean difference| > 2 sd)."),
     click.option("--size", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True,
                  help="Model width preset of every run."),
-    click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
-                 help="Batches per epoch.  [default: the whole train split]"),
     progress_option,
 ]
 
 
+@experiment_group.command("archive", context_settings=CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic scene seed.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes.")
+@progress_option
+def experiment_archive_cmd(out, seed, workers, progress) -> None:
+    """Build the archive the experiments are meant for in OUT (OUT/exports, OUT/archive), offline.
+
+    16 synthetic AOIs of ~16 tiles in four kinds of terrain (mountains, hills, lowland, lakes), ~1° apart;
+    of each kind two AOIs go to train, one to val, one to test (pinned by name), so every split holds every
+    terrain and no val or test tile has a train tile beside it: ~133 train, 66 val and 64 test tiles.
+    """
+    from rsgee import api
+
+    summary = api.experiment_archive(out, seed=seed, workers=workers, progress=progress)
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"next: rsgee experiment fusion {out / 'archive'} --out {out / 'fusion'}")
+
+
 @experiment_group.command("fusion", context_settings=CONTEXT)
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--models", default="rs-spade,pix2pix", show_default=True, metavar="NAMES",
+@click.option("--models", default="rs-spade,pix2pix,spade-decoder", show_default=True, metavar="NAMES",
               help="Generators of Table 1.")
-@click.option("--recipes", default="pix2pix,spade,hybrid", show_default=True, metavar="NAMES",
-              help="Recipes every generator of Table 1 is trained with.")
-@click.option("--ablation-model", type=click.Choice(["rs-spade", "pix2pix", "spade-decoder", "none"]),
-              default="rs-spade", show_default=True,
-              help="Generator of the sources ablation (Table 2, the default recipe); none = skip it.")
+@click.option("--recipes", default="pix2pix", show_default=True, metavar="NAMES",
+              help="Recipes every generator of Table 1 is trained with (one keeps the comparison about architecture).")
+@click.option("--ablation-model", type=click.Choice(["best", "rs-spade", "pix2pix", "spade-decoder", "none"]),
+              default="best", show_default=True,
+              help="Generator of the sources ablation (Table 2, the default recipe): best = the one with the highest "
+                   "mean val PSNR in Table 1; none = skip it.")
 @click.option("--ablation-sources", default="lulc;lulc,s1;lulc,dem;lulc,s1,dem", show_default=True, metavar="SETS",
               help="Source subsets of the ablation, separated by ';'.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Epochs of every run.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Optimiser steps of every run.")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Learning rate of G and D, every recipe.")
+@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="cosine", show_default=True,
+              help="Learning-rate schedule over the steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Samples per batch.")
 @click.option("--crop", type=click.IntRange(32, 256), default=64, show_default=True,
               help="Random square training crops (multiple of 32; 256 = whole tiles).")
-@click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Validate every N epochs.")
 @_with(experiment_options)
-def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sources, epochs, batch_size, crop,
-                          val_every, out_dir, seeds, size, steps_per_epoch, progress) -> None:
-    """Tables 1 and 2 over seeds: generators × recipes, and the sources ablation, at one budget.
+def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sources, steps, lr, schedule, batch_size,
+                          crop, out_dir, seeds, size, progress) -> None:
+    """Tables 1 and 2 over seeds: generators (× recipes), then the sources ablation, at one budget of steps.
 
-    Every run has the same epochs, batches and crops; each is scored on ARCHIVE's test split beside
-    constant-mean, class-mean and class-illumination, with raw and EMA weights. Writes OUT/fusion_tables.md and
-    OUT/fusion_runs.csv and prints the tables.
+    Every run has the same steps, learning rate, batches and crops (no augmentation: the sun does not turn)
+    and is scored once on ARCHIVE's test split and on val, with raw and EMA weights, beside constant-mean,
+    class-mean and the per-class least-squares references of each source set. Writes OUT/fusion_tables.md
+    and OUT/fusion_runs.csv and prints the tables.
     """
     from rsgee.train.experiment import FusionExperiment, run_fusion_experiment
     from rsgee.train.fusion import FusionConfig
 
-    base = FusionConfig(size=size, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        crop=None if crop == 256 else crop, val_every=val_every)
+    base = FusionConfig(size=size, batch_size=batch_size, steps=steps, lr_g=lr, lr_d=lr, schedule=schedule,
+                        crop=None if crop == 256 else crop, val_every=10**6, val_figures=0)
     experiment = FusionExperiment(base=base, models=_names(models), recipes=_names(recipes),
                                   ablation_model=None if ablation_model == "none" else ablation_model,
                                   ablation_sources=tuple(s for s in ablation_sources.split(";") if s.strip()),
@@ -733,25 +772,46 @@ def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sou
 
 @experiment_group.command("seg", context_settings=CONTEXT)
 @click.argument("archive", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Epochs of every run.")
+@click.option("--labelled", default="4,8", show_default=True, metavar="K,…",
+              help="Real labelled tiles of the low-label protocol (empty: the paper's protocol only).")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Optimiser steps of every RS-UNet run (the paper protocol's third arm gets twice as many).")
+@click.option("--val-every-steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Validate every N steps: the steps each run needs to reach a fixed val mIoU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Samples per batch.")
 @click.option("--crop", type=click.IntRange(32, 256), default=128, show_default=True,
               help="Random square training crops (multiple of 32; 256 = whole tiles).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate of RS-UNet.")
+@click.option("--generator", type=click.Choice(["rs-spade", "pix2pix", "spade-decoder"]), default="rs-spade",
+              show_default=True, help="The generator of the generated tiles.")
+@click.option("--generator-steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Its optimiser steps (lr 2e-3, cosine, 64-px crops, as the fusion experiment).")
 @_with(experiment_options)
-def experiment_seg_cmd(archive, epochs, batch_size, crop, lr, out_dir, seeds, size, steps_per_epoch, progress) -> None:
-    """Table 3 over seeds: RS-UNet on real tiles (1:0) against the 1:1 mix, matched two ways.
+def experiment_seg_cmd(archive, labelled, steps, val_every_steps, batch_size, crop, lr, generator, generator_steps,
+                       out_dir, seeds, size, progress) -> None:
+    """Table 3 over seeds, in the paper's protocol and the low-label one.
 
-    "1:1 steps matched" gets 1:0's optimiser steps; "1:1 paper protocol" whole mixed epochs (twice the
-    steps, the same real-sample exposure). ARCHIVE must hold generated tiles (`rsgee generate`).
-    Writes OUT/seg_tables.md and OUT/seg_runs.csv and prints the tables.
+    Paper: RS-UNet on every real train tile (1:0) against the 1:1 mix with generated twins, steps matched
+    and with twice the steps. Low-label: on K real labelled tiles against those K plus generated images of
+    the other train tiles (their real Sentinel-2 withheld), steps matched, the generator trained on the K
+    tiles only. Generators are trained here, one per seed and protocol. Writes OUT/seg_tables.md and
+    OUT/seg_runs.csv and prints the tables.
     """
-    from rsgee.train.experiment import run_seg_experiment
+    from dataclasses import replace
+
+    from rsgee.train.experiment import SegExperiment, fusion_budget, run_seg_experiment
     from rsgee.train.segmentation import SegmentationConfig
 
-    base = SegmentationConfig(size=size, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                              crop=None if crop == 256 else crop, lr=lr)
-    result = run_seg_experiment(archive, out_dir, base, seeds=seeds, progress=progress, say=click.echo)
+    try:
+        counts = tuple(int(k) for k in _names(labelled))
+    except ValueError:
+        raise click.BadParameter(f"'{labelled}' is not whole numbers like 4,8", param_hint="--labelled") from None
+    base = SegmentationConfig(size=size, batch_size=batch_size, steps=steps, crop=None if crop == 256 else crop, lr=lr,
+                              schedule="constant", val_every_steps=val_every_steps)
+    experiment = SegExperiment(base=base, generator=replace(fusion_budget(), model=generator, steps=generator_steps,
+                                                            size=size),
+                               labelled=counts, seeds=seeds)
+    result = run_seg_experiment(archive, out_dir, experiment, progress=progress, say=click.echo)
     click.echo("\n" + result.text())
     click.echo(f"written: {', '.join(str(f) for f in result.files)}")
 

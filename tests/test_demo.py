@@ -38,6 +38,7 @@ def test_demo_runs_every_step_and_resumes(tmp_path, aois):
         ("rs-spade", "ema"), ("pix2pix", "raw"), ("pix2pix", "ema")]
     assert [r["training_set"] for r in result.seg_table] == ["majority-class (baseline)",
                                                              "class-mean-spectrum (baseline)",
+                                                             "per-pixel-gaussian (baseline)",
                                                              "real only (True Data)", "real:generated 1:1"]
     assert {p.name for p in result.tables} == {"fusion_table.csv", "fusion_table.md", "seg_table.csv", "seg_table.md"}
     assert {"miou_curves.png", "predictions.png"} <= {p.name for p in result.figures}

@@ -153,6 +153,22 @@ class Archive:
     def sources(self) -> dict[str, SourceSpec]:
         return tile_sources(self.catalog())
 
+    def linked_copy(self, dest: str | os.PathLike) -> "Archive":
+        """A copy of the archive at ``dest`` whose files are hard links to these, without ``gen/``.
+
+        Safe because rsgee never changes an archive file in place (every write goes to a temporary file that
+        is renamed over it), and cheap: an experiment gives each generator's tiles an archive of their own.
+        Made aside and renamed into place; an existing ``dest`` is kept as it is.
+        """
+        dest = Path(dest)
+        if not dest.exists():
+            work = dest.with_name(f".{dest.name}.linking")
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(self.root, work, copy_function=os.link,
+                            ignore=lambda folder, names: [self.generated_dir.name] if Path(folder) == self.root else [])
+            os.replace(work, dest)
+        return Archive(dest)
+
     def save_catalog(self, catalog: Catalog) -> None:
         """Copy the catalog file byte for byte (once: an archive keeps the catalog it started with)."""
         if not self.catalog_path.exists():

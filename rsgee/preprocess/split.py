@@ -2,15 +2,17 @@
 
 Neighbouring tiles share texture, terrain and often the same field, so a per-tile random split
 leaks. Tiles are grouped into blocks — k×k tiles of the lattice, or whole AOIs — and each block's
-split is a hash of (seed, block) mapped onto the ratios. The split of a tile therefore depends on
-nothing but the tile and the split settings: adding AOIs never moves an existing tile, and the same
-inputs give the same splits on any machine.
+split is a hash of (seed, block) mapped onto the ratios. AOIs can also be pinned to a split by name
+(a held-out region, or splits stratified by terrain): all their tiles go there, whatever the blocks say.
+The split of a tile therefore depends on nothing but the tile, its AOI and the split settings: adding
+AOIs never moves an existing tile, and the same inputs give the same splits on any machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Sequence
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import Tile
@@ -27,12 +29,14 @@ class SplitConfig:
         by: "block" (k×k lattice tiles) or "aoi" (whole AOIs).
         block: k, the block size in tiles when ``by == "block"``.
         seed: changes the assignment of blocks to splits.
+        pinned: ``(AOI name, split)`` pairs: every tile of a pinned AOI goes to that split.
     """
 
     ratios: tuple[float, float, float] = (7.0, 2.0, 1.0)
     by: str = "block"
     block: int = 4
     seed: int = 0
+    pinned: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
@@ -41,6 +45,12 @@ class SplitConfig:
             raise RsgeeError(f"split by '{self.by}' is unknown; use 'block' or 'aoi'")
         if self.block < 1:
             raise RsgeeError(f"split block size {self.block} must be at least 1 tile")
+        pinned = tuple(sorted((str(aoi), str(split)) for aoi, split in dict(self.pinned).items()))
+        bad = [f"{aoi}={split}" for aoi, split in pinned if split not in SPLITS]
+        if bad or len(pinned) != len(self.pinned):
+            raise RsgeeError(f"pinned AOIs {', '.join(bad) or 'named twice'}: pin each AOI once, to train, val or test "
+                             "(--split-aoi NAME=SPLIT)")
+        object.__setattr__(self, "pinned", pinned)  # one canonical order, so equal settings compare equal
 
     @classmethod
     def parse_ratios(cls, text: str) -> tuple[float, float, float]:
@@ -53,12 +63,30 @@ class SplitConfig:
             raise RsgeeError(f"split ratios '{text}' must look like 7:2:1 (train:val:test)")
         return parts  # type: ignore[return-value]
 
+    @classmethod
+    def parse_pins(cls, texts: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """['garda=test', …] → (('garda', 'test'), …)."""
+        pins = []
+        for text in texts:
+            aoi, _, split = text.partition("=")
+            if not aoi.strip() or not split.strip():
+                raise RsgeeError(f"--split-aoi '{text}': use NAME=SPLIT, e.g. garda=test")
+            pins.append((aoi.strip(), split.strip()))
+        twice = sorted({aoi for aoi, _ in pins if sum(a == aoi for a, _ in pins) > 1})
+        if twice:
+            raise RsgeeError(f"--split-aoi pins {', '.join(twice)} more than once; pin each AOI to one split")
+        return tuple(pins)
+
     def to_dict(self) -> dict:
-        return {"ratios": list(self.ratios), "by": self.by, "block": self.block, "seed": self.seed}
+        out = {"ratios": list(self.ratios), "by": self.by, "block": self.block, "seed": self.seed}
+        if self.pinned:  # archives without pins keep the dictionary they always had
+            out["pinned"] = dict(self.pinned)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "SplitConfig":
-        return cls(tuple(float(r) for r in data["ratios"]), data["by"], int(data["block"]), int(data["seed"]))
+        return cls(tuple(float(r) for r in data["ratios"]), data["by"], int(data["block"]), int(data["seed"]),
+                   tuple(data.get("pinned", {}).items()))
 
     def block_key(self, tile: Tile, aoi: str) -> str:
         """The spatial block a tile belongs to (tiles of one block always share a split)."""
@@ -67,8 +95,8 @@ class SplitConfig:
         return f"{tile.epsg}_{tile.col // self.block}_{tile.row // self.block}"
 
     def split_of(self, tile: Tile, aoi: str) -> str:
-        """The split of ``tile`` (found in AOI ``aoi``)."""
-        return self.split_of_block(self.block_key(tile, aoi))
+        """The split of ``tile`` (found in AOI ``aoi``): its AOI's pin, else its block's."""
+        return dict(self.pinned).get(aoi) or self.split_of_block(self.block_key(tile, aoi))
 
     def split_of_block(self, key: str) -> str:
         digest = hashlib.sha256(f"rsgee-split:{self.seed}:{key}".encode()).digest()

@@ -434,9 +434,10 @@ def _open_or_create(archive: Archive, catalog: Catalog, split: SplitConfig, filt
     meta = archive.read_meta()
     if SplitConfig.from_dict(meta["split"]) != split:
         old = meta["split"]
+        pins = "".join(f", --split-aoi {aoi}={name}" for aoi, name in old.get("pinned", {}).items()) or ", no AOI pinned"
         raise RsgeeError(
             f"{archive.root} was split with ratios {':'.join(f'{r:g}' for r in old['ratios'])}, by {old['by']}, "
-            f"block {old['block']}, seed {old['seed']}; pass the same split options (tiles never change split) "
+            f"block {old['block']}, seed {old['seed']}{pins}; pass the same split options (tiles never change split) "
             "or build a new archive"
         )
     if without_recipe_keys(archive.catalog().to_dict()["sources"]) != without_recipe_keys(catalog.to_dict()["sources"]):

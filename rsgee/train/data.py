@@ -164,6 +164,21 @@ def crop(sample: dict, row: int, col: int, size: int) -> dict:
 
 # -- datasets ----------------------------------------------------------------------------------
 
+def train_subset(tile_ids: Sequence[str], count: int | None, seed: int) -> list[int]:
+    """Positions of ``count`` tiles of a split chosen by ``seed`` (all of them, in order, for None).
+
+    The choice hashes each tile id with the seed, so it depends on neither the order nor the other tiles:
+    a generator and a segmenter given the same count and seed train on the same tiles (the low-label
+    protocol: only these tiles' real Sentinel-2 is used).
+    """
+    if count is None:
+        return list(range(len(tile_ids)))
+    if not 1 <= count <= len(tile_ids):
+        raise RsgeeError(f"--train-tiles {count}: the train split has {len(tile_ids)} tiles; use 1…{len(tile_ids)}")
+    ranked = sorted(range(len(tile_ids)), key=lambda i: hashlib.sha256(f"subset:{seed}:{tile_ids[i]}".encode()).digest())
+    return sorted(ranked[:count])
+
+
 def archive_normalisation(archive: Archive) -> dict:
     """The statistics the inputs are normalised with (from the train split's stats.json)."""
     try:
@@ -192,13 +207,16 @@ class FusionSamples(Dataset):
             affordable (training); None = whole 256×256 tiles.
         seed: makes crops and augmentation reproducible, combined with the epoch: items are indexed by
             ``i`` or by the ``(i, epoch)`` pairs an :class:`~rsgee.train.distributed.EpochSampler` yields.
+        tiles: positions in the split of the only tiles to serve (:func:`train_subset`); None = all.
     """
 
     def __init__(self, archive: Archive, split: str, sources: Sequence[str], normalisation: dict, *,
-                 augment: str = "none", crop: int | None = None, seed: int = 0, progress: bool = False):
+                 augment: str = "none", crop: int | None = None, seed: int = 0, progress: bool = False,
+                 tiles: Sequence[int] | None = None):
         if crop is not None and (crop % 32 or not 32 <= crop <= 256):
             raise RsgeeError(f"--crop {crop}: use a multiple of 32 between 32 and 256 pixels")
         self.packed: PackedSplit = open_split(archive, split, progress=progress)
+        self.positions = list(range(len(self.packed))) if tiles is None else list(tiles)
         self.sources = tuple(sources)
         self.norm = normalisation
         self.augment = check_augmentation(augment)
@@ -206,10 +224,11 @@ class FusionSamples(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.packed)
+        return len(self.positions)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        item, epoch = key if isinstance(key, tuple) else (key, 0)
+        i = self.positions[item]
         # crop first, then normalise only the pixels and sources used (random crops commute with the
         # dihedral transforms, so drawing the window before rotating changes nothing but the cost)
         digest = hashlib.sha256(f"{self.seed}:{epoch}:{i}".encode()).digest()
@@ -241,12 +260,14 @@ class FusionData(L.LightningDataModule):
     """Train/val/test loaders over an archive for the fusion models."""
 
     def __init__(self, archive: str | Path, sources: Sequence[str], *, batch_size: int = 4, num_workers: int = 0,
-                 crop: int | None = None, augment: str = "none", seed: int = 0, progress: bool = True):
+                 crop: int | None = None, augment: str = "none", seed: int = 0, train_tiles: int | None = None,
+                 progress: bool = True):
         super().__init__()
         self.archive = Archive(archive)
         self.sources = tuple(sources)
         self.crop = crop
         self.augment = check_augmentation(augment)
+        self.train_tiles = train_tiles
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -264,9 +285,13 @@ class FusionData(L.LightningDataModule):
         for split in ("train", "val", "test"):
             if split not in self.splits:
                 train = split == "train"
+                tiles = None
+                if train and self.train_tiles:
+                    tiles = train_subset(open_split(self.archive, split, progress=False).tile_ids, self.train_tiles,
+                                         self.seed)
                 self.splits[split] = FusionSamples(self.archive, split, self.sources, self.norm,
                                                    augment=self.augment if train else "none",
-                                                   crop=self.crop if train else None, seed=self.seed)
+                                                   crop=self.crop if train else None, seed=self.seed, tiles=tiles)
         for split in ("train", "val", "test"):  # test too: evaluate would fail only after training
             if not len(self.splits[split]):
                 raise RsgeeError(f"{self.archive.root}: the {split} split has no tiles; add AOIs, use a smaller "

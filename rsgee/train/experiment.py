@@ -1,17 +1,25 @@
-"""``rsgee experiment``: the paper's comparisons as controlled experiments, repeated over seeds.
+"""``rsgee experiment``: the paper's three tables as controlled experiments, repeated over seeds.
 
-Fusion (Tables 1 and 2): every generator × recipe with all sources (Table 1), and one generator with
-its default recipe on each subset of the sources (the ablation, Table 2), each repeated over seeds at
-one budget of GAN iterations, scored on the test split beside the ``constant-mean`` and
-``class-mean`` baselines, with the raw and the EMA generator weights. Segmentation (Table 3): RS-UNet
-on real tiles (1:0) and on the 1:1 real:generated mix, the mix both matched on optimiser steps (the
-same number of batches as 1:0) and in the paper's protocol (whole mixed epochs: twice the steps, the
-same real-sample exposure), beside ``majority-class`` and ``class-mean-spectrum``.
+Fusion (Tables 1 and 2): every generator × recipe with all sources at one budget of optimiser steps
+(Table 1), then the generator that scored best on the val split with the default recipe on each subset of
+the sources (the ablation, Table 2). Every run is scored once on the test split and on val (where its
+budget is judged: has it learned, i.e. beaten ``class-mean``?), with the raw and the EMA weights, beside
+the baselines on the same tiles — and, in Table 2, beside each source set's per-class least-squares
+reference (:data:`rsgee.train.baselines.LINEAR_REFERENCES`): what an ideal model of those inputs reaches.
 
-Every table gives mean ± sd over seeds and the paired difference (same seed) against a reference
-arm. A winner is named only where |mean difference| > 2 sd of the paired differences and both arms
-learned: they beat ``class-mean`` (a lookup of the land cover; for segmentation, ``majority-class``).
-Runs are kept in ``OUT/runs/`` and reused, so an interrupted experiment resumes where it stopped.
+Segmentation (Table 3), two protocols. The paper's: RS-UNet on every real train tile (1:0) against the
+1:1 mix with their generated twins, matched on optimiser steps, and with twice the steps (the same real
+exposure as whole mixed epochs). The low-label one, where the paper's motivation (scarce clear optical
+images) lives: RS-UNet on k real labelled tiles against those k plus generated Sentinel-2 for the other
+train tiles, whose real Sentinel-2 is withheld, steps matched; the generator is trained on the k tiles'
+real pairs only. Each generator's tiles go into a hard-linked copy of the archive of their own. Scores:
+mIoU and accuracy on real test tiles, and the steps each run needed to reach a fixed val mIoU (the paper's
+Figure 8), beside baselines learnt from the same tiles.
+
+Every table gives mean ± sd over seeds and paired differences (same seed). A winner is named only where
+|mean difference| > 2 sd of the paired differences and both arms learned: they beat ``class-mean`` (fusion)
+or ``class-mean-spectrum`` (segmentation) on val and on test. Runs are kept in ``OUT/runs/`` and reused,
+so an interrupted experiment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -26,31 +34,45 @@ from typing import Callable, Sequence
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import atomic_path
 from rsgee.preprocess.archive import Archive
-from rsgee.train.data import parse_sources
+from rsgee.preprocess.cache import open_split
+from rsgee.train.baselines import LINEAR_REFERENCES, fusion_baselines, segmentation_baselines
+from rsgee.train.data import parse_sources, train_subset
 from rsgee.train.evaluate import evaluate_fusion, evaluate_segmentation
 from rsgee.train.fusion import DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, sources_label, train_fusion
+from rsgee.train.generate import generate
 from rsgee.train.segmentation import SegmentationConfig, train_segmentation
-from rsgee.train.trainer import batches_per_epoch, read_run, train_or_reuse
+from rsgee.train.trainer import read_metrics, read_run, train_or_reuse
 
 #: The source subsets of the ablation (Table 2): land cover alone, with SAR, with terrain, and all three.
 ABLATION_SOURCES = (("lulc",), ("lulc", "s1"), ("lulc", "terrain"), ("lulc", "s1", "terrain"))
-#: The segmentation arms: name → SegmentationConfig changes (``steps`` is filled in with 1:0's batches).
-SEG_ARMS = ("real 1:0", "1:1 steps matched", "1:1 paper protocol")
+#: The reference each source set of the ablation is read against.
+SOURCE_REFERENCE = {"lulc": "class-mean", "lulc+s1": "class-sar", "lulc+dem": "class-illumination",
+                    "lulc+s1+dem": "class-illumination-sar"}
+
+
+def fusion_budget() -> FusionConfig:
+    """Every fusion run's settings but model, recipe, sources and seed: the demo's, which learn (BENCHMARKS.md)."""
+    return FusionConfig(size="tiny", batch_size=4, steps=2000, crop=64, lr_g=2e-3, lr_d=2e-3, val_every=10**6,
+                        val_figures=0)
 
 
 @dataclass
 class FusionExperiment:
-    """What a fusion experiment trains: ``base`` (one budget for every run) varied by the grid."""
+    """What a fusion experiment trains: ``base`` (one budget for every run) varied by the grid.
 
-    base: FusionConfig = field(default_factory=lambda: FusionConfig(size="tiny", batch_size=4, epochs=10, crop=64))
+    ``ablation_model`` ``"best"`` takes the Table 1 generator with the highest mean val PSNR (default recipe).
+    """
+
+    base: FusionConfig = field(default_factory=fusion_budget)
     models: tuple[str, ...] = MODELS
-    recipes: tuple[str, ...] = tuple(RECIPES)
-    ablation_model: str | None = "rs-spade"  # None: no ablation
+    recipes: tuple[str, ...] = (DEFAULT_RECIPE,)
+    ablation_model: str | None = "best"  # a model name, "best", or None: no ablation
     ablation_sources: tuple[tuple[str, ...], ...] = ABLATION_SOURCES
     seeds: int = 3
 
     def __post_init__(self) -> None:
-        unknown = [m for m in (*self.models, self.ablation_model or MODELS[0]) if m not in MODELS]
+        unknown = [m for m in self.models if m not in MODELS]
+        unknown += [self.ablation_model] if self.ablation_model not in (*MODELS, "best", None) else []
         unknown += [r for r in self.recipes if r not in RECIPES]
         if unknown:
             raise RsgeeError(f"unknown model or recipe {', '.join(unknown)}; models: {', '.join(MODELS)}, recipes: "
@@ -59,28 +81,32 @@ class FusionExperiment:
             raise RsgeeError(f"--seeds {self.seeds}: a spread needs at least 2 seeds (3 or more to name a winner)")
         self.ablation_sources = tuple(parse_sources(s) for s in self.ablation_sources)
 
-    def runs(self) -> dict[str, FusionConfig]:
-        """Run name → config, Table 1's grid first, then the ablation's (a run in both is trained once)."""
-        out = {}
+    def table1(self) -> dict[str, FusionConfig]:
+        """Run name → config of Table 1: every generator × recipe with all the base's sources."""
         every = tuple(self.base.sources)
-        for recipe in self.recipes:
-            for model in self.models:
-                for seed in range(self.seeds):
-                    out[_run_name(model, recipe, every, seed)] = self._config(model, recipe, every, seed)
-        if self.ablation_model:
-            recipe = DEFAULT_RECIPE
-            for sources in self.ablation_sources:
-                for seed in range(self.seeds):
-                    out[_run_name(self.ablation_model, recipe, sources, seed)] = self._config(
-                        self.ablation_model, recipe, sources, seed)
-        return out
+        return {_run_name(model, recipe, every, seed): self.config(model, recipe, every, seed)
+                for recipe in self.recipes for model in self.models for seed in range(self.seeds)}
 
-    def _config(self, model: str, recipe: str, sources: tuple[str, ...], seed: int) -> FusionConfig:
+    def table2(self, model: str) -> dict[str, FusionConfig]:
+        """Run name → config of the ablation with ``model`` (a run also in Table 1 has the same name)."""
+        return {_run_name(model, DEFAULT_RECIPE, sources, seed): self.config(model, DEFAULT_RECIPE, sources, seed)
+                for sources in self.ablation_sources for seed in range(self.seeds)}
+
+    def config(self, model: str, recipe: str, sources: tuple[str, ...], seed: int) -> FusionConfig:
         fields = {k: getattr(self.base, k) for k in self.base.__dataclass_fields__}
-        # the recipe's parts come from the recipe, not from the base's defaults filled in for its own
+        # the recipe's parts come from the recipe, not from the base's defaults filled in for its own; the
+        # base's learning rates are the budget's and hold for every recipe
         for key in RECIPES[recipe]:
-            fields[key] = None
+            if key not in ("lr_g", "lr_d"):
+                fields[key] = None
         return FusionConfig(**dict(fields, model=model, recipe=recipe, sources=sources, seed=seed))
+
+    def budget(self, archive: Archive) -> str:
+        b = self.base
+        return (f"{b.steps or b.epochs} {'steps' if b.steps else 'epochs'} at lr {b.lr_g:g}/{b.lr_d:g} ({b.schedule}), "
+                f"augment {b.augment}, batch {b.batch_size}, {f'{b.crop}-px crops' if b.crop else 'whole tiles'}, "
+                f"{b.size} models, {self.seeds} seeds, train {len(archive.tiles('train'))} / val "
+                f"{len(archive.tiles('val'))} / test {len(archive.tiles('test'))} tiles")
 
 
 @dataclass
@@ -100,110 +126,249 @@ def run_fusion_experiment(archive: str | Path, out: str | Path, experiment: Fusi
     """Train (or reuse) every run of ``experiment`` on ``archive``, score them, write the tables into ``out``."""
     archive, out = Archive(archive), Path(out)
     archive.read_meta()
-    runs = experiment.runs()
-    rows, baselines = [], None
-    for i, (name, config) in enumerate(runs.items(), 1):
-        say(f"[{i}/{len(runs)}] {name}")
-        run = train_or_reuse(train_fusion, archive.root, out / "runs" / name, config, progress)
-        scored = evaluate_fusion([run], progress=False, baselines=baselines is None)
-        if baselines is None:
-            baselines = [r for r in scored if r["run"] == "baseline"]
-        for row in scored:
-            if row["run"] != "baseline":
-                rows.append(dict(row, recipe=config.recipe, seed=config.seed))
-    floor = next(r["psnr"] for r in baselines if r["model"] == "class-mean")
-    base = experiment.base
-    iterations = batches_per_epoch(len(archive.tiles("train")), base.batch_size, base.steps_per_epoch, drop_last=True)
-    length = f"{base.steps} GAN iterations" if base.steps else f"{base.epochs} epochs × {iterations} GAN iterations"
-    budget = (f"{length}, {base.schedule} schedule, augment {base.augment}, "
-              f"batch {base.batch_size}, {f'{base.crop}-px crops' if base.crop else 'whole tiles'}, {base.size} models, "
-              f"{experiment.seeds} seeds, test split ({baselines[0]['tiles']} tiles)")
-    result = ExperimentResult(rows=baselines + rows)
-    every = sources_label(base.sources)
-    table1 = [r for r in rows if r["sources"] == every and r["model"] in experiment.models
-              and r["recipe"] in experiment.recipes]
-    result.tables[f"Table 1 — generator × recipe, {budget}"] = _fusion_table(baselines, table1, ("model", "recipe"),
-                                                                              floor)
-    if len(experiment.models) == 2:
-        pairs = []
-        for recipe in experiment.recipes:
-            for weights in ("raw", "ema"):
-                arms = [[r for r in table1 if r["model"] == m and r["recipe"] == recipe and r["weights"] == weights]
-                        for m in experiment.models]
-                if all(arms):
-                    pairs.append(_paired(f"{recipe}, {weights}", *arms, "psnr", floor, experiment.models))
-        result.tables[f"Table 1 — paired PSNR difference {' − '.join(experiment.models)} (same recipe, weights, "
-                      "seed)"] = _pairs_table(pairs, "dB")
+    references = tuple(LINEAR_REFERENCES)
+    baselines = {split: fusion_baselines(archive, split, references=references) for split in ("val", "test")}
+    floors = {split: float(values["class-mean"]["psnr"]) for split, values in baselines.items()}
+    rows: list[dict] = []
+    runs = experiment.table1()
+    _train_and_score(archive, out, runs, rows, say, progress)
+    result = ExperimentResult()
+    budget = experiment.budget(archive)
+    every = sources_label(experiment.base.sources)
+    table1 = [r for r in rows if r["sources"] == every]
+    result.tables[f"Table 1 — generators, {budget}"] = _fusion_table(baselines, table1, ("model", "recipe"),
+                                                                     ("class-mean", "class-illumination"))
+    pairs = [_paired(f"{a} − {b}, {recipe}, {weights}", [r for r in table1 if r["model"] == a], [r for r in table1
+                     if r["model"] == b], recipe, weights, floors, (a, b))
+             for recipe in experiment.recipes for i, a in enumerate(experiment.models)
+             for b in experiment.models[i + 1:] for weights in ("raw", "ema")]
+    result.tables["Table 1 — paired test PSNR differences (same recipe, weights, seed)"] = _pairs_table(pairs, "dB")
     if experiment.ablation_model:
         model = experiment.ablation_model
-        recipe = DEFAULT_RECIPE
-        ablation = [r for r in rows if r["model"] == model and r["recipe"] == recipe]
+        if model == "best":
+            val = {m: statistics.mean(r["val_psnr"] for r in table1 if r["model"] == m and r["recipe"] == DEFAULT_RECIPE
+                                      and r["weights"] == "raw") for m in experiment.models}
+            model = max(val, key=val.get)
+            say(f"ablation with {model}: the best mean val PSNR of Table 1 ({val[model]:.2f} dB)")
+        _train_and_score(archive, out, experiment.table2(model), rows, say, progress)
         labels = [sources_label(s) for s in experiment.ablation_sources]
-        ablation = [r for r in ablation if r["sources"] in labels]
-        result.tables[f"Table 2 — sources ablation, {model} ({recipe} recipe), {budget}"] = _fusion_table(
-            baselines, ablation, ("sources",), floor)
+        ablation = [r for r in rows if r["model"] == model and r["recipe"] == DEFAULT_RECIPE and r["sources"] in labels]
+        result.tables[f"Table 2 — sources ablation, {model} ({DEFAULT_RECIPE} recipe), {budget}"] = _fusion_table(
+            baselines, ablation, ("sources",), ("class-mean", "class-sar", "class-illumination", "class-illumination-sar"),
+            reference_of=lambda r: SOURCE_REFERENCE.get(r["sources"]))
         reference = sources_label(max(experiment.ablation_sources, key=len))
-        pairs = []
-        for label in labels:
-            if label == reference:
-                continue
-            for weights in ("raw", "ema"):
-                arms = [[r for r in ablation if r["sources"] == s and r["weights"] == weights] for s in (label, reference)]
-                if all(arms):
-                    pairs.append(_paired(f"{label}, {weights}", *arms, "psnr", floor, (label, reference)))
-        result.tables[f"Table 2 — paired PSNR difference against {reference} (same weights, seed)"] = _pairs_table(
-            pairs, "dB")
+        pairs = [_paired(f"{label} − {reference}, {weights}", [r for r in ablation if r["sources"] == label],
+                         [r for r in ablation if r["sources"] == reference], DEFAULT_RECIPE, weights, floors,
+                         (label, reference))
+                 for label in labels if label != reference for weights in ("raw", "ema")]
+        result.tables[f"Table 2 — paired test PSNR differences against {reference} (same weights, seed)"] = \
+            _pairs_table(pairs, "dB")
+    result.rows = [{"model": name, "split": split, **{k: float(v) for k, v in values.items() if k in ("psnr", "ssim",
+                                                                                                       "sam")}}
+                   for split, scores in baselines.items() for name, values in scores.items()] + rows
     result.files = _write(out, "fusion", result)
     return result
 
 
-def run_seg_experiment(archive: str | Path, out: str | Path, base: SegmentationConfig | None = None, *, seeds: int = 3,
-                       progress: bool = True, say: Callable[[str], None] = print) -> ExperimentResult:
-    """Train (or reuse) the segmentation arms × seeds on ``archive`` (which must hold generated tiles)."""
+def _train_and_score(archive: Archive, out: Path, runs: dict[str, FusionConfig], rows: list[dict], say, progress):
+    """Train (or reuse) ``runs`` and append one row per run and weights, with its test and val scores."""
+    done = {(r["run_name"], r["weights"]) for r in rows}
+    for i, (name, config) in enumerate(runs.items(), 1):
+        if (name, "raw") in done:
+            continue
+        say(f"[{i}/{len(runs)}] {name}")
+        run = train_or_reuse(train_fusion, archive.root, out / "runs" / name, config, progress)
+        val = {r["weights"]: r for r in evaluate_fusion([run], split="val", progress=False, baselines=False)}
+        for row in evaluate_fusion([run], split="test", progress=False, baselines=False):
+            rows.append(dict(row, run_name=name, recipe=config.recipe, seed=config.seed,
+                             val_psnr=val[row["weights"]]["psnr"]))
+
+
+def _fusion_table(baselines: dict, rows: list[dict], keys: tuple[str, ...], shown: Sequence[str],
+                  reference_of: Callable[[dict], str | None] | None = None) -> str:
+    """Baselines, then one line per arm: test scores (mean ± sd over seeds), val PSNR, and how many seeds
+    learned (beat ``class-mean``) on val and on test; with ``reference_of``, the arm's own reference on test."""
+    test, val = baselines["test"], baselines["val"]
+    header = [*keys, "weights", "test PSNR (dB)", "SSIM", "SAM (rad)", "val PSNR (dB)", "generator params",
+              "beats class-mean val / test"] + (["its reference (test PSNR)"] if reference_of else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in ("constant-mean", *shown):
+        t = test[name]
+        lines.append("| " + " | ".join([f"{name} (baseline)", *["—"] * len(keys)]) +
+                     f" | {float(t['psnr']):.3f} | {float(t['ssim']):.4f} | {float(t['sam']):.4f} | "
+                     f"{float(val[name]['psnr']):.3f} | 0 | |" + (" |" if reference_of else ""))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((*(r[k] for k in keys), r["weights"]), []).append(r)
+    floor = {split: float(b["class-mean"]["psnr"]) for split, b in baselines.items()}
+    for key, group in groups.items():
+        learned_val = sum(r["val_psnr"] > floor["val"] for r in group)
+        learned_test = sum(r["psnr"] > floor["test"] for r in group)
+        line = ("| " + " | ".join(str(k) for k in key) + f" | {_mean_sd([r['psnr'] for r in group])} | "
+                f"{_mean_sd([r['ssim'] for r in group], 4)} | {_mean_sd([r['sam'] for r in group], 4)} | "
+                f"{_mean_sd([r['val_psnr'] for r in group])} | {group[0]['params']} | "
+                f"{learned_val}/{len(group)} / {learned_test}/{len(group)} |")
+        if reference_of:
+            name = reference_of(group[0])
+            line += f" {name} {float(test[name]['psnr']):.3f} |" if name else " — |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _paired(label: str, a: list[dict], b: list[dict], recipe: str, weights: str, floors: dict[str, float],
+            names: Sequence[str], metric: str = "psnr") -> dict:
+    """The paired test difference a − b over the seeds both have, and the winner by the 2-sd rule.
+
+    Both arms must have learned — mean val and mean test above the floor (``class-mean`` or
+    ``class-mean-spectrum``) — before a winner is named.
+    """
+    a = [r for r in a if r.get("recipe", recipe) == recipe and r["weights"] == weights]
+    b = {r["seed"]: r for r in b if r.get("recipe", recipe) == recipe and r["weights"] == weights}
+    pairs = [(r, b[r["seed"]]) for r in a if r["seed"] in b]
+    if not pairs:
+        return {"arm": label, "mean": float("nan"), "sd": float("nan"), "seeds": 0, "winner": "none (no pairs)"}
+    differences = [x[metric] - y[metric] for x, y in pairs]
+    mean = statistics.mean(differences)
+    sd = statistics.stdev(differences) if len(differences) > 1 else float("inf")
+    val_key = f"val_{metric}"
+    learned = all(statistics.mean(r[val_key] for r in arm) > floors["val"] and
+                  statistics.mean(r[metric] for r in arm) > floors["test"]
+                  for arm in ([x for x, _ in pairs], [y for _, y in pairs]))
+    if abs(mean) > 2 * sd and learned:
+        winner = names[0] if mean > 0 else names[1]
+    else:
+        winner = "none (|mean| ≤ 2 sd)" if learned else "none (an arm did not learn: not above the baseline)"
+    return {"arm": label, "mean": mean, "sd": sd, "seeds": len(differences), "winner": winner}
+
+
+def _pairs_table(pairs: list[dict], unit: str) -> str:
+    lines = [f"| arms | mean ± sd{f' ({unit})' if unit else ''} | seeds | winner |", "|---|---|---|---|"]
+    lines += [f"| {p['arm']} | {p['mean']:.3f} ± {p['sd']:.3f} | {p['seeds']} | {p['winner']} |" for p in pairs]
+    return "\n".join(lines) + "\n"
+
+
+# -- segmentation ------------------------------------------------------------------------------
+
+def seg_budget() -> SegmentationConfig:
+    """Every RS-UNet run's settings but mix, tiles and seed (the demo's, which learn), validated every 100 steps."""
+    return SegmentationConfig(size="tiny", batch_size=8, steps=600, crop=128, lr=2e-3, schedule="constant",
+                              val_every_steps=100)
+
+
+@dataclass
+class SegExperiment:
+    """What a segmentation experiment trains: RS-UNet runs at ``base``'s budget, generators at ``generator``'s.
+
+    ``labelled``: the k of the low-label protocol (real labelled tiles per run); empty for the paper's protocol only.
+    """
+
+    base: SegmentationConfig = field(default_factory=seg_budget)
+    generator: FusionConfig = field(default_factory=fusion_budget)
+    labelled: tuple[int, ...] = (4, 8)
+    seeds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise RsgeeError(f"--seeds {self.seeds}: a spread needs at least 2 seeds (3 or more to name a winner)")
+        if any(k < 1 for k in self.labelled):
+            raise RsgeeError(f"--labelled {','.join(map(str, self.labelled))}: use positive numbers of tiles")
+        if not self.base.steps:
+            raise RsgeeError("the segmentation experiment matches runs on optimiser steps: give its base --steps")
+
+
+#: The paper's protocol: arm → (mix, steps factor).
+PAPER_ARMS = {"real 1:0": ((1, 0), 1), "1:1 steps matched": ((1, 1), 1), "1:1 twice the steps": ((1, 1), 2)}
+
+
+def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExperiment, *, progress: bool = True,
+                       say: Callable[[str], None] = print) -> ExperimentResult:
+    """Train (or reuse) the generators and RS-UNet arms of both protocols × seeds; score; write the tables."""
     archive, out = Archive(archive), Path(out)
     archive.read_meta()
-    if seeds < 2:
-        raise RsgeeError(f"--seeds {seeds}: a spread needs at least 2 seeds (3 or more to name a winner)")
-    if not archive.generated_meta_path.exists():
-        raise RsgeeError(f"{archive.root} holds no generated tiles; run `rsgee generate RUN "
-                         f"{archive.root}` first (the 1:1 arms mix them with the real tiles)")
-    base = base or SegmentationConfig(size="tiny", batch_size=8, epochs=12, crop=128)
-    real_batches = batches_per_epoch(len(archive.tiles("train")), base.batch_size, base.steps_per_epoch, drop_last=False)
-    arms = {"real 1:0": replace(base, mix=(1, 0)),
-            "1:1 steps matched": replace(base, mix=(1, 1), steps_per_epoch=real_batches),
-            "1:1 paper protocol": replace(base, mix=(1, 1), steps_per_epoch=base.steps_per_epoch)}
-    rows, baselines = [], None
-    for i, arm in enumerate(SEG_ARMS):
-        for seed in range(seeds):
-            name = f"{arm.replace(' ', '_').replace(':', '-')}_seed{seed}"
-            say(f"[{i * seeds + seed + 1}/{len(SEG_ARMS) * seeds}] {name}")
-            run = train_or_reuse(train_segmentation, archive.root, out / "runs" / name, replace(arms[arm], seed=seed),
-                           progress)
-            scored, _ = evaluate_segmentation([run], out / "figures" / name, progress=False,
-                                              baselines=baselines is None)
-            if baselines is None:
-                baselines = [r for r in scored if r["run"] == "baseline"]
-            rows += [dict(r, arm=arm, seed=seed, steps=read_run(run).get("global_step"))
-                     for r in scored if r["run"] != "baseline"]
-    floor = next(r["miou"] for r in baselines if r["training_set"].startswith("majority-class"))
-    budget = (f"RS-UNet {base.size}, {base.epochs} epochs, batch {base.batch_size}, "
-              f"{f'{base.crop}-px crops' if base.crop else 'whole tiles'}, {seeds} seeds, real test tiles "
-              f"({baselines[0]['tiles']})")
-    result = ExperimentResult(rows=baselines + rows)
-    lines = ["| training set | optimiser steps | mIoU | accuracy | beats majority-class |", "|---|---|---|---|---|"]
-    lines += [f"| {r['training_set']} | — | {r['miou']:.4f} | {r['accuracy']:.4f} | |" for r in baselines]
-    for arm in SEG_ARMS:
-        group = [r for r in rows if r["arm"] == arm]
-        lines.append(f"| {arm} | {_mean_sd([r['steps'] for r in group], 0)} | {_mean_sd([r['miou'] for r in group])} | "
-                     f"{_mean_sd([r['accuracy'] for r in group])} | "
-                     f"{sum(r['miou'] > floor for r in group)}/{len(group)} seeds |")
-    result.tables[f"Table 3 — segmentation arms, {budget}"] = "\n".join(lines) + "\n"
-    reference = [r for r in rows if r["arm"] == SEG_ARMS[0]]
-    pairs = [_paired(arm, [r for r in rows if r["arm"] == arm], reference, "miou", floor, (arm, SEG_ARMS[0]))
-             for arm in SEG_ARMS[1:]]
-    result.tables[f"Table 3 — paired mIoU difference against {SEG_ARMS[0]} (same seed)"] = _pairs_table(pairs, "")
+    n_train = len(archive.tiles("train"))
+    too_many = [k for k in experiment.labelled if k >= n_train]
+    if too_many:
+        raise RsgeeError(f"--labelled {too_many[0]}: the train split has {n_train} tiles; a low-label run needs fewer")
+    train_ids = open_split(archive, "train", progress=progress).tile_ids
+    val_floor = float(segmentation_baselines(archive, "val")["class-mean-spectrum"]["miou"])
+    rows, references = [], []
+    plan = [("all", None)] + [(f"k{k}", k) for k in experiment.labelled]
+    for seed in range(experiment.seeds):
+        for group, k in plan:
+            generator = replace(experiment.generator, seed=seed, train_tiles=k)
+            say(f"seed {seed}, {group}: generator trained on {k or n_train} tiles")
+            run = train_or_reuse(train_fusion, archive.root, out / "runs" / f"generator_{group}_seed{seed}", generator,
+                                 progress)
+            copy = archive.linked_copy(out / "archives" / f"{group}_seed{seed}")
+            generate(run, copy.root, progress=progress)
+            tiles = train_subset(train_ids, k, seed) if k else None
+            arms = PAPER_ARMS if k is None else {f"{k} real": ((1, 0), 1), f"{k} real + generated 1:1": ((1, 1), 1)}
+            for arm, (mix, factor) in arms.items():
+                config = replace(experiment.base, mix=mix, steps=experiment.base.steps * factor, train_tiles=k, seed=seed)
+                name = f"seg_{group}_{arm.replace(' ', '_').replace(':', '-').replace('+', 'and')}_seed{seed}"
+                say(f"seed {seed}: {arm}")
+                run = train_or_reuse(train_segmentation, copy.root, out / "runs" / name, config, progress)
+                scored, _ = evaluate_segmentation([run], out / "figures" / name, progress=False, baselines=False)
+                rows.append(dict(scored[0], arm=arm, protocol="paper" if k is None else f"k = {k}", seed=seed,
+                                 steps=read_run(run).get("steps_done"), val_miou=_last_val(run),
+                                 steps_to_target=_steps_to(run, val_floor)))
+            baselines = segmentation_baselines(archive, "test", tiles=tiles)
+            references += [{"protocol": "paper" if k is None else f"k = {k}", "seed": seed, "name": name,
+                            "miou": float(v["miou"]), "accuracy": float(v["accuracy"])} for name, v in baselines.items()]
+    result = ExperimentResult(rows=references + rows)
+    b = experiment.base
+    budget = (f"RS-UNet {b.size}, {b.steps} steps (×2 where said) at lr {b.lr:g} ({b.schedule}), batch {b.batch_size}, "
+              f"{f'{b.crop}-px crops' if b.crop else 'whole tiles'}, {experiment.seeds} seeds; generators "
+              f"{experiment.generator.model} {experiment.generator.steps} steps; real test tiles "
+              f"({len(archive.tiles('test'))})")
+    result.tables[f"Table 3 — segmentation, {budget}"] = _seg_table(rows, references, val_floor)
+    pairs = []
+    for protocol in dict.fromkeys(r["protocol"] for r in rows):
+        arms = list(dict.fromkeys(r["arm"] for r in rows if r["protocol"] == protocol))
+        floor = statistics.mean(r["miou"] for r in references if r["protocol"] == protocol
+                                and r["name"] == "class-mean-spectrum")
+        for arm in arms[1:]:
+            pairs.append(_paired(f"{arm} − {arms[0]}", [dict(r, weights="—") for r in rows if r["arm"] == arm],
+                                 [dict(r, weights="—") for r in rows if r["arm"] == arms[0]], "", "—",
+                                 {"val": val_floor, "test": floor}, (arm, arms[0]), metric="miou"))
+    result.tables["Table 3 — paired test mIoU differences (same seed)"] = _pairs_table(pairs, "")
     result.files = _write(out, "seg", result)
     return result
+
+
+def _last_val(run: Path) -> float:
+    values = [float(r["val/miou"]) for r in read_metrics(run) if r.get("val/miou")]
+    return values[-1] if values else float("nan")
+
+
+def _steps_to(run: Path, target: float) -> float | None:
+    """The optimiser steps after which the run's val mIoU first reached ``target`` (None: never)."""
+    for row in read_metrics(run):
+        if row.get("val/miou") and float(row["val/miou"]) >= target:
+            return float(row["val/steps"])
+    return None
+
+
+def _seg_table(rows: list[dict], references: list[dict], val_floor: float) -> str:
+    header = ["protocol", "training set", "optimiser steps", "test mIoU", "test accuracy", "val mIoU",
+              f"steps to val mIoU {val_floor:.3f}", "beats class-mean-spectrum (test)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for protocol in dict.fromkeys(r["protocol"] for r in rows):
+        refs = [r for r in references if r["protocol"] == protocol]
+        for name in dict.fromkeys(r["name"] for r in refs):
+            group = [r for r in refs if r["name"] == name]
+            lines.append(f"| {protocol} | {name} (baseline, same tiles) | — | {_mean_sd([r['miou'] for r in group])} | "
+                         f"{_mean_sd([r['accuracy'] for r in group])} | — | — | |")
+        floor = {r["seed"]: r["miou"] for r in refs if r["name"] == "class-mean-spectrum"}
+        for arm in dict.fromkeys(r["arm"] for r in rows if r["protocol"] == protocol):
+            group = [r for r in rows if r["arm"] == arm]
+            reached = [r["steps_to_target"] for r in group if r["steps_to_target"] is not None]
+            to_target = f"{statistics.mean(reached):.0f} ({len(reached)}/{len(group)} seeds)" if reached else "never"
+            lines.append(f"| {protocol} | {arm} | {_mean_sd([r['steps'] for r in group], 0)} | "
+                         f"{_mean_sd([r['miou'] for r in group])} | {_mean_sd([r['accuracy'] for r in group])} | "
+                         f"{_mean_sd([r['val_miou'] for r in group])} | {to_target} | "
+                         f"{sum(r['miou'] > floor[r['seed']] for r in group)}/{len(group)} seeds |")
+    return "\n".join(lines) + "\n"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -215,44 +380,6 @@ def _run_name(model: str, recipe: str, sources: Sequence[str], seed: int) -> str
 def _mean_sd(values: list[float], digits: int = 3) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
-def _fusion_table(baselines: list[dict], rows: list[dict], keys: tuple[str, ...], floor: float) -> str:
-    """Baselines, then one line per arm (mean ± sd over seeds) with how many seeds beat ``class-mean`` (``floor``)."""
-    header = [*keys, "weights", "PSNR (dB)", "SSIM", "SAM (rad)", "generator params", "beats class-mean"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in baselines:
-        lines.append("| " + " | ".join([f"{r['model']} (baseline)", *["—"] * len(keys)]) +
-                     f" | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['sam']:.4f} | 0 | |")
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((*(r[k] for k in keys), r["weights"]), []).append(r)
-    for key, group in groups.items():
-        psnr = [r["psnr"] for r in group]
-        lines.append("| " + " | ".join(str(k) for k in key) + f" | {_mean_sd(psnr)} | "
-                     f"{_mean_sd([r['ssim'] for r in group], 4)} | {_mean_sd([r['sam'] for r in group], 4)} | "
-                     f"{group[0]['params']} | {sum(p > floor for p in psnr)}/{len(psnr)} seeds |")
-    return "\n".join(lines) + "\n"
-
-
-def _paired(label: str, a: list[dict], b: list[dict], metric: str, floor: float, names: Sequence[str]) -> dict:
-    """The paired difference a − b over the seeds both have, and the winner by the 2-sd rule."""
-    by_seed = {r["seed"]: r[metric] for r in b}
-    differences = [r[metric] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
-    mean = statistics.mean(differences)
-    sd = statistics.stdev(differences) if len(differences) > 1 else float("inf")
-    beat = statistics.mean(r[metric] for r in a) > floor and statistics.mean(by_seed.values()) > floor
-    if abs(mean) > 2 * sd and beat:
-        winner = names[0] if mean > 0 else names[1]
-    else:
-        winner = "none (|mean| ≤ 2 sd)" if beat else "none (an arm did not learn: not above the baseline)"
-    return {"arm": label, "mean": mean, "sd": sd, "seeds": len(differences), "winner": winner}
-
-
-def _pairs_table(pairs: list[dict], unit: str) -> str:
-    lines = [f"| arm | mean ± sd{f' ({unit})' if unit else ''} | seeds | winner |", "|---|---|---|---|"]
-    lines += [f"| {p['arm']} | {p['mean']:.3f} ± {p['sd']:.3f} | {p['seeds']} | {p['winner']} |" for p in pairs]
-    return "\n".join(lines) + "\n"
 
 
 def _write(out: Path, kind: str, result: ExperimentResult) -> list[Path]:

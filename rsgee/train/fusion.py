@@ -76,6 +76,7 @@ class FusionConfig:
     warmup: int = 0  # optimiser steps of linear learning-rate warm-up
     augment: str = "none"  # none | flip | dihedral: the sun does not turn (rsgee.train.data)
     crop: int | None = None  # train on random crops of this size (pixels); None = whole tiles
+    train_tiles: int | None = None  # train on only this many train tiles (seeded choice, data.train_subset)
     lr_g: float | None = None
     lr_d: float | None = None
     betas: tuple[float, float] | None = None
@@ -92,6 +93,7 @@ class FusionConfig:
     start_at_band_means: bool = True  # output bias so that an untrained generator paints the train band means
     ema_decay: float = 0.999  # EMA of the generator weights (warmed up: min(decay, (1+n)/(10+n))); 0 = none
     val_every: int = 1  # validate every N epochs
+    val_every_steps: int | None = None  # or every N optimiser steps (with steps)
     overrides: dict = field(default_factory=dict)  # architecture overrides (ngf, …)
 
     def __post_init__(self) -> None:
@@ -102,6 +104,11 @@ class FusionConfig:
         check_augmentation(self.augment)
         if self.val_figures < 0:
             raise RsgeeError(f"--val-figures {self.val_figures}: use 0 (none) or more tiles")
+        if self.train_tiles is not None and self.train_tiles < 1:
+            raise RsgeeError(f"--train-tiles {self.train_tiles}: use a positive number of train tiles")
+        if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
+            raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
+                             "(a run of --epochs validates every --val-every epochs)")
         self.recipe = self.recipe or DEFAULT_RECIPE
         if self.recipe not in RECIPES:
             raise RsgeeError(f"unknown recipe '{self.recipe}'; choose {', '.join(RECIPES)}")
@@ -224,6 +231,7 @@ class FusionTask(GuardedTask):
             self.log_dict({f"val/{k}{suffix}": values[k] for k in ("psnr", "ssim", "sam")}, prog_bar=variant == "full",
                           sync_dist=True)
             metrics.reset()
+        self.log_position()
         if self._figure_batch is not None:
             self._write_figure(Path(self.trainer.default_root_dir) / "val" / f"epoch_{self.current_epoch:04d}.png")
         self._figure_batch = None
@@ -328,7 +336,8 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     ckpt = start_run(run_dir, asdict(config), resume=resume)
     seed_everything(config.seed)
     data = FusionData(archive.root, config.sources, batch_size=config.batch_size, num_workers=config.num_workers,
-                      crop=config.crop, augment=config.augment, seed=config.seed, progress=progress)
+                      crop=config.crop, augment=config.augment, seed=config.seed, train_tiles=config.train_tiles,
+                      progress=progress)
     data.prepare_data()
     data.setup("fit")
     shard = -(-len(data.splits["train"]) // launch.world_size)  # each device's share of the train split
@@ -337,7 +346,7 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
-                           val_every=config.val_every)
+                           val_every=config.val_every, val_every_steps=config.val_every_steps)
     info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
             "planned_steps": steps, **run_inputs(archive),
             "parameters": {"generator": count_parameters(task.generator),

@@ -16,6 +16,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -29,7 +30,7 @@ from rsgee.models.factory import NUM_CLASSES, build_segmenter
 from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
-from rsgee.train.data import S2_SCALE, augment, check_augmentation, crop, draw_transform
+from rsgee.train.data import S2_SCALE, augment, check_augmentation, crop, draw_transform, train_subset
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
@@ -80,44 +81,50 @@ def image_stats(archive: Archive) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SegmentationSamples(Dataset):
-    """Real tiles of a split, optionally followed by the generated twins of the train tiles.
+    """Real tiles of a split, optionally followed by generated twins of train tiles.
 
-    Index ``i < n_real`` is real tile i; ``n_real + j`` is the generated version of train tile j.
-    A sample is ``{"image": (4, H, W) standardised reflectance, "labels": (H, W) int64 (255 = ignore),
-    "generated": bool, "tile_id"}``.
+    Index ``i < n_real`` is the i-th real tile; ``n_real + j`` the j-th generated one. With ``tiles`` (the
+    low-label protocol) only those tiles are served with their real image, and the generated twins are those
+    of the *other* tiles, whose real Sentinel-2 is never read; without it, every tile is served real and every
+    tile's twin generated. A sample is ``{"image": (4, H, W) standardised reflectance, "labels": (H, W) int64
+    (255 = ignore), "generated": bool, "tile_id"}``.
     """
 
     def __init__(self, archive: Archive, split: str, mean: np.ndarray, std: np.ndarray, *,
                  with_generated: bool = False, augment: str = "none", crop: int | None = None, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, tiles: Sequence[int] | None = None):
         self.archive = archive
         self.packed = open_split(archive, split, progress=progress)
+        everything = range(len(self.packed))
+        self.real = list(everything) if tiles is None else list(tiles)
+        twins = everything if tiles is None else sorted(set(everything) - set(tiles))
+        self.generated = list(twins) if with_generated else []
         self.mean, self.std = mean[:, None, None], std[:, None, None]
-        self.generated_ids = list(self.packed.tile_ids) if with_generated else []
         self.augment, self.crop, self.seed = check_augmentation(augment), crop, seed
 
     @property
     def n_real(self) -> int:
-        return len(self.packed)
+        return len(self.real)
 
     def __len__(self) -> int:
-        return self.n_real + len(self.generated_ids)
+        return self.n_real + len(self.generated)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
-        real_index = i if i < self.n_real else i - self.n_real
-        raw = self.packed.read(real_index, ("s2", "lulc"))  # the only sources segmentation reads
+        generated = i >= self.n_real
+        position = self.generated[i - self.n_real] if generated else self.real[i]
+        raw = self.packed.read(position, ("s2", "lulc"))  # the only sources segmentation reads
         labels = raw["lulc"][0].astype(np.int64)
         labels[labels >= NUM_CLASSES] = IGNORE
-        if i < self.n_real:
+        if generated:
+            s2 = read_generated(self.archive, self.packed.tile_ids[position])
+        else:
             s2 = raw["s2"]
             labels[(s2 == 0).any(axis=0)] = IGNORE  # no optical observation: nothing to learn from
-        else:
-            s2 = read_generated(self.archive, self.generated_ids[real_index])
         image = (np.clip(s2.astype(np.float32) / S2_SCALE, 0, 1) - self.mean) / self.std
         sample = {"cond": {}, "target": torch.from_numpy(image.astype(np.float32)),
-                  "labels": torch.from_numpy(labels)[None], "generated": i >= self.n_real,
-                  "tile_id": self.packed.tile_ids[real_index]}
+                  "labels": torch.from_numpy(labels)[None], "generated": generated,
+                  "tile_id": self.packed.tile_ids[position]}
         digest = hashlib.sha256(f"seg:{self.seed}:{epoch}:{i}".encode()).digest()
         transform = draw_transform(self.augment, digest)
         if transform:
@@ -182,6 +189,10 @@ class SegmentationConfig:
     warmup: int = 0  # optimiser steps of linear learning-rate warm-up
     augment: str = "dihedral"  # none | flip | dihedral (segmentation reads only Sentinel-2)
     crop: int | None = None
+    # only this many train tiles with their real image (seeded, data.train_subset); a mix with generated
+    # tiles then takes the other tiles' generated twins (the low-label protocol)
+    train_tiles: int | None = None
+    val_every_steps: int | None = None  # validate every N optimiser steps instead of every epoch
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -194,6 +205,11 @@ class SegmentationConfig:
         self.mix = tuple(int(v) for v in self.mix)
         check_length(self)
         check_augmentation(self.augment)
+        if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
+            raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
+                             "(a run of --epochs validates after every epoch)")
+        if self.train_tiles is not None and self.train_tiles < 1:
+            raise RsgeeError(f"--train-tiles {self.train_tiles}: use a positive number of train tiles")
 
     @property
     def mix_label(self) -> str:
@@ -237,6 +253,7 @@ class SegmentationTask(GuardedTask):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.log_dict({"val/miou": scores["miou"], "val/accuracy": scores["accuracy"]}, prog_bar=True, sync_dist=True)
+        self.log_position()
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)  # pixel mean over the whole split
         self.val_loss.reset()
         self.val_metrics.reset()
@@ -267,8 +284,11 @@ class SegmentationData(L.LightningDataModule):
         if needs_generated:
             check_generated(self.archive)
         if not self.splits:
+            tiles = None
+            if c.train_tiles:
+                tiles = train_subset(open_split(self.archive, "train", progress=False).tile_ids, c.train_tiles, c.seed)
             self.splits["train"] = SegmentationSamples(self.archive, "train", mean, std, with_generated=needs_generated,
-                                                       augment=c.augment, crop=c.crop, seed=c.seed)
+                                                       augment=c.augment, crop=c.crop, seed=c.seed, tiles=tiles)
             for split in ("val", "test"):
                 self.splits[split] = SegmentationSamples(self.archive, split, mean, std)
         for split in ("val", "test"):  # test too: evaluate would fail only after training
@@ -278,7 +298,7 @@ class SegmentationData(L.LightningDataModule):
 
     def sampler(self, rank: int = 0, world_size: int = 1) -> MixSampler:
         train = self.splits["train"]
-        return MixSampler(train.n_real, len(train.generated_ids), self.config.mix, self.config.seed, rank, world_size)
+        return MixSampler(train.n_real, len(train.generated), self.config.mix, self.config.seed, rank, world_size)
 
     def _ranks(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -334,7 +354,8 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     mean, std = image_stats(archive)
     trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/miou", mode="max",
-                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every)
+                           precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
+                           val_every_steps=config.val_every_steps)
     info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
             "mix_label": config.mix_label, "generated_by": generated,
             "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count}, "planned_steps": steps,

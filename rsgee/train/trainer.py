@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -268,12 +269,13 @@ def nonfinite_terms(strategy, terms: dict[str, torch.Tensor]) -> list[str]:
 
 def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, limit_train_batches: int | None = None,
                  monitor: str | None = None, mode: str = "max", precision: str | None = None, progress: bool = True,
-                 val_every: int = 1, limit_val_batches: int | float | None = None,
+                 val_every: int = 1, val_every_steps: int | None = None, limit_val_batches: int | float | None = None,
                  checkpoint_every: int | None = None) -> L.Trainer:
     """A Lightning trainer writing checkpoints and logs into ``run_dir``.
 
     ``kind`` is "fusion" (a GAN: two backward passes per batch, so DDP must find unused parameters)
     or "segmentation". The trainer never replaces the samplers: rsgee's loaders shard per rank.
+    Validation runs every ``val_every`` epochs, or every ``val_every_steps`` batches across epochs.
     """
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -305,7 +307,8 @@ def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, l
         sync_batchnorm=distributed and gpu,  # SyncBatchNorm has no CPU kernel; DDP broadcasts rank 0's statistics
         use_distributed_sampler=False, precision=precision or default_precision(kind, launch), callbacks=callbacks,
         logger=loggers, enable_progress_bar=progress, enable_model_summary=False,
-        deterministic="warn" if gpu else True, check_val_every_n_epoch=val_every, log_every_n_steps=1,
+        deterministic="warn" if gpu else True, log_every_n_steps=1,
+        check_val_every_n_epoch=None if val_every_steps else val_every, val_check_interval=val_every_steps,
         num_sanity_val_steps=0, limit_val_batches=limit_val_batches,
     )
 
@@ -445,6 +448,16 @@ class GuardedTask(L.LightningModule):
         self.skipped_batches = 0
         self.steps_done = 0
         self.planned_steps = planned_steps
+        self._train_started = time.monotonic()
+
+    def on_train_start(self) -> None:
+        self._train_started = time.monotonic()
+
+    def log_position(self) -> None:
+        """With a validation's scores: the optimiser steps they are after (``val/steps``) and the seconds this
+        process has trained (``val/seconds``), for learning curves against steps or time."""
+        self.log("val/steps", float(self.steps_done), sync_dist=False)
+        self.log("val/seconds", time.monotonic() - self._train_started, sync_dist=False)
 
     def start_step(self) -> None:
         """Count this batch's step, set every optimiser's learning rate for it, validate after the last one
@@ -462,7 +475,8 @@ class GuardedTask(L.LightningModule):
             # the last step: make its epoch a validation epoch, so that the final weights are always scored
             # (and can be the best) whatever --val-every is; with --steps, stop after it (Lightning validates
             # and writes last.ckpt first)
-            self.trainer.check_val_every_n_epoch = 1
+            if self.trainer.check_val_every_n_epoch is not None:  # None: every N steps, which stopping validates
+                self.trainer.check_val_every_n_epoch = 1
             if self.config.steps:
                 self.trainer.should_stop = True
 

@@ -66,6 +66,24 @@ def test_round_trip():
     config = SplitConfig((6.0, 3.0, 1.0), "aoi", 2, 5)
     assert SplitConfig.from_dict(config.to_dict()) == config
     assert SplitConfig.parse_ratios("7:2:1") == (7.0, 2.0, 1.0)
+    assert "pinned" not in config.to_dict()  # archives without pins keep their archive.json as it was
+    pinned = SplitConfig(by="block", pinned=(("garda", "test"), ("bernina", "val")))
+    assert SplitConfig.from_dict(pinned.to_dict()) == pinned == SplitConfig(pinned=(("bernina", "val"),
+                                                                                     ("garda", "test")))
+
+
+def test_a_pinned_aoi_goes_whole_to_its_split_and_others_follow_their_blocks():
+    config = SplitConfig(block=1, pinned=(("lake", "test"),))
+    tiles = [Tile(32632, c, r) for c in range(20) for r in range(20)]
+    assert {config.split_of(t, "lake") for t in tiles} == {"test"}
+    free = [config.split_of(t, "plain") for t in tiles]
+    assert free == [SplitConfig(block=1).split_of(t, "plain") for t in tiles] and set(free) == {"train", "val", "test"}
+    assert SplitConfig.parse_pins(["lake=test", " ridge = val "]) == (("lake", "test"), ("ridge", "val"))
+    for bad, message in [(["lake"], "use NAME=SPLIT"), (["lake=test", "lake=val"], "lake more than once")]:
+        with pytest.raises(RsgeeError, match=message):
+            SplitConfig.parse_pins(bad)
+    with pytest.raises(RsgeeError, match="lake=holdout: pin each AOI once, to train, val or test"):
+        SplitConfig(pinned=(("lake", "holdout"),))
 
 
 CLASSES = ["water", "trees", "grass", "flooded_vegetation", "crops", "shrub_and_scrub", "built", "bare", "snow_and_ice"]

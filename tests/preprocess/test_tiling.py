@@ -196,6 +196,27 @@ def test_growing_with_other_split_options_or_catalog_is_refused(archive, exports
         build_archive([exports], copy, load_catalog(other), split=SPLIT, progress=False)
 
 
+def test_a_pinned_aoi_goes_whole_into_its_split_and_check_agrees(exports, tmp_path, capsys):
+    from rsgee.cli import main
+    from rsgee.preprocess.check import check_archive
+
+    out = tmp_path / "pinned"
+    code = main(["tile", str(exports), "--out", str(out), "--split-block", "1", "--split-aoi", "valley=test",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    features = json.loads((out / "index.geojson").read_text())["features"]
+    splits = {f["properties"]["aoi"]: set() for f in features}
+    for f in features:
+        splits[f["properties"]["aoi"]].add(f["properties"]["split"])
+    assert splits["valley"] == {"test"} and len(splits["slope"]) > 1  # the other AOI follows its blocks
+    assert json.loads((out / "archive.json").read_text())["split"]["pinned"] == {"valley": "test"}
+    assert check_archive(out, progress=False).ok
+    code = main(["tile", str(exports), "--out", str(out), "--split-block", "1", "--no-progress"])
+    assert code == 1 and "--split-aoi valley=test; pass the same split options" in capsys.readouterr().err
+    code = main(["tile", str(exports), "--out", str(tmp_path / "x"), "--split-aoi", "valley"])
+    assert code == 1 and "use NAME=SPLIT" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_an_archive_whose_catalog_predates_a_recipe_only_key_grows_with_the_current_one(archive, exports, tmp_path):
     import yaml
 

@@ -126,3 +126,50 @@ def test_segmentation_baselines_match_a_hand_computation(ddp_archive):
         union = matrix.sum(0) + matrix.sum(1) - tp
         assert float(scores[name]["miou"]) == pytest.approx((tp[union > 0] / union[union > 0]).mean(), abs=1e-6)
         assert float(scores[name]["accuracy"]) == pytest.approx(tp.sum() / matrix.sum(), abs=1e-6)
+
+
+def test_the_per_pixel_gaussian_matches_scipys_densities_on_the_geotiffs(ddp_archive):
+    """QDA on log reflectance: per class a Gaussian fitted on train pixels, priors from the class frequencies."""
+    from scipy.stats import multivariate_normal
+
+    pixels = {k: [] for k in range(9)}
+    for reflectance, valid, labels in read(ddp_archive, "train"):
+        keep = valid & (labels < 9)
+        x = np.log(np.maximum(reflectance[:, keep], 1e-4)).T
+        for k in range(9):
+            pixels[k].append(x[labels[keep] == k])
+    pixels = {k: np.concatenate(v) for k, v in pixels.items()}
+    fitted = [k for k, v in pixels.items() if len(v) >= MIN_FIT_PIXELS]
+    total = sum(len(pixels[k]) for k in fitted)
+    confusion = np.zeros((9, 9))
+    for reflectance, valid, labels in read(ddp_archive, "test"):
+        keep = valid & (labels < 9)
+        x = np.log(np.maximum(reflectance[:, keep], 1e-4)).T
+        scores = np.stack([multivariate_normal(pixels[k].mean(0), np.cov(pixels[k].T, bias=True) + 1e-6 * np.eye(4))
+                           .logpdf(x) + np.log(len(pixels[k]) / total) for k in fitted])
+        np.add.at(confusion, (labels[keep], np.array(fitted)[scores.argmax(0)]), 1)
+    scores = segmentation_baselines(ddp_archive, "test")
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    assert float(scores["per-pixel-gaussian"]["miou"]) == pytest.approx((tp[union > 0] / union[union > 0]).mean(),
+                                                                       abs=1e-6)
+    assert scores["per-pixel-gaussian"]["miou"] > scores["class-mean-spectrum"]["miou"]  # covariances matter
+
+
+def test_baselines_of_a_low_label_run_learn_from_its_tiles_only(ddp_archive):
+    every = segmentation_baselines(ddp_archive, "test")
+    _, counts_one = class_spectra(ddp_archive, tiles=[0])
+    _, counts_all = class_spectra(ddp_archive)
+    assert 0 < counts_one.sum() < counts_all.sum()
+    one = segmentation_baselines(ddp_archive, "test", tiles=[0])
+    assert float(one["per-pixel-gaussian"]["miou"]) != float(every["per-pixel-gaussian"]["miou"])
+
+
+def test_a_linear_reference_per_source_set(ddp_archive):
+    """class-sar and class-illumination-sar fit the same least squares on SAR (and terrain) as class-illumination does
+    on terrain; on the synthetic scene each input adds something on val."""
+    scores = fusion_baselines(ddp_archive, "val", references=("class-illumination", "class-sar",
+                                                                 "class-illumination-sar"))
+    psnr = {name: float(v["psnr"]) for name, v in scores.items()}
+    assert list(psnr) == ["constant-mean", "class-mean", "class-illumination", "class-sar", "class-illumination-sar"]
+    assert psnr["class-illumination-sar"] > max(psnr["class-illumination"], psnr["class-sar"]) > psnr["class-mean"]

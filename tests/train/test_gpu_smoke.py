@@ -36,3 +36,29 @@ def test_cpu_dry_run_reports_every_model(tmp_path):
     predicted = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| seg", "| fusion"))]
     assert [r[0].strip("| ") for r in predicted] == ["seg", "fusion --fill-clouds"]
     assert all(int(r[2]) > 0 and float(r[4].strip(" |")) > 0 for r in predicted)  # windows run, a measured rate
+
+
+CONVERGE = SCRIPT.with_name("gpu_converge.py")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script really runs")
+def test_the_convergence_run_without_cuda_says_so_and_exits_0():
+    result = subprocess.run([sys.executable, str(CONVERGE)], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "no CUDA device visible" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_convergence_run_on_cpu_reports_every_model_with_its_curve(small_archive, tmp_path):
+    args = ["--cpu", "--size", "tiny", "--archive", small_archive.root, "--work", tmp_path, "--minutes", "0.02",
+            "--probe", "2", "--validations", "2", "--batch-size", "2", "--crop", "64"]
+    result = subprocess.run([sys.executable, str(CONVERGE), *map(str, args)], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"), stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val baselines: constant-mean" in result.stdout and "per-pixel-gaussian mIoU" in result.stdout
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith(("| pix2pix", "| rs-"))]
+    assert [r[0].strip("| ") for r in rows] == ["pix2pix", "rs-spade", "rs-unet"]
+    for row in rows:
+        steps, curve = int(row[3]), row[-1]
+        assert steps >= 2 and float(row[4]) > 0  # a measured rate
+        assert f": {steps} → " in curve  # the last validation is after the last step

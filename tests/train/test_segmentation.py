@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rsgee.errors import RsgeeError
+from rsgee.train.data import train_subset
 from rsgee.train.evaluate import evaluate_segmentation
 from rsgee.train.fusion import FusionConfig, train_fusion
 from rsgee.train.generate import generate
@@ -72,14 +73,14 @@ def test_training_mixes_generated_tiles_but_validation_and_test_are_real(generat
     data.prepare_data()
     data.setup()
     train = data.splits["train"]
-    assert train.n_real == 4 and len(train.generated_ids) == 4
+    assert train.n_real == 4 and len(train.generated) == 4
     seen = Counter()
     for batch in data.train_dataloader():
         seen.update(batch["generated"].tolist())
     assert seen == {False: 4, True: 4}
     for split in ("val", "test"):
         flags = [flag for batch in getattr(data, f"{split}_dataloader")() for flag in batch["generated"].tolist()]
-        assert flags and not any(flags) and len(data.splits[split].generated_ids) == 0
+        assert flags and not any(flags) and len(data.splits[split].generated) == 0
     real, twin = train[0], train[4]  # a train tile and its generated twin: same land cover, another image
     assert real["tile_id"] == twin["tile_id"]
     assert not np.allclose(real["image"].numpy(), twin["image"].numpy())
@@ -109,10 +110,11 @@ def test_evaluate_seg_table_and_figures(generated_archive, tmp_path):
     mixed = train_segmentation(generated_archive / "archive", tmp_path / "mixed", tiny(), progress=False)
     rows, figures = evaluate_segmentation([real, mixed], tmp_path / "eval", progress=False)
     assert [r["training_set"] for r in rows] == ["majority-class (baseline)", "class-mean-spectrum (baseline)",
-                                                 "real only (True Data)", "real:generated 1:1"]
+                                                 "per-pixel-gaussian (baseline)", "real only (True Data)",
+                                                 "real:generated 1:1"]
     assert all(0 <= r["miou"] <= 1 and 0 <= r["accuracy"] <= 1 and r["tiles"] == 1 for r in rows)
-    for row in rows[2:]:
-        below = [b["training_set"].split()[0] for b in rows[:2] if not row["miou"] > b["miou"]]
+    for row in rows[3:]:
+        below = [b["training_set"].split()[0] for b in rows[:3] if not row["miou"] > b["miou"]]
         assert row["note"] == ("below " + ", ".join(below) if below else "")
     names = sorted(p.name for p in figures)
     assert names == ["confusion_mixed.png", "confusion_real.png", "miou_curves.png", "predictions.png"]
@@ -137,3 +139,25 @@ def test_training_refuses_an_archive_without_test_tiles_before_training(tmp_path
         with pytest.raises(RsgeeError, match="the test split has no tiles"):
             train(tmp_path / "a", tmp_path / "run", config, progress=False)
         assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_low_label_protocol_reads_k_real_tiles_and_the_others_generated_twins(generated_archive, tmp_path):
+    data = SegmentationData(generated_archive / "archive", tiny(train_tiles=2, seed=5), progress=False)
+    data.prepare_data()
+    data.setup()
+    train = data.splits["train"]
+    real = {train[i]["tile_id"] for i in range(train.n_real)}
+    twins = {train[train.n_real + j]["tile_id"] for j in range(len(train.generated))}
+    assert len(real) == 2 and len(twins) == 2 and not real & twins  # a withheld tile is seen only generated
+    assert real == {train.packed.tile_ids[i] for i in train_subset(train.packed.tile_ids, 2, 5)}
+    seen = Counter()
+    for batch in data.train_dataloader():
+        seen.update(zip(batch["generated"].tolist(), batch["tile_id"]))
+    assert {t for g, t in seen if not g} == real and {t for g, t in seen if g} <= twins
+    run = train_segmentation(generated_archive / "archive", tmp_path / "low", tiny(mix=(1, 0), epochs=None, steps=4,
+                             train_tiles=2, val_every_steps=2), progress=False)
+    steps = [float(r["val/steps"]) for r in read_metrics(run) if r.get("val/miou")]
+    assert steps == [2.0, 4.0]  # validated every 2 steps, across epochs of one batch
+    assert read_run(run)["epoch_tiles"] == {"real": 2, "generated": 0}
+    with pytest.raises(RsgeeError, match="--val-every-steps 2: give a positive number, with --steps"):
+        tiny(val_every_steps=2)
