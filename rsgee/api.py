@@ -56,7 +56,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
         via: ``download`` or ``batch`` (Earth Engine tasks to ``bucket``/``prefix`` or ``drive_folder``).
         dry_run: write nothing; return the plan's lines (grid, tiles, requests and bytes) instead.
         source_options: the source's own options — ``project``, ``service_account``, ``ee_url``, ``auth``,
-            ``workers``, ``timeout_s``, ``attempts``, ``s1_orbit`` (Earth Engine); ``inputs`` (local);
+            ``workers``, ``timeout_s``, ``attempts``, ``s1_orbit``, ``workload_tag`` (Earth Engine; without
+            one, the tag set with ``ee.data.setWorkloadTag`` labels the requests); ``inputs`` (local);
             ``seed``, ``cloud_cover`` (synthetic).
 
     Returns:
@@ -92,7 +93,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
     if dry_run:
         from rsgee.acquire.plan import dry_run as plan
 
-        return list(plan(parsed, [loaded[n] for n in names], out, source, via))
+        return list(plan(parsed, [loaded[n] for n in names], out, source, via, ee_url=source_options.get("ee_url"),
+                         workload_tag=source_options.get("workload_tag")))
     block_source = make_block_source(source, names, start=start, end=end, windows=windows, retry_failed=retry_failed,
                                      destination=destination, progress=progress, **source_options)
     if destination is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from rsgee import __version__
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, redact_urls
 from rsgee.memory import keep_freed_memory
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -88,6 +88,10 @@ def cli(debug: bool) -> None:
               help="Earth Engine API base URL (or RSGEE_EE_URL).  [default: the high-volume endpoint "
                    "https://earthengine-highvolume.googleapis.com]")
 @click.option("--no-auth", is_flag=True, help="Send no credentials (private endpoints, local test servers).")
+@click.option("--workload-tag", default=None, metavar="TAG",
+              help="Label every computePixels request and batch task with TAG, to tell this run's Earth Engine usage "
+                   "apart in the project's Cloud Monitoring: 1–63 lowercase letters, digits, '-' and '_', starting "
+                   "and ending with a letter or digit.  [earthengine]")
 @click.option("--workers", type=click.IntRange(1, 40), default=16, show_default=True,
               help="Concurrent Earth Engine requests, 1–40 (40 is the per-project limit).  [earthengine]  With "
                    "--source synthetic: processes computing tiles, at most the CPU count (files byte-identical).")
@@ -136,11 +140,11 @@ def cli(debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace exports made with different parameters.")
 @click.option("--dry-run", is_flag=True,
               help="Print each AOI's grid and tile count and, for Earth Engine, the computePixels requests (or batch "
-                   "tasks) and bytes per AOI and in total; write nothing.")
+                   "tasks) and bytes per AOI and in total, the endpoint and the workload tag; write nothing.")
 @progress_option
 def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
-               service_account, ee_url, no_auth, workers, timeout_s, attempts, retry_failed, via, bucket, prefix,
-               drive_folder, poll_s, max_pending, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite,
+               service_account, ee_url, no_auth, workload_tag, workers, timeout_s, attempts, retry_failed, via, bucket,
+               prefix, drive_folder, poll_s, max_pending, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite,
                dry_run, progress) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
@@ -156,8 +160,8 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
     if start >= end:
         raise click.BadParameter(f"--start {start} must be before --end {end}", param_hint="--start/--end")
     options = dict(project=project, service_account=service_account, ee_url=ee_url, auth=not no_auth, workers=workers,
-                   timeout_s=timeout_s, attempts=attempts, s1_orbit=s1_orbit, inputs=inputs, seed=seed,
-                   cloud_cover=cloud_cover)
+                   timeout_s=timeout_s, attempts=attempts, s1_orbit=s1_orbit, workload_tag=workload_tag, inputs=inputs,
+                   seed=seed, cloud_cover=cloud_cover)
     results = api.export(list(aoi_specs), out_dir, source=source, catalog=catalog_path, sources=source_names,
                          start=start, end=end, windows=windows, via=via, bucket=bucket, prefix=prefix,
                          drive_folder=drive_folder, poll_s=poll_s, max_pending=max_pending, retry_failed=retry_failed,
@@ -865,7 +869,7 @@ class _StderrHandler(logging.Handler):
     """rsgee's log records as single lines on the current stderr ("rsgee: warning: …")."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"rsgee: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        click.echo(f"rsgee: {record.levelname.lower()}: {redact_urls(record.getMessage())}", err=True)
 
 
 def _log_to_stderr() -> None:
@@ -897,13 +901,13 @@ def main(argv: list[str] | None = None) -> int:
     except RsgeeError as exc:
         if debug:
             raise
-        click.echo(f"rsgee: error: {exc}", err=True)
+        click.echo(f"rsgee: error: {redact_urls(exc)}", err=True)
         return 1
     except Exception as exc:  # a bug: say so in one line unless debugging
         if debug:
             raise
-        click.echo(f"rsgee: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback "
-                   "and please report it)", err=True)
+        click.echo(f"rsgee: internal error: {type(exc).__name__}: {redact_urls(exc)} (re-run with --debug for the "
+                   "traceback and please report it)", err=True)
         return 1
     finally:
         if "rsgee.train.distributed" in sys.modules:  # a train, evaluate or generate ran (maybe on several devices)

@@ -1,8 +1,8 @@
 """The block source behind ``rsgee export``'s ``--source`` options, built in one place.
 
 The CLI's export command and ``rsgee predict --aoi`` (and Python users) construct sources here, so that
-the Earth Engine session set-up (project, credentials, endpoint, workers, deadline, retries) has one
-implementation and one set of defaults.
+the Earth Engine session set-up (project, credentials, endpoint, workers, deadline, retries, workload
+tag) has one implementation and one set of defaults.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
                       windows: Sequence[str] = (), project: str | None = None,
                       service_account: str | Path | None = None, ee_url: str | None = None, auth: bool = True,
                       workers: int = 16, timeout_s: float = 330.0, attempts: int = 6, retry_failed: bool = False,
-                      destination=None, s1_orbit: str = "both", inputs: Sequence[str] = (), seed: int = 0,
+                      destination=None, s1_orbit: str = "both", workload_tag: str | None = None,
+                      inputs: Sequence[str] = (), seed: int = 0,
                       cloud_cover: float = 0.05, progress: bool = True):
     """A ready block source for catalog sources ``names``; Earth Engine sources are connected already
     (a missing project or credentials is one error before any AOI starts). ``destination`` (a batch
@@ -45,7 +46,7 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
     from rsgee.acquire.earthengine.recipes import RecipeOptions
     from rsgee.acquire.earthengine.session import SessionConfig
 
-    session = SessionConfig.from_env(project, service_account, ee_url, auth, workers, timeout_s)
+    session = SessionConfig.from_env(project, service_account, ee_url, auth, workers, timeout_s, workload_tag)
     options = RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit)
     if destination is not None:
         from rsgee.acquire.earthengine.batch import BatchSource

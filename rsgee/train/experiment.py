@@ -133,6 +133,7 @@ def run_fusion_experiment(archive: str | Path, out: str | Path, experiment: Fusi
     runs = experiment.table1()
     _train_and_score(archive, out, runs, rows, say, progress)
     result = ExperimentResult()
+    parts = {"Table 1": set(runs)}
     budget = experiment.budget(archive)
     every = sources_label(experiment.base.sources)
     table1 = [r for r in rows if r["sources"] == every]
@@ -150,7 +151,9 @@ def run_fusion_experiment(archive: str | Path, out: str | Path, experiment: Fusi
                                       and r["weights"] == "raw") for m in experiment.models}
             model = max(val, key=val.get)
             say(f"ablation with {model}: the best mean val PSNR of Table 1 ({val[model]:.2f} dB)")
-        _train_and_score(archive, out, experiment.table2(model), rows, say, progress)
+        ablation_runs = experiment.table2(model)
+        _train_and_score(archive, out, ablation_runs, rows, say, progress)
+        parts["Table 2 (its runs not in Table 1)"] = set(ablation_runs) - set(runs)
         labels = [sources_label(s) for s in experiment.ablation_sources]
         ablation = [r for r in rows if r["model"] == model and r["recipe"] == DEFAULT_RECIPE and r["sources"] in labels]
         result.tables[f"Table 2 — sources ablation, {model} ({DEFAULT_RECIPE} recipe), {budget}"] = _fusion_table(
@@ -163,6 +166,8 @@ def run_fusion_experiment(archive: str | Path, out: str | Path, experiment: Fusi
                  for label in labels if label != reference for weights in ("raw", "ema")]
         result.tables[f"Table 2 — paired test PSNR differences against {reference} (same weights, seed)"] = \
             _pairs_table(pairs, "dB")
+    seconds = {r["run_name"]: r["train_seconds"] for r in rows}
+    result.tables["Training time"] = _time_table({part: [seconds[n] for n in names] for part, names in parts.items()})
     result.rows = [{"model": name, "split": split, **{k: float(v) for k, v in values.items() if k in ("psnr", "ssim",
                                                                                                        "sam")}}
                    for split, scores in baselines.items() for name, values in scores.items()] + rows
@@ -181,7 +186,7 @@ def _train_and_score(archive: Archive, out: Path, runs: dict[str, FusionConfig],
         val = {r["weights"]: r for r in evaluate_fusion([run], split="val", progress=False, baselines=False)}
         for row in evaluate_fusion([run], split="test", progress=False, baselines=False):
             rows.append(dict(row, run_name=name, recipe=config.recipe, seed=config.seed,
-                             val_psnr=val[row["weights"]]["psnr"]))
+                             val_psnr=val[row["weights"]]["psnr"], train_seconds=_train_seconds(run)))
 
 
 def _fusion_table(baselines: dict, rows: list[dict], keys: tuple[str, ...], shown: Sequence[str],
@@ -292,6 +297,7 @@ def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExpe
     train_ids = open_split(archive, "train", progress=progress).tile_ids
     val_floor = float(segmentation_baselines(archive, "val")["class-mean-spectrum"]["miou"])
     rows, references = [], []
+    seconds: dict[str, list[float]] = {}
     plan = [("all", None)] + [(f"k{k}", k) for k in experiment.labelled]
     for seed in range(experiment.seeds):
         for group, k in plan:
@@ -299,6 +305,7 @@ def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExpe
             say(f"seed {seed}, {group}: generator trained on {k or n_train} tiles")
             run = train_or_reuse(train_fusion, archive.root, out / "runs" / f"generator_{group}_seed{seed}", generator,
                                  progress)
+            seconds.setdefault(f"generators ({experiment.generator.model})", []).append(_train_seconds(run))
             copy = archive.linked_copy(out / "archives" / f"{group}_seed{seed}")
             generate(run, copy.root, progress=progress)
             tiles = train_subset(train_ids, k, seed) if k else None
@@ -308,6 +315,8 @@ def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExpe
                 name = f"seg_{group}_{arm.replace(' ', '_').replace(':', '-').replace('+', 'and')}_seed{seed}"
                 say(f"seed {seed}: {arm}")
                 run = train_or_reuse(train_segmentation, copy.root, out / "runs" / name, config, progress)
+                seconds.setdefault(f"RS-UNet, {'paper' if k is None else f'k = {k}'} protocol", []).append(
+                    _train_seconds(run))
                 scored, _ = evaluate_segmentation([run], out / "figures" / name, progress=False, baselines=False)
                 rows.append(dict(scored[0], arm=arm, protocol="paper" if k is None else f"k = {k}", seed=seed,
                                  steps=read_run(run).get("steps_done"), val_miou=_last_val(run),
@@ -332,6 +341,7 @@ def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExpe
                                  [dict(r, weights="—") for r in rows if r["arm"] == arms[0]], "", "—",
                                  {"val": val_floor, "test": floor}, (arm, arms[0]), metric="miou"))
     result.tables["Table 3 — paired test mIoU differences (same seed)"] = _pairs_table(pairs, "")
+    result.tables["Training time"] = _time_table(seconds)
     result.files = _write(out, "seg", result)
     return result
 
@@ -339,6 +349,23 @@ def run_seg_experiment(archive: str | Path, out: str | Path, experiment: SegExpe
 def _last_val(run: Path) -> float:
     values = [float(r["val/miou"]) for r in read_metrics(run) if r.get("val/miou")]
     return values[-1] if values else float("nan")
+
+
+def _train_seconds(run: Path) -> float:
+    """The seconds the run's last training process had trained at its last validation (NaN if never validated)."""
+    values = [float(r["val/seconds"]) for r in read_metrics(run) if r.get("val/seconds")]
+    return values[-1] if values else float("nan")
+
+
+def _time_table(seconds: dict[str, list[float]]) -> str:
+    """Per part of an experiment: its runs and their training time (with their validations; without the final
+    scoring and, in segmentation, the generation of tiles)."""
+    lines = ["| part | runs | training time (min) | per run (s) |", "|---|---|---|---|"]
+    for part, values in seconds.items():
+        total = sum(values)
+        per_run = f"{total / len(values):.0f}" if values else "—"
+        lines.append(f"| {part} | {len(values)} | {total / 60:.1f} | {per_run} |")
+    return "\n".join(lines) + "\n"
 
 
 def _steps_to(run: Path, target: float) -> float | None:

@@ -21,6 +21,7 @@ their bands and types (``inputs``), and the class names; exports that do not mat
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
 from contextlib import ExitStack, contextmanager
@@ -102,6 +103,8 @@ def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probab
     out = Path(out)
     request = _request(run, export, kind="seg", probabilities=probabilities, overlap=overlap)
     extra = out.with_name(f"{out.stem}_probabilities.tif") if probabilities else None
+    for path in (out, extra) if extra else (out,):
+        _remove_strips(path)
     if _complete(out, request) and (extra is None or _complete(extra, request)):
         return PredictResult(out, "up to date")
     task = load_segmentation(run).to(device)
@@ -152,6 +155,7 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
     export = _open_export(exports, info, needed)
     out = Path(out)
     request = _request(run, export, kind="fusion", fill_clouds=fill_clouds, weights=weights, overlap=overlap)
+    _remove_strips(out)
     if _complete(out, request):
         return PredictResult(out, "up to date")
     task = load_fusion(run, weights=weights).to(device)
@@ -367,16 +371,26 @@ def _cog(path: Path, grid: Grid, dtype: str, count: int, nodata: float, names: l
 
     GDAL's COG driver writes a file in one go from a finished dataset, so the strips go to a hidden
     GeoTIFF first; the COG (tiled 512², DEFLATE, overviews by ``resampling``) is renamed into place
-    only when complete.
+    only when complete. The strips are as large as the COG, so they are deleted whatever happens.
     """
-    with atomic_path(path.with_name(f".{path.name}.strips.tif")) as strips, atomic_path(path) as final:
-        profile = {"driver": "GTiff", "dtype": dtype, "count": count, "width": grid.width, "height": grid.height,
-                   "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
-                   "blockysize": 256, "compress": "deflate", "bigtiff": "IF_SAFER"}
-        with rasterio.open(strips, "w", **profile) as dst:
-            for i, name in enumerate(names, start=1):
-                dst.set_band_description(i, name)
-            dst.update_tags(**tags)
-            yield dst
-        rasterio.shutil.copy(strips, final, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512",
-                             OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+    strips = path.with_name(f".{path.name}.strips.tif")
+    profile = {"driver": "GTiff", "dtype": dtype, "count": count, "width": grid.width, "height": grid.height,
+               "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
+               "blockysize": 256, "compress": "deflate", "bigtiff": "IF_SAFER"}
+    try:
+        with atomic_path(path) as final:
+            with rasterio.open(strips, "w", **profile) as dst:
+                for i, name in enumerate(names, start=1):
+                    dst.set_band_description(i, name)
+                dst.update_tags(**tags)
+                yield dst
+            rasterio.shutil.copy(strips, final, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512",
+                                 OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
+    finally:
+        _remove_strips(path)
+
+
+def _remove_strips(path: Path) -> None:
+    """Delete the strips of ``path`` with GDAL's side files: a killed run leaves them, as large as the COG."""
+    for stale in path.parent.glob(glob.escape(f".{path.name}.strips.tif") + "*"):
+        stale.unlink(missing_ok=True)

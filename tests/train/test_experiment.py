@@ -91,6 +91,11 @@ def test_a_fusion_experiment_writes_its_tables_from_its_runs_and_resumes(small_a
     assert "class-illumination-sar" in table2 and "| lulc | raw |" in table2
     pairs = next(t for title, t in result.tables.items() if title.startswith("Table 2 — paired"))
     assert "| lulc − lulc+s1+dem, raw |" in pairs and "| lulc − lulc+s1+dem, ema |" in pairs
+    seconds = {r["run_name"]: float(r["train_seconds"]) for r in rows if r.get("run_name")}
+    assert len(seconds) == 6 and all(s > 0 for s in seconds.values())
+    table1_minutes = sum(s for name, s in seconds.items() if "lulc+s1+dem" in name) / 60
+    assert f"| Table 1 | 4 | {table1_minutes:.1f} |" in result.tables["Training time"]
+    assert "| Table 2 (its runs not in Table 1) | 2 |" in result.tables["Training time"]
     written = (out / "fusion_tables.md").read_text()
     assert all(title in written for title in result.tables)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/checkpoints/last.ckpt")}
@@ -123,6 +128,9 @@ def test_the_seg_protocols_match_steps_and_the_low_label_arms_see_only_their_til
     assert not (small_archive.root / "gen").exists()  # the source archive is never written to
     table = next(iter(result.tables.values()))
     assert "| k = 2 | per-pixel-gaussian (baseline, same tiles) |" in table and "steps to val mIoU" in table
+    times = result.tables["Training time"]
+    assert "| generators (rs-spade) | 4 |" in times and "| RS-UNet, paper protocol | 6 |" in times
+    assert "| RS-UNet, k = 2 protocol | 4 |" in times
     pairs = next(t for title, t in result.tables.items() if "paired" in title)
     assert "| 1:1 steps matched − real 1:0 |" in pairs and "| 2 real + generated 1:1 − 2 real |" in pairs
 

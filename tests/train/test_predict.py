@@ -70,6 +70,34 @@ def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(runs, 
     assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
 
 
+def test_no_strips_are_left_after_success_an_error_or_a_killed_run(runs, export, tmp_path, monkeypatch):
+    """The hidden strips GeoTIFF is as large as the output: it never outlives a run, nor a killed one's rerun."""
+    from rsgee.train import predict
+
+    killed = [tmp_path / ".map.tif.strips.tif", tmp_path / ".map.tif.strips.tif.aux.xml",
+              tmp_path / ".map_probabilities.tif.strips.tif"]
+    for path in killed:
+        path.write_bytes(b"left by a killed run")
+    out = tmp_path / "map.tif"
+    assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
+    killed[0].write_bytes(b"left by a killed run")
+    assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
+
+    slide = predict._slide
+
+    def fails_after_one_strip(*args, **kwargs):
+        strips = slide(*args, **kwargs)
+        yield next(strips)
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(predict, "_slide", fails_after_one_strip)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        predict_fusion(runs["gan"], export, tmp_path / "s2.tif", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
+
+
 def test_without_overlap_the_map_is_the_models_prediction_on_the_archive_tiles(runs, export, small_archive, tmp_path):
     out = tmp_path / "map.tif"
     predict_seg(runs["seg"], export, out, overlap=0, progress=False)

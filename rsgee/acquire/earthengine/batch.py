@@ -75,7 +75,7 @@ from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
 from rsgee.acquire.earthengine.session import SessionConfig, refused
 from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, read_manifest
 from rsgee.catalog import Catalog, SourceSpec
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, redact_urls
 from rsgee.geotiff import write_json_atomic
 from rsgee.grid import Grid
 
@@ -167,9 +167,7 @@ class BatchSource(EarthEngineSource):
 
     def __init__(self, session: SessionConfig, windows: Mapping[str, Window], destination: Destination, *,
                  options: RecipeOptions = RecipeOptions()):
-        if session.url is None:
-            session = dataclasses.replace(session, url=STANDARD_URL)
-        super().__init__(session, windows, options=options, progress=False)
+        super().__init__(batch_session(session), windows, options=options, progress=False)
         self.destination = destination
 
     def request(self) -> dict:
@@ -178,6 +176,11 @@ class BatchSource(EarthEngineSource):
     def recipes(self, grid: Grid, specs: Sequence[SourceSpec]) -> dict[str, Recipe]:
         """Recipes of every source; an empty collection is a one-line error naming source and dates."""
         return self._recipes(grid, specs)
+
+
+def batch_session(session: SessionConfig) -> SessionConfig:
+    """``session`` aimed at the standard endpoint, unless ``--ee-url`` chose one."""
+    return session if session.url else dataclasses.replace(session, url=STANDARD_URL)
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,8 @@ def _start(job: _Job, key: str, source: BatchSource, specs: Sequence[SourceSpec]
     if not source.destination.gcs:
         (job.folder / f"{key}.tif").unlink(missing_ok=True)  # a download of an earlier task is stale now
     spec = next(s for s in specs if s.name == ("dem" if key == HALO else key))
-    request = export_request(job.aoi.name, key, job.grid, job.recipes[spec.name], len(spec.bands), source.destination)
+    request = export_request(job.aoi.name, key, job.grid, job.recipes[spec.name], len(spec.bands), source.destination,
+                             source.session.tag())
     try:
         operation = ee.data.exportImage(task["request_id"], request)
     except google.auth.exceptions.RefreshError as exc:
@@ -383,8 +387,8 @@ def _start(job: _Job, key: str, source: BatchSource, specs: Sequence[SourceSpec]
             return False
         task.update(state="FAILED", error=f"could not start: {error.message}")
     except (OSError, ConnectionError) as exc:  # unknown whether it started: keep STARTING and its id
-        raise RsgeeError(f"could not reach Earth Engine to start task {key} ({exc}); re-run the same command "
-                         "to try again (with the same request id, so nothing is started twice)") from None
+        raise RsgeeError(f"could not reach Earth Engine to start task {key} ({redact_urls(exc)}); re-run the same "
+                         "command to try again (with the same request id, so nothing is started twice)") from None
     else:
         task.update(operation=operation["name"], state=operation.get("metadata", {}).get("state", "PENDING"))
     job.save()
@@ -437,8 +441,9 @@ def batch_files(aoi: str, grid: Grid, specs: Sequence[SourceSpec]) -> list[Batch
     return files
 
 
-def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, destination: Destination) -> dict:
-    """The ``ExportImageRequest`` of one task, built by ``ee.batch.Export.image`` itself.
+def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, destination: Destination,
+                   workload_tag: str | None = None) -> dict:
+    """The ``ExportImageRequest`` of one task, built by ``ee.batch.Export.image`` itself, with ``workload_tag``.
 
     The pixel grid is exact: ``crs``, ``crsTransform`` and ``dimensions`` of the AOI grid (grown by
     :data:`DEM_HALO` pixels on every side for ``dem_halo``). ``fileDimensions`` cover the whole
@@ -455,7 +460,7 @@ def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, d
         crsTransform=list(transform)[:6], dimensions=f"{width}x{height}",
         fileDimensions=[_ceil(width, _SHARD), _ceil(height, _SHARD)], maxPixels=width * height * bands,
         fileFormat="GeoTIFF", formatOptions={"cloudOptimized": True, "noData": float(recipe.fill)})
-    return task.config
+    return {**task.config, "workloadTag": workload_tag} if workload_tag else task.config
 
 
 def _description(text: str) -> str:

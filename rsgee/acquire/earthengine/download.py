@@ -41,7 +41,7 @@ from tqdm import tqdm
 from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window, build_recipe
 from rsgee.acquire.earthengine.session import SessionConfig, initialize, refused
 from rsgee.catalog import SourceSpec
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, redact_urls
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
 
 log = logging.getLogger("rsgee")
@@ -108,30 +108,33 @@ def classify(exc: BaseException) -> BlockError:
 
 
 def _server_message(exc: BaseException) -> str:
+    """The server's own message, else the exception's first line; redacted, since it is printed and stored."""
     content = getattr(exc, "content", None)
     if content:
         try:
-            return json.loads(content)["error"]["message"]
+            return redact_urls(json.loads(content)["error"]["message"])
         except (ValueError, KeyError, TypeError):
             pass
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return redact_urls(text.splitlines()[0]) if text else type(exc).__name__
 
 
 _local = threading.local()
 _fallback_warned = threading.Event()
 
 
-def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None) -> bytes:
+def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None, workload_tag: str | None = None) -> bytes:
     """One ``image:computePixels`` call returning the raw NPY bytes, with no client-side retries.
 
-    ``encoded`` is ``ee.serializer.encode(image)``, computed once per recipe by the caller. The raw
+    ``encoded`` is ``ee.serializer.encode(image)``, computed once per recipe by the caller;
+    ``workload_tag`` goes into the request body (the raw call skips the client's own tagging). The raw
     Cloud API resource keeps the HTTP status for :func:`classify` (its ``image()`` collection is
     built once per thread: googleapiclient rebuilds every method on each call). setup.cfg requires
     an earthengine-api that has it (≥ 1.6.12); should a future one lack it, the public
     ``ee.data.computePixels`` is used instead, with a warning, since it loses the HTTP status.
     """
-    body = {"expression": encoded or ee.serializer.encode(image), "fileFormat": "NPY", "grid": grid}
+    tag = {"workloadTag": workload_tag} if workload_tag else {}
+    body = {"expression": encoded or ee.serializer.encode(image), "fileFormat": "NPY", "grid": grid, **tag}
     try:
         raw = ee.data._get_state().cloud_api_resource_raw  # private; guarded below
         project = ee.data._get_projects_path()
@@ -142,7 +145,7 @@ def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None) -> 
                         "their status and may count as failures; install the earthengine-api version setup.cfg names",
                         ee.__version__)
         try:
-            return ee.data.computePixels({"expression": image, "fileFormat": "NPY", "grid": grid})
+            return ee.data.computePixels({"expression": image, "fileFormat": "NPY", "grid": grid, **tag})
         except ee.EEException as exc:
             raise classify(exc) from None
     cached = getattr(_local, "images", None)
@@ -350,6 +353,7 @@ class EarthEngineSource:
         lock = threading.Lock()
 
         encoded = {name: ee.serializer.encode(recipe.image) for name, recipe in recipes.items()}
+        tag = self.session.tag()
 
         def one(tile: Tile, spec: SourceSpec) -> None:
             recipe = recipes[spec.name]
@@ -358,7 +362,7 @@ class EarthEngineSource:
             timeouts = 0
             for attempt in range(self.policy.attempts):
                 try:
-                    data = self._fetch(recipe.image, request_grid, encoded[spec.name])
+                    data = self._fetch(recipe.image, request_grid, encoded[spec.name], tag)
                     block = decode_block(data, spec, size, recipe.fill)
                 except google.auth.exceptions.RefreshError as exc:
                     raise refused(exc) from None

@@ -22,8 +22,11 @@ during some GDAL calls that read over HTTP, so an in-process server would deadlo
 It is also Google's OAuth token endpoint (``POST /token``, see :data:`TOKEN_PATH`) for credentials
 files whose ``token_uri``/``token_url`` point at it: refresh tokens (``authorized_user``), signed
 JWTs (service-account keys) and STS token exchange (``external_account``) get access tokens, and a
-refresh token listed in ``revoked`` gets Google's ``invalid_grant`` answer. Every request records
-its ``Authorization`` header.
+refresh token listed in ``revoked`` gets Google's ``invalid_grant`` answer. A refresh token carries
+the scopes its login granted (:data:`LOGIN_SCOPES` unless :meth:`FakeEarthEngine.grant` says
+otherwise); a refresh that asks for any other gets Google's ``invalid_scope``, one that asks for
+none gets them all. Every request records its ``Authorization`` header and workload tag, every
+token request the scopes it asked for.
 
 Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it with
 ``--ee-url URL --no-auth --project fake``.
@@ -31,6 +34,7 @@ Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it wit
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import json
@@ -60,6 +64,11 @@ EE_TESTS = os.path.join(os.path.dirname(ee.__file__), "tests")
 TOKEN_PATH = "/token"
 _GRANTS = {"refresh_token": "refresh", "urn:ietf:params:oauth:grant-type:jwt-bearer": "jwt",
            "urn:ietf:params:oauth:grant-type:token-exchange": "sts"}
+#: What a plain ``gcloud auth application-default login`` grants its refresh token.
+LOGIN_SCOPES = ("openid", "https://www.googleapis.com/auth/userinfo.email",
+                "https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/sqlservice.login")
+#: Google's answer to a refresh that asks for scopes the login did not grant (as users report it).
+INVALID_SCOPE = {"error": "invalid_scope", "error_description": "Bad Request"}
 
 
 def fake_pixels(spec: SourceSpec, band: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
@@ -218,6 +227,7 @@ class Recorded:
     status: int = 200
     authorization: str | None = None
     nbytes: int = 0  # body bytes of a computePixels answer
+    workload_tag: str | None = None  # the request body's workloadTag
 
 
 @dataclass
@@ -239,6 +249,7 @@ class _State:
     by_request_id: dict[str, str] = field(default_factory=dict)
     ids: Iterator[int] = field(default_factory=itertools.count)
     revoked: set[str] = field(default_factory=set)
+    granted: dict[str, tuple[str, ...]] = field(default_factory=dict)  # refresh token → scopes its login granted
     max_pending: int = 3000
     peak_pending: int = 0
     list_page: int = 500
@@ -302,6 +313,11 @@ class FakeEarthEngine:
         """Make the token endpoint answer ``invalid_grant`` for this refresh token (expired or revoked)."""
         with self.state.lock:
             self.state.revoked.add(refresh_token)
+
+    def grant(self, refresh_token: str, scopes: tuple[str, ...]) -> None:
+        """Let this refresh token carry ``scopes`` instead of :data:`LOGIN_SCOPES` (a login with ``--scopes``)."""
+        with self.state.lock:
+            self.state.granted[refresh_token] = tuple(scopes)
 
     def grant_of(self, authorization: str | None) -> str | None:
         """Which grant issued the bearer token of an ``Authorization`` header ("refresh", "jwt", "sts"), if any."""
@@ -442,7 +458,8 @@ def _handler(state: _State):
                 return self.token(urllib.parse.parse_qs(raw.decode()))
             body = json.loads(raw or b"{}")
             source = _source_of(state.catalog, json.dumps(body.get("expression", "")))
-            record = Recorded("POST", path, body, source, authorization=self.headers.get("Authorization"))
+            record = Recorded("POST", path, body, source, authorization=self.headers.get("Authorization"),
+                              workload_tag=body.get("workloadTag"))
             with state.lock:
                 state.requests.append(record)
             if path.endswith("value:compute"):
@@ -456,13 +473,18 @@ def _handler(state: _State):
             self.error(404, f"{path} is not faked")
 
         def token(self, form: dict[str, list[str]]) -> None:
-            """Google's OAuth token endpoint: an access token per grant, ``invalid_grant`` for a revoked one."""
+            """Google's OAuth token endpoint: an access token per grant, ``invalid_grant`` for a revoked
+            refresh token, ``invalid_scope`` for a refresh that asks for scopes its login did not grant."""
             grant = _GRANTS.get(form.get("grant_type", [""])[0])
+            scope = _jwt_scope(form.get("assertion", [""])[0]) if grant == "jwt" else form.get("scope", [None])[0]
+            refresh_token = form.get("refresh_token", [""])[0]
             with state.lock:
-                state.requests.append(Recorded("POST", TOKEN_PATH, {"grant": grant}))
-                revoked = grant == "refresh" and form.get("refresh_token", [""])[0] in state.revoked
+                state.requests.append(Recorded("POST", TOKEN_PATH, {"grant": grant, "scope": scope}))
+                revoked = grant == "refresh" and refresh_token in state.revoked
+                granted = state.granted.get(refresh_token, LOGIN_SCOPES)
+                beyond = grant == "refresh" and not set((scope or "").split()) <= set(granted)
                 access = f"ya29.fake-{grant}-{next(state.ids)}"
-                if grant is not None and not revoked:
+                if grant is not None and not revoked and not beyond:
                     state.tokens[access] = grant
             if grant is None:
                 body = {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."}
@@ -470,9 +492,13 @@ def _handler(state: _State):
             if revoked:
                 body = {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
                 return self.send(400, json.dumps(body).encode())
+            if beyond:
+                return self.send(400, json.dumps(INVALID_SCOPE).encode())
             body = {"access_token": access, "expires_in": 3599, "token_type": "Bearer"}
-            if form.get("scope"):
-                body["scope"] = form["scope"][0]  # all requested scopes granted
+            if grant == "refresh":
+                body["scope"] = scope or " ".join(granted)
+            elif scope:
+                body["scope"] = scope  # service accounts and token exchange: all requested scopes granted
             if grant == "sts":
                 body["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"
             self.send(200, json.dumps(body).encode())
@@ -607,6 +633,15 @@ def _handler(state: _State):
                     state.in_flight -= 1
 
     return Handler
+
+
+def _jwt_scope(assertion: str) -> str | None:
+    """The ``scope`` claim of a signed JWT (read, not verified: the fake trusts every key), if it has one."""
+    try:
+        payload = assertion.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("scope")
+    except (IndexError, ValueError, AttributeError):
+        return None
 
 
 def _advance(state: _State, entry: dict) -> None:

@@ -9,6 +9,17 @@ service-account key, or — the usual content of ``GOOGLE_APPLICATION_CREDENTIAL
 ``authorized_user`` file of ``gcloud auth application-default login`` or an ``external_account``
 (workload identity federation) file; those two are loaded with google-auth's loader for their type
 (what ``google.auth.default()`` would pick), so that only the file types rsgee names are accepted.
+
+A refresh may only ask for scopes the login granted, or Google answers ``invalid_scope``: an
+``authorized_user`` file is loaded with no scopes of rsgee's (a default ``gcloud auth
+application-default login`` grants ``cloud-platform``, which Earth Engine accepts), as the
+earthengine-api loads it; an ``external_account`` token is minted with ``cloud-platform`` alone,
+since Google's token exchange needs a scope; service-account keys keep the earthengine-api's
+scopes (a service account's token is not limited to what a login granted).
+
+A workload tag (``--workload-tag``, else the client's own from ``ee.data.setWorkloadTag``) labels
+every computePixels request and batch task, so that a project's Earth Engine usage can be told
+apart by run in Cloud Monitoring.
 """
 
 from __future__ import annotations
@@ -16,13 +27,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import ee
 import google.auth.exceptions
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, redact_urls
 
 log = logging.getLogger("rsgee")
 
@@ -35,6 +47,14 @@ DEFAULT_TIMEOUT_S = 330.0
 #: What the manifest calls each kind of credentials file (its JSON "type").
 _FILE_TYPES = {"service_account": "service account", "authorized_user": "authorized user",
                "external_account": "external account"}
+#: The scopes Earth Engine's REST methods (computePixels, image:export) accept besides the read-only ones.
+EARTHENGINE_SCOPE = "https://www.googleapis.com/auth/earthengine"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+#: What fixes credentials whose refresh asks for scopes their login did not grant.
+LOGIN_WITH_SCOPES = f"gcloud auth application-default login --scopes={EARTHENGINE_SCOPE},{CLOUD_PLATFORM_SCOPE}"
+#: Earth Engine's rule for a workload tag: what ``ee.data.setWorkloadTag`` accepts (its docstring also
+#: allows capitals and dots, which the client's own check refuses).
+_WORKLOAD_TAG = re.compile(r"[a-z0-9]|[a-z0-9][-_a-z0-9]{0,61}[a-z0-9]")
 
 
 class CredentialsError(RsgeeError):
@@ -53,6 +73,8 @@ class SessionConfig:
         auth: False sends no credentials at all.
         workers: concurrent requests, which also sizes the HTTP connection pool.
         timeout_s: per-request deadline in seconds; keep it above the server's ~300 s limit.
+        workload_tag: label of every request and task (``--workload-tag``); None leaves the
+            client's own, if any (see :meth:`tag`).
     """
 
     project: str | None = None
@@ -61,24 +83,38 @@ class SessionConfig:
     auth: bool = True
     workers: int = 16
     timeout_s: float = DEFAULT_TIMEOUT_S
+    workload_tag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workload_tag:
+            check_workload_tag(self.workload_tag)
 
     @classmethod
     def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=16,
-                 timeout_s=DEFAULT_TIMEOUT_S):
+                 timeout_s=DEFAULT_TIMEOUT_S, workload_tag=None):
         """Fill unset values from EE_PROJECT, GOOGLE_APPLICATION_CREDENTIALS and RSGEE_EE_URL."""
         key = service_account or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
         return cls(project or os.environ.get("EE_PROJECT") or None, Path(key) if key and auth else None,
-                   url or os.environ.get("RSGEE_EE_URL") or None, auth, workers, timeout_s)
+                   url or os.environ.get("RSGEE_EE_URL") or None, auth, workers, timeout_s, workload_tag or None)
+
+    def tag(self) -> str | None:
+        """The workload tag requests carry: ``workload_tag``, else the one set with ``ee.data.setWorkloadTag``.
+
+        Read when requests are made, as the client does, so that a tag set in Python before an export counts.
+        """
+        return self.workload_tag or ee.data.getWorkloadTag() or None
 
     def describe(self) -> dict:
-        """What the manifest records (never credentials)."""
+        """What the manifest records (never credentials, not even those inside the URL); the workload tag if any."""
         if not self.auth:
             auth = "none"
         elif self.service_account is None:
             auth = "user"
         else:
             auth = _FILE_TYPES.get(_file_type(self.service_account), "credentials file")
-        return {"project": self.project, "endpoint": self.url or HIGH_VOLUME_URL, "auth": auth}
+        described = {"project": self.project, "endpoint": redact_urls(self.url or HIGH_VOLUME_URL), "auth": auth}
+        tag = self.tag()
+        return {**described, "workload_tag": tag} if tag else described
 
 
 def initialize(config: SessionConfig) -> None:
@@ -98,16 +134,32 @@ def initialize(config: SessionConfig) -> None:
     except ee.EEException as exc:
         raise RsgeeError(f"Earth Engine refused to initialise: {_first_line(exc)}") from None
     except (ConnectionError, TimeoutError, OSError) as exc:
-        raise RsgeeError(f"cannot reach Earth Engine at {config.url or HIGH_VOLUME_URL} ({_first_line(exc)}); "
+        where = redact_urls(config.url or HIGH_VOLUME_URL)
+        raise RsgeeError(f"cannot reach Earth Engine at {where} ({_first_line(exc)}); "
                          "check the network or --ee-url") from None
     _tune_requests_session(config.workers)
 
 
 def refused(exc: BaseException) -> CredentialsError:
-    """The one-line error for credentials that Google's token endpoint refused (expired, revoked)."""
-    return CredentialsError(f"Google refused the Earth Engine credentials ({_first_line(exc).rstrip('.')}): run "
+    """The one-line error for credentials that Google's token endpoint refused (expired, revoked, or
+    asked for scopes their login did not grant: ``invalid_scope``)."""
+    reason = _first_line(exc).rstrip(".")
+    if "invalid_scope" in reason:
+        return CredentialsError(f"Google refused the scopes the Earth Engine credentials asked for ({reason}): their "
+                                f"login did not grant them; run `{LOGIN_WITH_SCOPES}` and use the file it writes "
+                                "(GOOGLE_APPLICATION_CREDENTIALS or --service-account), or `earthengine authenticate`")
+    return CredentialsError(f"Google refused the Earth Engine credentials ({reason}): run "
                             "`earthengine authenticate` (or `gcloud auth application-default login` for a "
                             "GOOGLE_APPLICATION_CREDENTIALS file), or pass --service-account KEY.json")
+
+
+def check_workload_tag(tag: str) -> str:
+    """``tag`` if Earth Engine takes it as a workload tag; else a one-line error that offers one it takes."""
+    if _WORKLOAD_TAG.fullmatch(tag):
+        return tag
+    fixed = re.sub(r"[^a-z0-9_-]+", "-", tag.lower()).strip("-_")[:63].rstrip("-_") or "rsgee"
+    raise RsgeeError(f"--workload-tag {tag!r} is not a workload tag Earth Engine accepts (1–63 lowercase letters, "
+                     f"digits, '-' and '_', starting and ending with a letter or digit); try --workload-tag {fixed}")
 
 
 def _file_type(path: Path) -> str | None:
@@ -156,10 +208,15 @@ def _file_credentials(path: Path):
 
 
 def _authorized_user(info: dict):
-    """What ``gcloud auth application-default login`` writes: a refresh token and an OAuth client."""
+    """What ``gcloud auth application-default login`` writes: a refresh token and an OAuth client.
+
+    No scopes are asked for (a file's own ``scopes`` list still is): the refresh gets what the login
+    granted, and asking for more, such as the earthengine-api's Drive and Cloud Storage scopes, is
+    refused with ``invalid_scope``.
+    """
     from google.oauth2 import credentials
 
-    return credentials.Credentials.from_authorized_user_info(info, scopes=ee.oauth.SCOPES)
+    return credentials.Credentials.from_authorized_user_info(info)
 
 
 def _external_account(info: dict):
@@ -173,7 +230,7 @@ def _external_account(info: dict):
         loader = pluggable.Credentials
     else:
         loader = identity_pool.Credentials
-    return loader.from_info(info, scopes=ee.oauth.SCOPES)
+    return loader.from_info(info, scopes=[CLOUD_PLATFORM_SCOPE])  # the exchange needs one; Earth Engine takes it
 
 
 def _tune_requests_session(workers: int) -> None:
@@ -200,5 +257,9 @@ def _tune_requests_session(workers: int) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The exception's first line, redacted: client libraries quote the URL they failed on.
+
+    A message given with more arguments is taken alone (google-auth's errors add the token endpoint's raw answer).
+    """
+    text = (exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else str(exc)).strip()
+    return redact_urls(text.splitlines()[0]) if text else type(exc).__name__

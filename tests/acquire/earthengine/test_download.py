@@ -353,10 +353,42 @@ def test_dry_run_counts_the_requests_and_bytes_an_export_then_downloads(fake, tm
     assert len(fake.pixel_requests()) == requests and sum(r.nbytes for r in fake.pixel_requests()) == nbytes
     code = main(["export", "--aoi", AOI, "--aoi", other, "--out", str(tmp_path / "dry"), "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 0 and len(lines) == 3 and not (tmp_path / "dry").exists()
+    assert code == 0 and len(lines) == 4 and not (tmp_path / "dry").exists()
     assert lines[0].endswith(f"; 16 computePixels requests, {nbytes / 2**20:,.1f} MiB to download")
     assert "; 16 computePixels requests" in lines[1]
     assert lines[2] == f"total: 2 AOI(s), 8 tiles, 32 computePixels requests, {2 * nbytes / 2**20:,.1f} MiB to download"
+    assert lines[3] == "Earth Engine endpoint https://earthengine-highvolume.googleapis.com, no workload tag"
     code = main(["export", "--aoi", AOI, "--out", str(tmp_path / "dry"), "--dry-run", "--via", "batch", "--bucket", "rsgee-bk"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and "; 5 batch task(s), " in lines[0] and lines[1].startswith("total: 1 AOI(s), 4 tiles, 5 batch")
+    assert lines[2] == "Earth Engine endpoint https://earthengine.googleapis.com, no workload tag"
+
+
+def test_a_password_in_the_endpoint_url_is_never_printed_or_stored(fake, tmp_path, capsys):
+    """``--ee-url http://user:password@host`` works, and the password reaches no output and no file."""
+    from rsgee.cli import main
+
+    args = ["export", "--aoi", AOI, "--out", str(tmp_path), "--ee-url", fake.url.replace("://", "://alice:s3cret-pw@"),
+            "--no-auth", "--project", "fake", "--workers", "4", "--no-progress"]
+    assert main(args + ["--dry-run"]) == 0 and main(args) == 0
+    out, err = capsys.readouterr()
+    assert len(fake.pixel_requests()) == 16 and "s3cret-pw" not in out + err
+    assert read_manifest(tmp_path / "v")["provenance"]["earthengine"]["endpoint"] == fake.url.replace("://", "://***@")
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret-pw" in p.read_bytes()] == []
+
+
+def test_an_unreachable_endpoint_is_named_without_its_password(tmp_path, capsys):
+    """Both rsgee's text and the quoted client exception (which repeats the URL) are redacted."""
+    from rsgee.cli import main
+
+    try:
+        code = main(["export", "--aoi", AOI, "--out", str(tmp_path), "--ee-url", "http://alice:s3cret-pw@127.0.0.1:99999",
+                     "--no-auth", "--project", "fake", "--no-progress"])
+    finally:
+        ee.Reset()
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and err.count("\n") == 1 and "s3cret-pw" not in err
+    assert err.startswith("rsgee: error: cannot reach Earth Engine at http://***@127.0.0.1:99999 (")
+    assert "http://***@127.0.0.1:99999/$discovery" in err  # requests' own message, quoting the URL
+    error = classify(ConnectionError("Max retries exceeded with url: https://bob:pw@proxy.example/v1 (refused)"))
+    assert error.message == "Max retries exceeded with url: https://***@proxy.example/v1 (refused)" and error.retryable

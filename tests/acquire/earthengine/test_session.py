@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rsgee.acquire.earthengine.fake import TOKEN_PATH, FakeEarthEngine
-from rsgee.acquire.earthengine.session import CredentialsError, SessionConfig, initialize
+from rsgee.acquire.earthengine.session import (
+    CLOUD_PLATFORM_SCOPE,
+    EARTHENGINE_SCOPE,
+    LOGIN_WITH_SCOPES,
+    CredentialsError,
+    SessionConfig,
+    initialize,
+)
 
 
 @pytest.fixture()
@@ -30,11 +37,11 @@ def fake(monkeypatch):
     ee.Reset()
 
 
-def authorized_user(fake, path, refresh_token="1//refresh-ok"):
-    """What `gcloud auth application-default login` writes."""
+def authorized_user(fake, path, refresh_token="1//refresh-ok", **extra):
+    """What `gcloud auth application-default login` writes (``extra``: what other tools add, such as ``scopes``)."""
     path.write_text(json.dumps({"type": "authorized_user", "client_id": "764086051850-x.apps.googleusercontent.com",
                                 "client_secret": "d-FL95Q19q7MQmFpd7hHD0Ty", "refresh_token": refresh_token,
-                                "quota_project_id": "fake"}))
+                                "quota_project_id": "fake", **extra}))
     return path
 
 
@@ -60,18 +67,40 @@ def external_account(fake, path):
     return path
 
 
-@pytest.mark.parametrize("kind, make, grant", [("authorized user", authorized_user, "refresh"),
-                                               ("service account", service_account, "jwt"),
-                                               ("external account", external_account, "sts")])
-def test_each_credentials_file_type_signs_the_requests(fake, tmp_path, kind, make, grant):
+@pytest.mark.parametrize("kind, make, grant, scope", [
+    ("authorized user", authorized_user, "refresh", None),  # what the login granted, as the earthengine-api asks
+    ("service account", service_account, "jwt", " ".join(ee.oauth.SCOPES)),
+    ("external account", external_account, "sts", CLOUD_PLATFORM_SCOPE),  # the exchange needs a scope
+])
+def test_each_credentials_file_type_signs_the_requests(fake, tmp_path, kind, make, grant, scope):
     path = make(fake, tmp_path / "credentials.json")
     config = SessionConfig(project="fake", service_account=path, url=fake.url, workers=2)
     initialize(config)
     assert ee.Number(1).getInfo() == 12  # the fake answers every value:compute with 12
     api = [r for r in fake.requests if r.path != TOKEN_PATH]
     assert api and {fake.grant_of(r.authorization) for r in api} == {grant}
-    assert {r.body["grant"] for r in fake.requests if r.path == TOKEN_PATH} == {grant}
+    assert {(r.body["grant"], r.body["scope"]) for r in fake.requests if r.path == TOKEN_PATH} == {(grant, scope)}
     assert config.describe()["auth"] == kind
+
+
+def test_a_refresh_asking_for_scopes_the_login_did_not_grant_is_one_line_naming_the_login(fake, tmp_path):
+    """A default login grants cloud-platform; a file listing the earthengine-api's four scopes asks for more."""
+    path = authorized_user(fake, tmp_path / "adc.json", scopes=ee.oauth.SCOPES)
+    with pytest.raises(CredentialsError) as info:
+        initialize(SessionConfig(project="fake", service_account=path, url=fake.url, workers=2))
+    text = str(info.value)
+    assert text.count("\n") == 0 and "(invalid_scope: Bad Request)" in text and f"run `{LOGIN_WITH_SCOPES}`" in text
+    assert not [r for r in fake.requests if r.path != TOKEN_PATH]
+    fake.grant("1//refresh-ok", ("openid", EARTHENGINE_SCOPE, CLOUD_PLATFORM_SCOPE))  # the login that message names
+    path = authorized_user(fake, tmp_path / "adc.json", scopes=[EARTHENGINE_SCOPE, CLOUD_PLATFORM_SCOPE])
+    initialize(SessionConfig(project="fake", service_account=path, url=fake.url, workers=2))
+    assert ee.Number(1).getInfo() == 12
+
+
+def test_the_login_rsgee_names_asks_for_scopes_of_the_installed_client():
+    """Both scopes are the earthengine-api's own; either is what computePixels and image:export accept."""
+    assert {EARTHENGINE_SCOPE, CLOUD_PLATFORM_SCOPE} <= set(ee.oauth.SCOPES)
+    assert LOGIN_WITH_SCOPES.endswith(f"--scopes={EARTHENGINE_SCOPE},{CLOUD_PLATFORM_SCOPE}")
 
 
 def test_a_revoked_refresh_token_is_one_line_naming_earthengine_authenticate(fake, tmp_path):
