@@ -57,7 +57,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
         dry_run: write nothing; return the plan's lines (grid, tiles, requests and bytes) instead.
         source_options: the source's own options — ``project``, ``service_account``, ``ee_url``, ``auth``,
             ``workers``, ``timeout_s``, ``attempts``, ``s1_orbit``, ``workload_tag`` (Earth Engine; without
-            one, the tag set with ``ee.data.setWorkloadTag`` labels the requests); ``inputs`` (local);
+            one, the tag set with ``ee.data.setWorkloadTag`` labels the requests), ``endpoint`` (``standard``
+            or ``highvolume``; without it, the one Earth Engine recommends for the sources); ``inputs`` (local);
             ``seed``, ``cloud_cover`` (synthetic).
 
     Returns:
@@ -94,9 +95,9 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
         from rsgee.acquire.plan import dry_run as plan
 
         return list(plan(parsed, [loaded[n] for n in names], out, source, via, ee_url=source_options.get("ee_url"),
-                         workload_tag=source_options.get("workload_tag")))
+                         workload_tag=source_options.get("workload_tag"), endpoint=source_options.get("endpoint")))
     block_source = make_block_source(source, names, start=start, end=end, windows=windows, retry_failed=retry_failed,
-                                     destination=destination, progress=progress, **source_options)
+                                     destination=destination, progress=progress, catalog=loaded, **source_options)
     if destination is not None:
         from rsgee.acquire.earthengine.batch import export_batch
 
@@ -155,23 +156,19 @@ def check(archive: str | Path, *, workers: int = 1, progress: bool = True):
 
 
 def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"), *, workers: int = 1,
-          progress: bool = True) -> dict:
-    """Build (or keep, when current) the packed training cache of each split with ``workers``
-    processes; ``{split: folder}``."""
-    from rsgee.preprocess.cache import build_cache, is_current
+          force: bool = False, progress: bool = True) -> dict:
+    """Build (or keep, when whole and current, unless ``force``) the packed training cache of each split with
+    ``workers`` processes, waiting for another process that holds the archive's lock; ``{split: folder}``."""
+    from rsgee.preprocess.cache import cache_dir, update_caches
     from rsgee.preprocess.split import SPLITS
 
     arch = Archive(archive)
     arch.read_meta()
-    folders = {}
     for split in splits:
         if split not in SPLITS:
             raise RsgeeError(f"'{split}' is not a split; choose from {', '.join(SPLITS)}")
-        if is_current(arch, split):
-            folders[split] = arch.root / "cache" / split
-        else:
-            folders[split] = build_cache(arch, split, workers=workers, progress=progress)
-    return folders
+    update_caches(arch, splits, workers=workers, force=force, progress=progress)
+    return {split: cache_dir(arch, split) for split in splits}
 
 
 def train_fusion(archive: str | Path, out: str | Path, *, resume: bool = False, accelerator: str = "auto",

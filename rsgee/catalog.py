@@ -29,12 +29,13 @@ CORE_SOURCES = ("s1", "s2", "lulc", "dem")
 
 _SOURCE_KEYS = {
     "required": ("description", "collection", "bands", "dtype", "units", "scale_m", "nodata", "composite", "resampling"),
-    "optional": ("scale_factor", "to_db", "db_floor", "filters", "require_bands", "cloud_mask", "classes",
-                 "fill_missing"),
+    "optional": ("scale_factor", "to_db", "db_floor", "filters", "filters_lt", "require_bands", "cloud_mask",
+                 "angle_mask", "classes", "fill_missing"),
 }
 _BAND_KEYS = {"required": ("ee", "name"), "optional": ("description",)}
 _CLOUD_KEYS = {"required": ("collection", "band", "threshold"), "optional": ()}
 _REQUIRE_KEYS = {"required": ("property", "values"), "optional": ()}
+_ANGLE_KEYS = {"required": ("band", "min", "max"), "optional": ()}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ class CloudMaskSpec:
     collection: str
     band: str
     threshold: float
+
+
+@dataclass(frozen=True)
+class AngleMaskSpec:
+    """Keep pixels where ``min < band < max`` (degrees): Sentinel-1's incidence angle, whose extremes are
+    the scene edges where residual border noise darkens the backscatter."""
+
+    band: str
+    min: float
+    max: float
 
 
 @dataclass(frozen=True)
@@ -81,8 +92,11 @@ class SourceSpec:
     to_db: bool = False
     db_floor: float | None = None
     filters: Mapping[str, Any] = field(default_factory=dict)
+    #: Keep images whose property is below the value, e.g. ``{CLOUDY_PIXEL_PERCENTAGE: 90}``.
+    filters_lt: Mapping[str, float] = field(default_factory=dict)
     require_bands: RequireBandsSpec | None = None
     cloud_mask: CloudMaskSpec | None = None
+    angle_mask: AngleMaskSpec | None = None
     classes: tuple[str, ...] | None = None
     #: Value (in Earth Engine's units) where no image has data, e.g. 0 m for the DEM's open ocean.
     fill_missing: float | None = None
@@ -128,11 +142,16 @@ class SourceSpec:
             out["db_floor"] = self.db_floor
         if self.filters:
             out["filters"] = dict(self.filters)
+        if self.filters_lt:
+            out["filters_lt"] = dict(self.filters_lt)
         if self.require_bands:
             out["require_bands"] = {"property": self.require_bands.property, "values": list(self.require_bands.values)}
         if self.cloud_mask:
             cm = self.cloud_mask
             out["cloud_mask"] = {"collection": cm.collection, "band": cm.band, "threshold": cm.threshold}
+        if self.angle_mask:
+            am = self.angle_mask
+            out["angle_mask"] = {"band": am.band, "min": am.min, "max": am.max}
         if self.classes:
             out["classes"] = list(self.classes)
         if self.fill_missing is not None:
@@ -170,10 +189,10 @@ class Catalog:
         return {"version": 1, "sources": {name: spec.to_dict() for name, spec in self.sources.items()}}
 
 
-#: Catalog keys that change only how Earth Engine composites a source, never what the offline sources deliver
-#: or how tiles are cut: exports from other sources, and archives, compare their catalogs without them (an
-#: archive or synthetic export made before ``fill_missing`` existed stays current).
-RECIPE_ONLY_KEYS = ("fill_missing",)
+#: Catalog keys that change only how Earth Engine selects and composites a source, never what the offline sources
+#: deliver or how tiles are cut: exports from other sources, and archives, compare their catalogs without them (an
+#: archive or synthetic export made before ``fill_missing``, the scene filters or the angle mask stays current).
+RECIPE_ONLY_KEYS = ("fill_missing", "filters", "filters_lt", "angle_mask")
 
 
 def without_recipe_keys(sources: dict) -> dict:
@@ -276,6 +295,10 @@ class _Checker:
         filters = spec.get("filters") or {}
         if not isinstance(filters, dict):
             self.fail(f"{key}.filters", "must be a mapping of property: value")
+        filters_lt = spec.get("filters_lt") or {}
+        if not isinstance(filters_lt, dict):
+            self.fail(f"{key}.filters_lt", "must be a mapping of property: number")
+        filters_lt = {str(p): float(self.number(v, f"{key}.filters_lt.{p}")) for p, v in filters_lt.items()}
         require = spec.get("require_bands")
         if require is not None:
             self.mapping(require, f"{key}.require_bands", _REQUIRE_KEYS)
@@ -297,6 +320,14 @@ class _Checker:
                 self.string(cloud["band"], f"{key}.cloud_mask.band"),
                 float(threshold),
             )
+        angle = spec.get("angle_mask")
+        if angle is not None:
+            self.mapping(angle, f"{key}.angle_mask", _ANGLE_KEYS)
+            low = float(self.number(angle["min"], f"{key}.angle_mask.min"))
+            high = float(self.number(angle["max"], f"{key}.angle_mask.max"))
+            if not 0.0 <= low < high <= 90.0:
+                self.fail(f"{key}.angle_mask", f"needs 0 <= min < max <= 90 degrees, got min {low:g}, max {high:g}")
+            angle = AngleMaskSpec(self.string(angle["band"], f"{key}.angle_mask.band"), low, high)
         resampling = self.choice(spec["resampling"], f"{key}.resampling", RESAMPLINGS)
         classes = spec.get("classes")
         if classes is not None:
@@ -332,8 +363,10 @@ class _Checker:
             to_db=to_db,
             db_floor=db_floor,
             filters=dict(filters),
+            filters_lt=filters_lt,
             require_bands=require,
             cloud_mask=cloud,
+            angle_mask=angle,
             classes=classes,
             fill_missing=fill_missing,
         )

@@ -84,9 +84,15 @@ def cli(debug: bool) -> None:
               help="Credentials JSON file (or GOOGLE_APPLICATION_CREDENTIALS): a service-account key, the "
                    "authorized_user file of `gcloud auth application-default login`, or an external_account "
                    "(workload identity) file; default: the credentials of `earthengine authenticate`.  [earthengine]")
+@click.option("--endpoint", type=click.Choice(["standard", "highvolume"]), default=None,
+              help="Earth Engine endpoint: standard (https://earthengine.googleapis.com) or highvolume "
+                   "(https://earthengine-highvolume.googleapis.com); both allow 40 concurrent requests. Composites "
+                   "(medians, means, modes, cloud masks) are complex queries, which Earth Engine recommends sending "
+                   "to the standard endpoint: the high-volume one caches less and bills them more EECU-time.  "
+                   "[default: standard when any source is such a composite, and for --via batch; highvolume for "
+                   "mosaics of stored images alone, e.g. --sources dem]  [earthengine]")
 @click.option("--ee-url", envvar="RSGEE_EE_URL", default=None, metavar="URL",
-              help="Earth Engine API base URL (or RSGEE_EE_URL).  [default: the high-volume endpoint "
-                   "https://earthengine-highvolume.googleapis.com]")
+              help="Earth Engine API base URL (or RSGEE_EE_URL); overrides --endpoint.")
 @click.option("--no-auth", is_flag=True, help="Send no credentials (private endpoints, local test servers).")
 @click.option("--workload-tag", default=None, metavar="TAG",
               help="Label every computePixels request and batch task with TAG, to tell this run's Earth Engine usage "
@@ -99,9 +105,10 @@ def cli(debug: bool) -> None:
               help="Per-request deadline in seconds; above Earth Engine's ~300 s limit, so that a slow answer is "
                    "received rather than paid for twice.  [earthengine]")
 @click.option("--attempts", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Tries per block for retryable errors (429, 5xx, timeouts, dropped connections), with capped "
-                   "exponential backoff and jitter; \"Computation timed out.\" is tried twice at most (each try is "
-                   "billed).  [earthengine]")
+              help="Tries per block for retryable errors (5xx, timeouts, dropped connections), seconds apart with "
+                   "capped exponential backoff and jitter; \"Computation timed out.\" is tried twice at most (each try "
+                   "is billed). Quota and rate answers (429, 503) are not counted: they are waited out for up to 5 min "
+                   "a try and 30 min a block, with fewer requests in flight.  [earthengine]")
 @click.option("--retry-failed", is_flag=True,
               help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json); with "
                    "--via batch, restart only the failed or cancelled tasks.")
@@ -128,7 +135,9 @@ def cli(debug: bool) -> None:
               help="Submit batch tasks while fewer than N of the project's tasks are pending or running (Earth "
                    "Engine queues at most 3,000); the others follow as tasks end.  [batch]")
 @click.option("--s1-orbit", type=click.Choice(["both", "ASCENDING", "DESCENDING"]), default="both", show_default=True,
-              help="Sentinel-1 orbit pass to composite (one pass avoids geometry seams).  [earthengine]")
+              help="Sentinel-1 orbit pass to composite. both keeps every scene: many areas are imaged on one pass "
+                   "only, where a fixed pass would leave them without data; pin one where terrain matters (the passes "
+                   "see slopes from opposite sides, and a mix of them can leave seams).  [earthengine]")
 @click.option("--input", "inputs", multiple=True, metavar="SOURCE=PATH",
               help="Your GeoTIFF(s) for a source, any CRS and resolution, e.g. s2=scene.tif (globs allowed); "
                    "repeatable.  [local]")
@@ -143,9 +152,9 @@ def cli(debug: bool) -> None:
                    "tasks) and bytes per AOI and in total, the endpoint and the workload tag; write nothing.")
 @progress_option
 def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, end, windows, project,
-               service_account, ee_url, no_auth, workload_tag, workers, timeout_s, attempts, retry_failed, via, bucket,
-               prefix, drive_folder, poll_s, max_pending, s1_orbit, inputs, seed, cloud_cover, max_area_km2, overwrite,
-               dry_run, progress) -> None:
+               service_account, endpoint, ee_url, no_auth, workload_tag, workers, timeout_s, attempts, retry_failed,
+               via, bucket, prefix, drive_folder, poll_s, max_pending, s1_orbit, inputs, seed, cloud_cover,
+               max_area_km2, overwrite, dry_run, progress) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
     Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
@@ -160,8 +169,8 @@ def export_cmd(aoi_specs, out_dir, source, catalog_path, source_names, start, en
     if start >= end:
         raise click.BadParameter(f"--start {start} must be before --end {end}", param_hint="--start/--end")
     options = dict(project=project, service_account=service_account, ee_url=ee_url, auth=not no_auth, workers=workers,
-                   timeout_s=timeout_s, attempts=attempts, s1_orbit=s1_orbit, workload_tag=workload_tag, inputs=inputs,
-                   seed=seed, cloud_cover=cloud_cover)
+                   timeout_s=timeout_s, attempts=attempts, s1_orbit=s1_orbit, workload_tag=workload_tag,
+                   endpoint=endpoint, inputs=inputs, seed=seed, cloud_cover=cloud_cover)
     results = api.export(list(aoi_specs), out_dir, source=source, catalog=catalog_path, sources=source_names,
                          start=start, end=end, windows=windows, via=via, bucket=bucket, prefix=prefix,
                          drive_folder=drive_folder, poll_s=poll_s, max_pending=max_pending, retry_failed=retry_failed,
@@ -251,17 +260,19 @@ def check_cmd(archive, workers, progress) -> None:
               help="Comma-separated splits to pack.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes reading and encoding tiles (the result is the same for any number).")
+@click.option("--force", is_flag=True, help="Rebuild even a cache that is up to date (one rsgee check found changed).")
 @progress_option
-def cache_cmd(archive, splits, workers, progress) -> None:
+def cache_cmd(archive, splits, workers, force, progress) -> None:
     """Build the packed training cache of ARCHIVE (ARCHIVE/cache/<split>/*.npy).
 
     Training reads memory-mapped arrays instead of four GeoTIFFs per sample. The cache is derived
-    from the GeoTIFFs, fingerprinted, and rebuilt only when the archive changed. It takes 0.98 MB
-    per tile: Sentinel-2 and land cover exact, Sentinel-1 and terrain as codes within stated
-    tolerances (far below the sensors'), checked by rsgee check.
+    from the GeoTIFFs, fingerprinted, and rebuilt only when the archive changed or it is incomplete;
+    a second rsgee cache on the archive waits for the first. It takes 0.98 MB per tile: Sentinel-2
+    and land cover exact, Sentinel-1 and terrain as codes within stated tolerances (far below the
+    sensors'), checked by rsgee check.
     """
     from rsgee.preprocess.archive import Archive
-    from rsgee.preprocess.cache import build_cache, is_current
+    from rsgee.preprocess.cache import cache_dir, update_caches
     from rsgee.preprocess.split import SPLITS
 
     arch = Archive(archive)
@@ -269,11 +280,12 @@ def cache_cmd(archive, splits, workers, progress) -> None:
     for split in splits:
         if split not in SPLITS:
             raise click.BadParameter(f"'{split}' is not one of {', '.join(SPLITS)}", param_hint="--splits")
-        if is_current(arch, split):
-            click.echo(f"cache/{split}: up to date")
+    built = update_caches(arch, splits, workers=workers, force=force, progress=progress)
+    for split in splits:
+        if split in built:
+            click.echo(f"cache/{split}: built {len(arch.tiles(split))} tiles → {cache_dir(arch, split)}")
         else:
-            folder = build_cache(arch, split, workers=workers, progress=progress)
-            click.echo(f"cache/{split}: built {len(arch.tiles(split))} tiles → {folder}")
+            click.echo(f"cache/{split}: up to date")
 
 
 @cli.command("stac", context_settings=CONTEXT)
@@ -750,9 +762,12 @@ def experiment_archive_cmd(out, seed, workers, progress) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Samples per batch.")
 @click.option("--crop", type=click.IntRange(32, 256), default=64, show_default=True,
               help="Random square training crops (multiple of 32; 256 = whole tiles).")
+@click.option("--val-every-steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Validate every N steps and score each run's checkpoint with the best val PSNR (chosen on val).  "
+                   "[default: validate and score the last step only]")
 @_with(experiment_options)
 def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sources, steps, lr, schedule, batch_size,
-                          crop, out_dir, seeds, size, progress) -> None:
+                          crop, val_every_steps, out_dir, seeds, size, progress) -> None:
     """Tables 1 and 2 over seeds: generators (× recipes), then the sources ablation, at one budget of steps.
 
     Every run has the same steps, learning rate, batches and crops (no augmentation: the sun does not turn)
@@ -764,7 +779,8 @@ def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sou
     from rsgee.train.fusion import FusionConfig
 
     base = FusionConfig(size=size, batch_size=batch_size, steps=steps, lr_g=lr, lr_d=lr, schedule=schedule,
-                        crop=None if crop == 256 else crop, val_every=10**6, val_figures=0)
+                        crop=None if crop == 256 else crop, val_every=10**6, val_every_steps=val_every_steps,
+                        val_figures=0)
     experiment = FusionExperiment(base=base, models=_names(models), recipes=_names(recipes),
                                   ablation_model=None if ablation_model == "none" else ablation_model,
                                   ablation_sources=tuple(s for s in ablation_sources.split(";") if s.strip()),

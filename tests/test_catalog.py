@@ -35,12 +35,17 @@ def test_default_catalog_matches_the_paper_and_design():
     assert s1.collection == "COPERNICUS/S1_GRD_FLOAT"
     assert s1.band_names == ("VV", "VH") and s1.dtype == "float32" and s1.nodata_is_nan
     assert s1.composite == "mean" and s1.to_db and s1.db_floor == -50.0
-    assert s1.filters == {"instrumentMode": "IW"}
+    assert s1.filters == {"instrumentMode": "IW", "resolution_meters": 10}
+    # Border noise: the incidence-angle range gee_s1_ard and geefetch keep.
+    assert (s1.angle_mask.band, s1.angle_mask.min, s1.angle_mask.max) == ("angle", 30.63993, 45.23993)
     assert s1.require_bands.property == "transmitterReceiverPolarisation"
     assert s1.require_bands.values == ("VV", "VH")
     assert s2.collection == "COPERNICUS/S2_SR_HARMONIZED"
     assert s2.ee_bands == ("B2", "B3", "B4", "B8") and s2.dtype == "uint16" and s2.nodata == 0
     assert s2.composite == "median"
+    # Overcast granules are not read; partly cloudy ones are kept for Cloud Score+ to mask per pixel.
+    assert s2.filters_lt == {"CLOUDY_PIXEL_PERCENTAGE": 90.0}
+    assert all(not cat[n].filters_lt and cat[n].angle_mask is None for n in ("lulc", "dem")) and not s1.filters_lt
     assert s2.cloud_mask.collection == "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
     assert (s2.cloud_mask.band, s2.cloud_mask.threshold) == ("cs_cdf", 0.6)
     assert lulc.collection == "GOOGLE/DYNAMICWORLD/V1" and lulc.ee_bands == ("label",)
@@ -99,6 +104,15 @@ def mutate(data, dotted, value=None, delete=False):
         ("sources.dem.fill_missing", "sea", False, r"sources\.dem\.fill_missing: must be a finite number"),
         ("sources.lulc.fill_missing", 300, False, r"sources\.lulc\.fill_missing: 300\.0 is not representable in uint8"),
         ("sources.lulc.fill_missing", 255, False, r"sources\.lulc\.fill_missing: 255\.0 is the nodata value"),
+        ("sources.s2.filters_lt", [90], False, r"sources\.s2\.filters_lt: must be a mapping of property: number"),
+        ("sources.s2.filters_lt.CLOUDY_PIXEL_PERCENTAGE", "90%", False,
+         r"sources\.s2\.filters_lt\.CLOUDY_PIXEL_PERCENTAGE: must be a finite number, got '90%'"),
+        ("sources.s1.angle_mask.max", None, True, r"sources\.s1\.angle_mask\.max: missing required field"),
+        ("sources.s1.angle_mask.side", "near", False, r"sources\.s1\.angle_mask\.side: unknown key"),
+        ("sources.s1.angle_mask.min", "30", False, r"sources\.s1\.angle_mask\.min: must be a finite number"),
+        ("sources.s1.angle_mask.min", 46, False,
+         r"sources\.s1\.angle_mask: needs 0 <= min < max <= 90 degrees, got min 46, max 45\.2399"),
+        ("sources.s1.angle_mask.band", "", False, r"sources\.s1\.angle_mask\.band: must be a non-empty string"),
     ],
 )
 def test_bad_catalogs_name_the_file_and_the_key(tmp_path, default_data, dotted, value, delete, message):

@@ -3,7 +3,8 @@
 The size is what a fresh export asks of Earth Engine — computePixels requests and the bytes of
 their answers, or batch tasks and their files before compression — so that a user sees the cost
 before spending it. Blocks or tasks a re-run would skip are counted too. The last line names the
-endpoint the requests would go to and the workload tag they would carry.
+endpoint the requests would go to (and why: ``--ee-url``, ``--endpoint``, or the default for these
+sources) and the workload tag they would carry.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from rsgee.catalog import SourceSpec
 
 
 def dry_run(aois: Sequence[AOI], specs: Sequence[SourceSpec], out_dir: Path, source: str, via: str,
-            ee_url: str | None = None, workload_tag: str | None = None) -> list[str]:
+            ee_url: str | None = None, workload_tag: str | None = None, endpoint: str | None = None) -> list[str]:
     """One line per AOI (grid, and requests or tasks with bytes for Earth Engine), then the total and,
     for Earth Engine, the endpoint and workload tag (an invalid tag is refused here, as a run would)."""
-    from rsgee.acquire.earthengine.batch import batch_files, batch_session
+    from rsgee.acquire.earthengine.batch import batch_files
     from rsgee.acquire.earthengine.download import download_estimate
-    from rsgee.acquire.earthengine.session import SessionConfig
+    from rsgee.acquire.earthengine.session import SessionConfig, default_endpoint
 
     lines, requests, nbytes, tiles = [], 0, 0, 0
     unit = "batch task(s)" if via == "batch" else "computePixels requests"
@@ -45,10 +46,17 @@ def dry_run(aois: Sequence[AOI], specs: Sequence[SourceSpec], out_dir: Path, sou
     if source == "earthengine":
         what = "to download" if via != "batch" else "of GeoTIFF before compression"
         lines.append(f"total: {len(aois)} AOI(s), {tiles:,} tiles, {requests:,} {unit}, {_size(nbytes)} {what}")
-        session = SessionConfig.from_env(url=ee_url, workload_tag=workload_tag)
-        session = batch_session(session) if via == "batch" else session
+        chosen = endpoint or default_endpoint(specs, via)
+        session = SessionConfig.from_env(url=ee_url, workload_tag=workload_tag, endpoint=chosen)
+        if session.url:
+            why = "--ee-url"
+        elif endpoint:
+            why = f"--endpoint {endpoint}"
+        else:
+            why = f"{chosen}, the default for " + ("batch tasks" if via == "batch" else
+                                                   "composites" if chosen == "standard" else "stored-image mosaics")
         tag = session.tag()
-        lines.append(f"Earth Engine endpoint {session.describe()['endpoint']}, "
+        lines.append(f"Earth Engine endpoint {session.describe()['endpoint']} ({why}), "
                      + (f"workload tag {tag}" if tag else "no workload tag"))
     return lines
 

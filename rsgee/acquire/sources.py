@@ -22,11 +22,13 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
                       service_account: str | Path | None = None, ee_url: str | None = None, auth: bool = True,
                       workers: int = 16, timeout_s: float = 330.0, attempts: int = 6, retry_failed: bool = False,
                       destination=None, s1_orbit: str = "both", workload_tag: str | None = None,
-                      inputs: Sequence[str] = (), seed: int = 0,
+                      endpoint: str | None = None, catalog=None, inputs: Sequence[str] = (), seed: int = 0,
                       cloud_cover: float = 0.05, progress: bool = True):
     """A ready block source for catalog sources ``names``; Earth Engine sources are connected already
     (a missing project or credentials is one error before any AOI starts). ``destination`` (a batch
-    :class:`~rsgee.acquire.earthengine.batch.Destination`) selects Earth Engine batch export."""
+    :class:`~rsgee.acquire.earthengine.batch.Destination`) selects Earth Engine batch export. Without
+    ``endpoint`` ("standard" or "highvolume"), the one Earth Engine recommends for the ``names`` of
+    ``catalog`` (a :class:`~rsgee.catalog.Catalog`, default the shipped one) is used."""
     if source not in SOURCES:
         raise RsgeeError(f"unknown source '{source}'; choose {', '.join(SOURCES)}")
     if start >= end:
@@ -44,9 +46,14 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
         return LocalSource(parse_inputs(inputs))
     from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
     from rsgee.acquire.earthengine.recipes import RecipeOptions
-    from rsgee.acquire.earthengine.session import SessionConfig
+    from rsgee.acquire.earthengine.session import SessionConfig, default_endpoint
+    from rsgee.catalog import load_catalog
 
-    session = SessionConfig.from_env(project, service_account, ee_url, auth, workers, timeout_s, workload_tag)
+    if endpoint is None:
+        catalog = catalog if catalog is not None else load_catalog()
+        specs = [catalog[n] for n in names if n in catalog]  # a name the catalog lacks fails later, with its catalog
+        endpoint = default_endpoint(specs, "batch" if destination is not None else "download")
+    session = SessionConfig.from_env(project, service_account, ee_url, auth, workers, timeout_s, workload_tag, endpoint)
     options = RecipeOptions(s1_orbit=None if s1_orbit == "both" else s1_orbit)
     if destination is not None:
         from rsgee.acquire.earthengine.batch import BatchSource

@@ -105,7 +105,9 @@ class FusionExperiment:
         b = self.base
         return (f"{b.steps or b.epochs} {'steps' if b.steps else 'epochs'} at lr {b.lr_g:g}/{b.lr_d:g} ({b.schedule}), "
                 f"augment {b.augment}, batch {b.batch_size}, {f'{b.crop}-px crops' if b.crop else 'whole tiles'}, "
-                f"{b.size} models, {self.seeds} seeds, train {len(archive.tiles('train'))} / val "
+                f"{b.size} models, {self.seeds} seeds, "
+                f"{f'checkpoint chosen on val every {b.val_every_steps} steps' if b.val_every_steps else 'last step'}, "
+                f"train {len(archive.tiles('train'))} / val "
                 f"{len(archive.tiles('val'))} / test {len(archive.tiles('test'))} tiles")
 
 

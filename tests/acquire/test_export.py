@@ -159,11 +159,15 @@ def test_an_offline_export_made_before_a_recipe_only_catalog_key_stays_current(e
     out, _ = exported
     shutil.copytree(out / "valley", tmp_path / "valley")
     manifest = read_manifest(tmp_path / "valley")
-    assert manifest["catalog"]["sources"]["dem"].pop("fill_missing") == 0  # as written before the key existed
+    sources = manifest["catalog"]["sources"]
+    assert sources["dem"].pop("fill_missing") == 0  # as written before the key existed
+    # ... and before the scene filters and Sentinel-1's angle mask
+    assert sources["s2"].pop("filters_lt") and sources["s1"].pop("angle_mask")
+    sources["s1"]["filters"] = {"instrumentMode": "IW"}
     (tmp_path / "valley" / MANIFEST).write_text(json.dumps(manifest))
     source = SyntheticSource(seed=7, cloud_cover=0.1, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
     (rerun,) = export_aois(parse_aois([AOI]), tmp_path, source, load_catalog(), progress=False)
-    assert rerun.status == "up to date"  # fill_missing only changes Earth Engine's DEM composite
+    assert rerun.status == "up to date"  # those keys only change what Earth Engine selects and composites
 
 
 def test_synthetic_export_in_several_processes_is_byte_identical(exported, tmp_path):

@@ -225,6 +225,8 @@ def test_an_archive_whose_catalog_predates_a_recipe_only_key_grows_with_the_curr
     shutil.copytree(root, copy)
     data = yaml.safe_load((copy / "catalog.yaml").read_text())
     assert data["sources"]["dem"].pop("fill_missing") == 0
+    assert data["sources"]["s2"].pop("filters_lt") and data["sources"]["s1"].pop("angle_mask")
+    data["sources"]["s1"]["filters"] = {"instrumentMode": "IW"}
     (copy / "catalog.yaml").write_text(yaml.safe_dump(data))
     again = build_archive([exports], copy, load_catalog(), split=SPLIT, progress=False)
     assert again.written == 0 and not again.failed

@@ -59,8 +59,8 @@ def test_a_winner_needs_a_mean_beyond_two_sd_and_both_arms_learned_on_val_and_te
 
 @pytest.mark.slow
 def test_a_fusion_experiment_writes_its_tables_from_its_runs_and_resumes(small_archive, tmp_path):
-    experiment = FusionExperiment(base=base(), models=("rs-spade", "pix2pix"), ablation_sources=("lulc", "lulc,s1,dem"),
-                                  seeds=2)
+    experiment = FusionExperiment(base=base(val_every_steps=1), models=("rs-spade", "pix2pix"),
+                                  ablation_sources=("lulc", "lulc,s1,dem"), seeds=2)
     out = tmp_path / "experiment"
     messages = []
     result = run_fusion_experiment(small_archive.root, out, experiment, progress=False, say=messages.append)
@@ -84,6 +84,12 @@ def test_a_fusion_experiment_writes_its_tables_from_its_runs_and_resumes(small_a
     line = next(l for l in table1.splitlines() if l.startswith(f"| pix2pix | {DEFAULT_RECIPE} | raw |"))
     assert f"{statistics.mean(raw):.3f} ± {statistics.stdev(raw):.3f}" in line  # the table is the runs' mean ± sd
     assert f"{statistics.mean(val_raw):.3f} ± {statistics.stdev(val_raw):.3f}" in line
+    from rsgee.train.trainer import read_metrics
+
+    for row in (r for r in rows if r.get("run_name") and r["weights"] == "raw"):  # each run's val-chosen checkpoint
+        logged = [float(m["val/psnr"]) for m in read_metrics(out / "runs" / row["run_name"]) if m.get("val/psnr")]
+        assert len(logged) == 2 and float(row["val_psnr"]) == pytest.approx(max(logged), abs=1e-3)
+    assert "checkpoint chosen on val every 1 steps" in next(iter(result.tables))
     assert "2 steps at lr 0.001/0.001 (cosine)" in next(iter(result.tables)) and "train 4 / val 1 / test 1" in next(
         iter(result.tables))
     assert "| class-illumination (baseline) |" in table1 and "beats class-mean val / test" in table1

@@ -51,7 +51,6 @@ the AOI folder.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -81,9 +80,6 @@ from rsgee.grid import Grid
 
 log = logging.getLogger("rsgee")
 
-#: Batch tasks are submitted to the standard endpoint (the high-volume one serves many small
-#: interactive requests); ``--ee-url`` overrides it.
-STANDARD_URL = "https://earthengine.googleapis.com"
 TASKS = "tasks.json"
 HALO = "dem_halo"
 #: Operation states (Earth Engine's Cloud API names) that are still going on and that ended badly.
@@ -167,7 +163,7 @@ class BatchSource(EarthEngineSource):
 
     def __init__(self, session: SessionConfig, windows: Mapping[str, Window], destination: Destination, *,
                  options: RecipeOptions = RecipeOptions()):
-        super().__init__(batch_session(session), windows, options=options, progress=False)
+        super().__init__(session, windows, options=options, progress=False)
         self.destination = destination
 
     def request(self) -> dict:
@@ -176,11 +172,6 @@ class BatchSource(EarthEngineSource):
     def recipes(self, grid: Grid, specs: Sequence[SourceSpec]) -> dict[str, Recipe]:
         """Recipes of every source; an empty collection is a one-line error naming source and dates."""
         return self._recipes(grid, specs)
-
-
-def batch_session(session: SessionConfig) -> SessionConfig:
-    """``session`` aimed at the standard endpoint, unless ``--ee-url`` chose one."""
-    return session if session.url else dataclasses.replace(session, url=STANDARD_URL)
 
 
 @dataclass(frozen=True)

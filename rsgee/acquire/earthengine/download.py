@@ -7,18 +7,24 @@ keeps up to ``workers`` requests in flight. Each block is validated and saved at
 resumes by downloading only what is missing, and the final GeoTIFFs — assembled from the saved
 blocks in raster order — are byte-identical to those of an uninterrupted run.
 
-Errors are classified: quota (429), "Too many concurrent aggregations", 5xx, dropped connections,
-client timeouts and truncated bodies are retried with capped exponential backoff and jitter;
-"User memory limit exceeded", request-size and invalid-argument errors are not — they are recorded
-per block with the server's message, and ``--retry-failed`` tries them again. "Computation timed
-out." is retried once only: the server bills each try for its ~5 minutes of compute, and a block
-that timed out once usually times out again (the hint recorded with it names ``--via batch``).
-A token refresh that Google refuses stops the run with one line naming ``earthengine authenticate``.
+Errors are classified. Quota and rate answers (429 RESOURCE_EXHAUSTED such as "Too many concurrent
+aggregations." or "Quota exceeded for quota metric …", 503 "Service unavailable") are waited out for
+minutes — a per-minute quota refills only after its minute — and lower the number of requests in
+flight (:class:`Throttle`); a block still refused after half an hour of waiting stops the AOI's
+download, resumable, rather than failing every block in turn. Other 5xx, dropped connections,
+client timeouts and truncated bodies are retried on a short schedule (``--attempts``); "User
+memory limit exceeded", request-size and invalid-argument errors are not — they are recorded per
+block with the server's message, and ``--retry-failed`` tries them again. "Computation timed out."
+is retried once only: the server bills each try for its ~5 minutes of compute, and a block that
+timed out once usually times out again (the hint recorded with it names ``--via batch``). A token
+refresh that Google refuses stops the run with one line naming ``earthengine authenticate``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import datetime as dt
+import email.utils
 import http.client
 import io
 import json
@@ -28,7 +34,6 @@ import random
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -53,12 +58,17 @@ TIMEOUT_RETRIES = 1
 TIMEOUT_HINT = ("tried {tries}×, each billed for up to ~5 min of Earth Engine compute; export this AOI with --via batch "
                 "(no interactive time limit) or shorten its date window, then --retry-failed")
 _TIMED_OUT = "computation timed out"
-_RETRYABLE_STATUS = {429, 500, 502, 503, 504}
-_RETRYABLE_TEXT = (_TIMED_OUT, "too many concurrent aggregations", "too many tasks already in the queue",
-                   "capacity exceeded", "too many requests",
-                   "rate limit", "internal error", "internal server error", "service unavailable",
-                   "currently unavailable", "quota exceeded", "backend error", "deadline exceeded",
-                   "temporarily unavailable", "try again")
+#: Quota and rate answers: the project or the service is over a limit that frees up with time.
+_QUOTA_STATUS = {429, 503}
+_QUOTA_CODES = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")  # the error body's "status" for 429 and 503
+_QUOTA_TEXT = ("too many concurrent aggregations", "quota exceeded", "too many requests", "rate limit",
+               "capacity exceeded", "service unavailable", "currently unavailable", "temporarily unavailable")
+_RETRYABLE_STATUS = {500, 502, 504}
+_RETRYABLE_TEXT = (_TIMED_OUT, "too many tasks already in the queue", "internal error", "internal server error",
+                   "backend error", "deadline exceeded", "try again")
+#: The response header in which Earth Engine reports restricted mode (``ee.data._QUOTA_STATUS_HEADER``).
+QUOTA_STATUS_HEADER = "x-earth-engine-quota-status"
+RESTRICTED = "parallelism_restricted=true"
 _FATAL_TEXT = ("user memory limit exceeded", "total request size", "pixel grid dimensions",
                "output of image computation is too large", "invalid argument", "parameter '", "not found",
                "permission denied", "does not have required permission")
@@ -66,24 +76,47 @@ _FATAL_TEXT = ("user memory limit exceeded", "total request size", "pixel grid d
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with jitter: attempt k waits between d/2 and d, d = min(cap, base·2^k)."""
+    """Two schedules of capped exponential backoff with jitter: try k waits between d/2 and d, d = min(cap, base·2^k).
+
+    Quota and rate answers wait minutes (``quota_*``) until a block has waited ``quota_patience_s``
+    in all, since a per-minute quota or an overloaded service frees up with time, not with tries;
+    every other retryable error gets ``attempts`` tries a few seconds apart, as a fault that does
+    not clear in a minute is not worth more.
+    """
 
     attempts: int = 6
     base_s: float = 1.0
     cap_s: float = 60.0
+    quota_base_s: float = 5.0
+    quota_cap_s: float = 300.0
+    quota_patience_s: float = 1800.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         d = min(self.cap_s, self.base_s * 2.0**attempt)
         return d / 2.0 + rng.uniform(0.0, d / 2.0)
 
+    def quota_delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """The wait after the ``attempt``-th quota answer of a block: never shorter than the server's Retry-After."""
+        d = min(self.quota_cap_s, self.quota_base_s * 2.0**attempt)
+        wait = d / 2.0 + rng.uniform(0.0, d / 2.0)
+        if retry_after is None:
+            return wait
+        return max(wait, retry_after + rng.uniform(0.0, self.quota_base_s))  # jittered: not all back at once
+
 
 class BlockError(Exception):
-    """A block request failed; ``retryable`` says whether trying again can help."""
+    """A block request failed; ``retryable`` says whether trying again can help.
 
-    def __init__(self, message: str, retryable: bool):
+    ``quota`` marks a quota or rate answer (wait minutes, send fewer requests); ``retry_after`` is
+    the server's own wait in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, retryable: bool, quota: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.quota = quota
+        self.retry_after = retry_after
 
     @property
     def timed_out(self) -> bool:
@@ -96,38 +129,78 @@ def classify(exc: BaseException) -> BlockError:
     if isinstance(exc, BlockError):
         return exc
     status = getattr(getattr(exc, "resp", None), "status", None)
+    status = None if status is None else int(status)
+    body = _error_body(exc)
     message = _server_message(exc)
     text = message.lower()
     if any(marker in text for marker in _FATAL_TEXT):
         return BlockError(message, retryable=False)
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException)):
         return BlockError(message or type(exc).__name__, retryable=True)
-    if (status is not None and int(status) in _RETRYABLE_STATUS) or any(m in text for m in _RETRYABLE_TEXT):
+    if _TIMED_OUT not in text and (status in _QUOTA_STATUS or body.get("status") in _QUOTA_CODES
+                                   or any(m in text for m in _QUOTA_TEXT)):
+        return BlockError(message, retryable=True, quota=True, retry_after=_retry_after(exc, body))
+    if status in _RETRYABLE_STATUS or any(m in text for m in _RETRYABLE_TEXT):
         return BlockError(message, retryable=True)
     return BlockError(message, retryable=False)
 
 
-def _server_message(exc: BaseException) -> str:
-    """The server's own message, else the exception's first line; redacted, since it is printed and stored."""
+def _error_body(exc: BaseException) -> dict:
+    """The ``error`` object of a Google API error answer ({"code", "message", "status", "details"}), or {}."""
     content = getattr(exc, "content", None)
     if content:
         try:
-            return redact_urls(json.loads(content)["error"]["message"])
+            error = json.loads(content)["error"]
         except (ValueError, KeyError, TypeError):
-            pass
+            return {}
+        return error if isinstance(error, dict) else {}
+    return {}
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own message, else the exception's first line; redacted, since it is printed and stored."""
+    message = _error_body(exc).get("message")
+    if isinstance(message, str):
+        return redact_urls(message)
     text = str(exc).strip()
     return redact_urls(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _retry_after(exc: BaseException, body: dict) -> float | None:
+    """The server's own wait before a retry, in seconds: a Retry-After header (seconds or an HTTP date) or
+    the ``google.rpc.RetryInfo`` detail of the error body; None when it gave neither."""
+    resp = getattr(exc, "resp", None)
+    value = resp.get("retry-after") if isinstance(resp, Mapping) else None
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+            except (TypeError, ValueError):
+                pass
+    for detail in body.get("details") or ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            try:
+                return max(0.0, float(str(detail.get("retryDelay", "")).removesuffix("s")))
+            except ValueError:
+                pass
+    return None
 
 
 _local = threading.local()
 _fallback_warned = threading.Event()
 
 
-def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None, workload_tag: str | None = None) -> bytes:
+def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None, workload_tag: str | None = None,
+                   on_response: Callable[[Mapping[str, str]], None] | None = None) -> bytes:
     """One ``image:computePixels`` call returning the raw NPY bytes, with no client-side retries.
 
     ``encoded`` is ``ee.serializer.encode(image)``, computed once per recipe by the caller;
-    ``workload_tag`` goes into the request body (the raw call skips the client's own tagging). The raw
+    ``workload_tag`` goes into the request body (the raw call skips the client's own tagging);
+    ``on_response`` gets the headers of every answer, errors included, since Earth Engine reports
+    restricted mode in a header of successful answers too. The raw
     Cloud API resource keeps the HTTP status for :func:`classify` (its ``image()`` collection is
     built once per thread: googleapiclient rebuilds every method on each call). setup.cfg requires
     an earthengine-api that has it (≥ 1.6.12); should a future one lack it, the public
@@ -151,7 +224,10 @@ def compute_pixels(image: ee.Image, grid: dict, encoded: dict | None = None, wor
     cached = getattr(_local, "images", None)
     if cached is None or cached[0] is not raw:
         cached = _local.images = (raw, raw.projects().image())
-    return cached[1].computePixels(project=project, body=body).execute(num_retries=0)
+    request = cached[1].computePixels(project=project, body=body)
+    if on_response is not None:
+        request.add_response_callback(on_response)
+    return request.execute(num_retries=0)
 
 
 def decode_block(data: bytes, spec: SourceSpec, size: int, fill: float | int) -> np.ndarray:
@@ -250,15 +326,105 @@ class Counts:
         return {"ok": self.ok, "skipped": self.skipped, "retried": self.retried, "failed": self.failed}
 
 
+class Throttle:
+    """How many blocks are at work at once: additive increase, multiplicative decrease between 1 and ``workers``.
+
+    A quota answer halves the limit, once per round: answers to requests sent before the last
+    decrease report the same overload and do not halve it again. A run of successes as long as
+    the limit adds one. Restricted mode, reported in a header of Earth Engine's answers, halves it
+    when it begins and holds it while it lasts. A block keeps its slot through its backoff waits,
+    so that a quota outage is probed by a few blocks rather than by every block in turn; before a
+    retry it queues again, ahead of new blocks, if the limit has dropped below the blocks at work.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = self.limit = workers
+        self.restricted = False
+        self.round = 0
+        self._active = self._requeued = self._run = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self) -> bool:
+        """Wait for a slot for a new block; False once the download is stopping."""
+        with self._cond:
+            while not self._closed and (self._active >= self.limit or self._requeued):
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._active += 1
+            return True
+
+    def requeue(self) -> bool:
+        """Before a retry: keep the slot while the limit allows it, else wait for one; False once stopping."""
+        with self._cond:
+            if self._active > self.limit:
+                self._active -= 1
+                self._requeued += 1
+                self._cond.notify_all()
+                while not self._closed and self._active >= self.limit:
+                    self._cond.wait()
+                self._requeued -= 1
+                self._active += 1  # held until release(), stopping or not
+                self._cond.notify_all()
+            return not self._closed
+
+    def release(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop handing out slots: waiting blocks give up."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def quota(self, sent_round: int) -> None:
+        """A quota or rate answer to a request sent in ``sent_round``."""
+        with self._cond:
+            self._run = 0
+            if sent_round == self.round:
+                self._decrease()
+
+    def answered(self, headers: Mapping[str, str]) -> bool:
+        """Any answer's headers; True when they report that restricted mode has begun."""
+        restricted = RESTRICTED in str(headers.get(QUOTA_STATUS_HEADER, ""))
+        with self._cond:
+            began = restricted and not self.restricted
+            if began:
+                self._decrease()
+            self.restricted = restricted
+            return began
+
+    def succeeded(self) -> None:
+        with self._cond:
+            if self.restricted or self.limit >= self.workers:
+                return
+            self._run += 1
+            if self._run >= self.limit:
+                self._run = 0
+                self.limit += 1
+                self._cond.notify_all()
+
+    def _decrease(self) -> None:
+        self.round += 1
+        self.limit = max(1, self.limit // 2)
+
+
 class EarthEngineSource:
-    """Earth Engine as a block source for :func:`rsgee.acquire.export.export_aois`."""
+    """Earth Engine as a block source for :func:`rsgee.acquire.export.export_aois`.
+
+    ``fetch``, ``sleep`` (by default a wait that stopping the download cuts short) and ``seed`` (of
+    the backoff jitter) are there so that tests can run minutes of backoff in no time.
+    """
 
     name = "earthengine"
 
     def __init__(self, session: SessionConfig, windows: Mapping[str, Window], *,
                  options: RecipeOptions = RecipeOptions(), policy: RetryPolicy = RetryPolicy(),
                  retry_failed: bool = False, progress: bool = True,
-                 fetch: Callable[..., bytes] = compute_pixels, sleep: Callable[[float], None] = time.sleep,
+                 fetch: Callable[..., bytes] = compute_pixels, sleep: Callable[[float], object] | None = None,
                  seed: int | None = None):
         self.session = session
         self.windows = dict(windows)
@@ -270,6 +436,8 @@ class EarthEngineSource:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._initialized = False
+        self._warned: set[str] = set()
+        self._quota_spent: str | None = None  # why an earlier AOI of this run stopped on quota answers
         self.failures: dict[str, str] = {}
         self.counts = Counts()
 
@@ -348,48 +516,113 @@ class EarthEngineSource:
     def _download(self, todo, recipes, store: BlockStore, grid: Grid, total: int) -> None:
         if not todo:
             return
+        if self._quota_spent:  # later AOIs would only wait out the same refusal again
+            raise RsgeeError(self._quota_spent)
         bar = tqdm(total=total, initial=total - len(todo), desc=f"download {grid.describe()}", unit="block",
                    disable=not self.progress, file=sys.stderr)
         lock = threading.Lock()
+        throttle = Throttle(self.session.workers)
+        stop = threading.Event()
+        wait = self._sleep or stop.wait
+        backoff: dict[str, float] = {}  # block → the quota wait it is in
 
         encoded = {name: ee.serializer.encode(recipe.image) for name, recipe in recipes.items()}
         tag = self.session.tag()
 
+        def show(refresh: bool = False) -> None:  # under lock
+            restricted = " restricted" if throttle.restricted else ""
+            postfix = {"concurrency": f"{throttle.limit}/{throttle.workers}{restricted}"}
+            if backoff:
+                postfix["backoff"] = f"{len(backoff)} block(s), ≤{_duration(max(backoff.values()))}"
+            postfix.update(retries=self.counts.retried, failed=self.counts.failed)
+            bar.set_postfix(postfix, refresh=refresh)
+
+        def warn_once(kind: str, message: str, *args) -> None:
+            with lock:
+                if kind in self._warned:
+                    return
+                self._warned.add(kind)
+            log.warning(message, *args)
+
+        def answered(headers: Mapping[str, str]) -> None:
+            if throttle.answered(headers):
+                warn_once("restricted", "Earth Engine reports this project in restricted mode (its noncommercial "
+                          "compute quota is spent): %d request(s) in flight now, not raised while it lasts; see "
+                          "https://developers.google.com/earth-engine/guides/noncommercial_tiers#restricted_mode",
+                          throttle.limit)
+
         def one(tile: Tile, spec: SourceSpec) -> None:
+            if not throttle.acquire():
+                return
+            try:
+                if fetch_block(tile, spec):
+                    with lock:
+                        show()
+                        bar.update(1)
+            finally:
+                throttle.release()
+
+        def fetch_block(tile: Tile, spec: SourceSpec) -> bool:
+            """Fetch one block until it is saved or failed for good; False if the download is stopping."""
             recipe = recipes[spec.name]
             size = _block_size(spec)
             request_grid = _request_grid(tile, size)
-            timeouts = 0
-            for attempt in range(self.policy.attempts):
+            key = f"{spec.name}/{tile.id}"
+            tries = timeouts = quota_answers = 0
+            waited = 0.0
+            while not stop.is_set():
+                sent = throttle.round
                 try:
-                    data = self._fetch(recipe.image, request_grid, encoded[spec.name], tag)
+                    data = self._fetch(recipe.image, request_grid, encoded[spec.name], tag, on_response=answered)
                     block = decode_block(data, spec, size, recipe.fill)
                 except google.auth.exceptions.RefreshError as exc:
                     raise refused(exc) from None
                 except Exception as exc:  # noqa: BLE001 — every failure is classified, none is lost
                     error = classify(exc)
-                    if error.timed_out:
-                        timeouts += 1
-                        if timeouts > TIMEOUT_RETRIES:
-                            error = BlockError(f"{error.message} ({TIMEOUT_HINT.format(tries=timeouts)})", False)
-                    if error.retryable and attempt + 1 < self.policy.attempts:
-                        self.counts.add("retried")
-                        with lock:
-                            bar.set_postfix(retries=self.counts.retried, failed=self.counts.failed, refresh=False)
-                        self._sleep(self.policy.delay(attempt, self._rng))
-                        continue
-                    key = f"{spec.name}/{tile.id}"
+                    if error.quota:
+                        delay = self.policy.quota_delay(quota_answers, self._rng, error.retry_after)
+                        if waited + delay > self.policy.quota_patience_s:
+                            self._quota_spent = (
+                                f"Earth Engine still answered \"{error.message}\" after {waited / 60:.0f} min of "
+                                f"waiting for block {key}: the project is over a quota"
+                                f"{' (restricted mode)' if throttle.restricted else ''}; the blocks downloaded so "
+                                "far are kept, re-run later to resume")
+                            raise RsgeeError(self._quota_spent) from None
+                        quota_answers += 1
+                        waited += delay
+                        throttle.quota(sent)
+                        warn_once("quota", "Earth Engine answered \"%s\" (a quota or rate limit): blocks wait up "
+                                  "to %d min between tries, %d min in all, and fewer requests are sent at once",
+                                  error.message, self.policy.quota_cap_s // 60, self.policy.quota_patience_s // 60)
+                    else:
+                        if error.timed_out:
+                            timeouts += 1
+                            if timeouts > TIMEOUT_RETRIES:
+                                error = BlockError(f"{error.message} ({TIMEOUT_HINT.format(tries=timeouts)})", False)
+                        tries += 1
+                        if not (error.retryable and tries < self.policy.attempts):
+                            with lock:
+                                self.failures[key] = error.message
+                            store.record_failure(key, error.message)
+                            self.counts.add("failed")
+                            return True
+                        delay = self.policy.delay(tries - 1, self._rng)
+                    self.counts.add("retried")
                     with lock:
-                        self.failures[key] = error.message
-                    store.record_failure(key, error.message)
-                    self.counts.add("failed")
-                    break
+                        if error.quota:
+                            backoff[key] = delay
+                        show(refresh=error.quota)  # a wait of minutes must show now, not after it
+                    wait(delay)
+                    with lock:
+                        backoff.pop(key, None)
+                    if not throttle.requeue():
+                        return False
+                    continue
                 store.save(spec.name, tile, block)
                 self.counts.add("ok")
-                break
-            with lock:
-                bar.set_postfix(retries=self.counts.retried, failed=self.counts.failed, refresh=False)
-                bar.update(1)
+                throttle.succeeded()
+                return True
+            return False
 
         pool = cf.ThreadPoolExecutor(max_workers=self.session.workers, thread_name_prefix="rsgee-ee")
         futures = [pool.submit(one, tile, spec) for tile, spec in todo]
@@ -397,10 +630,13 @@ class EarthEngineSource:
             for future in cf.as_completed(futures):
                 future.result()
         except BaseException:
+            stop.set()  # cuts waits short, so that no thread outlives the download by minutes
+            throttle.close()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            bar.close()
         pool.shutdown()
-        bar.close()
 
 
 def download_estimate(grid: Grid, specs: Sequence[SourceSpec]) -> tuple[int, int]:
@@ -415,6 +651,12 @@ def download_estimate(grid: Grid, specs: Sequence[SourceSpec]) -> tuple[int, int
                                                       "fortran_order": False, "shape": (size, size)})
         nbytes += tiles * (len(header.getvalue()) + size * size * dtype.itemsize)
     return tiles * len(specs), nbytes
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``4m10s``: a wait as the progress bar shows it."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def _block_size(spec: SourceSpec) -> int:
@@ -434,8 +676,6 @@ def _request_grid(tile: Tile, size: int) -> dict:
 
 def parse_windows(start, end, overrides: Sequence[str], names: Sequence[str]) -> dict[str, Window]:
     """Date windows per source: ``start``/``end`` for all, then ``SOURCE=START/END`` overrides."""
-    import datetime as dt
-
     windows = {name: Window(start, end) for name in names}
     for text in overrides:
         name, _, span = text.partition("=")

@@ -4,8 +4,14 @@ It answers what rsgee uses — discovery, algorithms (for ``ee.Initialize``), ``
 ``image:computePixels`` (NPY), ``image:export`` and operations — from the discovery document and
 ``algorithms.json`` shipped in the earthengine-api wheel. Pixels are a deterministic function of
 the requested grid (:func:`fake_pixels`), so a test can check that every block lands where it
-belongs. Faults (HTTP errors with Earth Engine's own messages, truncated bodies, hangs), per-request
-latency and Earth Engine's concurrency cap are scripted.
+belongs. A collection's size (``value:compute``) can be the number of scripted scenes that pass the
+expression's property filters (equals, lessThan, greaterThan, listContains; footprint and date filters
+pass, the fake has neither); Sentinel-1 pixels can carry an incidence angle, whose border-noise edges
+come back dark unless the expression masks them by its ``angle`` band, and masked if it does.
+Faults (HTTP errors with Earth Engine's own messages, truncated bodies, hangs), per-request latency
+and Earth Engine's concurrency cap are scripted, and so are quota bursts that last a span of the
+fake's clock (a :class:`FakeClock` runs minutes of backoff in no time) and answers that report
+restricted mode in Earth Engine's quota-status header.
 
 Batch exports (``image:export``) become operations that go PENDING → RUNNING → SUCCEEDED over a
 set number of status polls — ``getOperation``, or each ``listOperations`` page that lists them —
@@ -50,7 +56,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from xml.sax.saxutils import escape
 
 import ee
@@ -69,6 +75,10 @@ LOGIN_SCOPES = ("openid", "https://www.googleapis.com/auth/userinfo.email",
                 "https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/sqlservice.login")
 #: Google's answer to a refresh that asks for scopes the login did not grant (as users report it).
 INVALID_SCOPE = {"error": "invalid_scope", "error_description": "Bad Request"}
+#: Incidence angles (degrees) of a Sentinel-1 scene free of residual border noise in the fake: the
+#: range gee_s1_ard keeps. Pixels outside it are :data:`BORDER_NOISE_DB` darker unless masked.
+S1_SWATH = (30.63993, 45.23993)
+BORDER_NOISE_DB = 10.0
 
 
 def fake_pixels(spec: SourceSpec, band: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
@@ -95,6 +105,9 @@ class Fault:
             for ``seconds``).
         times: how many matching requests fail this way before the fault is used up.
         match: which requests it applies to, given (source name, x_min, y_max) of the grid; all if None.
+        until: if set, every matching request fails this way while the fake's clock reads less than
+            this (``times`` is then not used): a burst that lasts a span of time.
+        retry_after: seconds sent in a Retry-After header with an "http" fault.
     """
 
     kind: str = "http"
@@ -103,6 +116,37 @@ class Fault:
     times: int = 1
     seconds: float = 0.0
     match: Callable[[str, float, float], bool] | None = None
+    until: float | None = None
+    retry_after: float | None = None
+
+
+#: How Earth Engine refuses a request over the per-minute quota of read requests (the text users report).
+QUOTA_EXCEEDED = ("Quota exceeded for quota metric 'Number of read requests' and limit 'Number of read requests per "
+                  "minute per user' of service 'earthengine.googleapis.com' for consumer 'project_number:123456'.")
+#: The header, and its value, in which Earth Engine reports a project in restricted mode (read by ``ee.data``).
+RESTRICTED_HEADER = ("x-earth-engine-quota-status", "parallelism_restricted=true")
+
+
+class FakeClock:
+    """Virtual seconds for backoff tests: ``sleep`` moves the clock on instead of waiting.
+
+    Give :meth:`sleep` to the downloader and the clock to :class:`FakeEarthEngine`, and a burst of
+    minutes passes in milliseconds. Waits of blocks that back off at the same time add up, so the
+    clock runs ahead of wall time until the downloader is down to one block at work.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []  # every sleep, in order
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+            self.waits.append(seconds)
 
 
 @dataclass
@@ -228,6 +272,8 @@ class Recorded:
     authorization: str | None = None
     nbytes: int = 0  # body bytes of a computePixels answer
     workload_tag: str | None = None  # the request body's workloadTag
+    at: float = 0.0  # the fake's clock when a computePixels request arrived
+    in_flight: int = 0  # computePixels requests in flight when it arrived, itself included
 
 
 @dataclass
@@ -256,20 +302,28 @@ class _State:
     poll_faults: list[PollFault] = field(default_factory=list)
     glo30: Glo30 | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # access token → grant kind that issued it
+    clock: Callable[[], float] = time.monotonic
+    restricted: int = 0  # computePixels answers still to report restricted mode
+    scenes: Mapping[str, Sequence[Mapping[str, Any]]] | None = None  # source → properties of each image
+    s1_angle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (ix, iy) → incidence angle, degrees
 
 
 class FakeEarthEngine:
     """The loopback server. Use as a context manager; ``url`` is what ``ee.Initialize`` gets."""
 
     def __init__(self, catalog: Catalog | None = None, *, latency: float = 0.0, max_concurrent: int | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  empty: Callable[[str, str], bool] | None = None,
                  masked: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  task_polls: int = 2, storage: str | os.PathLike | None = None, max_pending: int = 3000,
-                 list_page: int = 500, glo30: Glo30 | None = None):
+                 list_page: int = 500, glo30: Glo30 | None = None,
+                 scenes: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 s1_angle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
         """Args:
             catalog: the sources whose collections the fake recognises in expressions.
             latency: seconds every computePixels answer is delayed.
             max_concurrent: computePixels requests beyond this many in flight get Earth Engine's 429.
+            clock: seconds, for faults scripted ``until`` a time (a :class:`FakeClock` in tests).
             empty: (source, serialized expression) → whether its collection is empty (size 0).
             masked: (ix, iy) pixel indices → which pixels come back masked (the wire fill value).
             task_polls: status polls after which a batch task is done (1 → done at the first poll);
@@ -282,12 +336,21 @@ class FakeEarthEngine:
                 the client's pageSize of 500).
             glo30: answer DEM computePixels requests from this model of GLO30 by evaluating the
                 request's mosaic graph (default: the plain :func:`fake_pixels` pattern).
+            scenes: source name → the properties of each image of its collection (e.g.
+                ``{"s2": [{"CLOUDY_PIXEL_PERCENTAGE": 95}, ...]}``); a collection's size is the number
+                that pass the expression's property filters (:func:`scene_passes`). Sources not named
+                here have 12 images.
+            s1_angle: (ix, iy) pixel indices → incidence angle in degrees of Sentinel-1 pixels. Outside
+                :data:`S1_SWATH` the scene has border noise: those pixels come back
+                :data:`BORDER_NOISE_DB` darker, unless the expression keeps ``min < angle < max``,
+                which masks those outside its own bounds.
         """
         self._own_storage = storage is None
         root = Path(tempfile.mkdtemp(prefix="rsgee-fake-storage-")) if storage is None else Path(storage)
         self.state = _State(catalog or load_catalog(), latency, max_concurrent, empty, masked,
                             task_polls=task_polls, storage=root, max_pending=max_pending, list_page=list_page,
-                            glo30=glo30)
+                            glo30=glo30, scenes=scenes, s1_angle=s1_angle)
+        self.state.clock = clock
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -328,6 +391,11 @@ class FakeEarthEngine:
     def add_fault(self, fault: Fault) -> None:
         with self.state.lock:
             self.state.faults.append(fault)
+
+    def restrict(self, answers: int) -> None:
+        """Let the next ``answers`` computePixels answers (errors too) report restricted mode in their headers."""
+        with self.state.lock:
+            self.state.restricted = answers
 
     def export_requests(self) -> list[Recorded]:
         """Every ``image:export`` request, in order (each would start a billed task on Earth Engine)."""
@@ -417,17 +485,20 @@ def _handler(state: _State):
         def log_message(self, *args) -> None:
             pass
 
-        def send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        def send(self, status: int, body: bytes, ctype: str = "application/json",
+                 headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def error(self, status: int, message: str) -> None:
+        def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             names = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
             body = {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}}
-            self.send(status, json.dumps(body).encode())
+            self.send(status, json.dumps(body).encode(), headers=headers)
 
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
@@ -463,8 +534,13 @@ def _handler(state: _State):
             with state.lock:
                 state.requests.append(record)
             if path.endswith("value:compute"):
-                expression = json.dumps(body.get("expression", ""))
-                size = 0 if state.empty is not None and state.empty(source or "", expression) else 12
+                expression = body.get("expression", {})
+                if state.empty is not None and state.empty(source or "", json.dumps(expression)):
+                    size = 0
+                elif state.scenes is not None and source in state.scenes:
+                    size = sum(scene_passes(expression, scene) for scene in state.scenes[source])
+                else:
+                    size = 12
                 return self.send(200, json.dumps({"result": size}).encode())
             if path.endswith("image:computePixels"):
                 return self.compute_pixels(body, source, record)
@@ -589,32 +665,39 @@ def _handler(state: _State):
             with state.lock:
                 state.in_flight += 1
                 state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+                record.at, record.in_flight = state.clock(), state.in_flight
                 over = state.max_concurrent is not None and state.in_flight > state.max_concurrent
                 fault = None
                 if not over:
                     for f in state.faults:
-                        if f.times > 0 and (f.match is None or f.match(source or "", x_min, y_max)):
-                            f.times -= 1
+                        live = record.at < f.until if f.until is not None else f.times > 0
+                        if live and (f.match is None or f.match(source or "", x_min, y_max)):
+                            if f.until is None:
+                                f.times -= 1
                             fault = f
                             break
+                headers = dict([RESTRICTED_HEADER]) if state.restricted > 0 else {}
+                state.restricted = max(0, state.restricted - 1)
             try:
                 if state.latency:
                     time.sleep(state.latency)
                 if over:
                     record.status = 429
-                    return self.error(429, "Too many concurrent aggregations.")
+                    return self.error(429, "Too many concurrent aggregations.", headers)
                 if fault is not None and fault.kind == "hang":
                     time.sleep(fault.seconds)
                 if fault is not None and fault.kind == "http":
                     record.status = fault.status
-                    return self.error(fault.status, fault.message)
+                    if fault.retry_after is not None:
+                        headers["Retry-After"] = str(round(fault.retry_after))
+                    return self.error(fault.status, fault.message, headers)
                 if source is None:
                     record.status = 400
                     return self.error(400, "Image.load: unknown collection")
                 if state.glo30 is not None and source == "dem":
                     payload = _glo30_npy(state.glo30, state.catalog[source], grid, body["expression"])
                 else:
-                    payload = _npy(state, state.catalog[source], grid)
+                    payload = _npy(state, state.catalog[source], grid, body["expression"])
                 if fault is not None and fault.kind == "short":
                     payload = payload[: len(payload) // 2]
                 if fault is not None and fault.kind == "truncate":
@@ -627,7 +710,7 @@ def _handler(state: _State):
                     self.close_connection = True
                     return
                 record.nbytes = len(payload)
-                self.send(200, payload, "application/octet-stream")
+                self.send(200, payload, "application/octet-stream", headers)
             finally:
                 with state.lock:
                     state.in_flight -= 1
@@ -690,9 +773,10 @@ def _source_of(catalog: Catalog, expression: str) -> str | None:
     return None
 
 
-def _bands(state: _State, spec: SourceSpec, grid: dict) -> Iterator[np.ndarray]:
+def _bands(state: _State, spec: SourceSpec, grid: dict, expression: dict) -> Iterator[np.ndarray]:
     """Each band's pixels on a computePixels-style grid (broadcastable to height × width), with
-    masked pixels carrying the recipe's fill value."""
+    masked pixels carrying the recipe's fill value, and Sentinel-1 border noise darkened or masked
+    as ``expression`` asks (see ``s1_angle`` of :class:`FakeEarthEngine`)."""
     affine, dims = grid["affineTransform"], grid["dimensions"]
     width, height = int(dims["width"]), int(dims["height"])
     sx, sy = affine.get("scaleX", 10.0), affine.get("scaleY", -10.0)
@@ -701,19 +785,28 @@ def _bands(state: _State, spec: SourceSpec, grid: dict) -> Iterator[np.ndarray]:
     ix = np.floor(xs / 10.0).astype(np.int64)[None, :]
     iy = np.floor(ys / 10.0).astype(np.int64)[:, None]
     mask = state.masked(ix, iy) if state.masked is not None else None
+    noisy = None
+    if state.s1_angle is not None and spec.collection.startswith("COPERNICUS/S1"):
+        angle = np.asarray(state.s1_angle(ix, iy), dtype=float)
+        noisy = (angle <= S1_SWATH[0]) | (angle >= S1_SWATH[1])
+        low, high = angle_mask_bounds(expression)
+        outside = (angle <= low) | (angle >= high)
+        mask = outside if mask is None else (mask | outside)
     fill = fill_value(spec)
     for i in range(len(spec.band_names)):
         values = fake_pixels(spec, i, ix, iy)
+        if noisy is not None:
+            values = np.where(noisy, values - np.array(BORDER_NOISE_DB, dtype=spec.numpy_dtype), values)
         if mask is not None:
             values = np.where(mask, np.array(fill, dtype=spec.numpy_dtype), values)
         yield values
 
 
-def _npy(state: _State, spec: SourceSpec, grid: dict) -> bytes:
+def _npy(state: _State, spec: SourceSpec, grid: dict, expression: dict) -> bytes:
     dims = grid["dimensions"]
     width, height = int(dims["width"]), int(dims["height"])
     structured = np.zeros((height, width), dtype=[(b, spec.numpy_dtype.str) for b in spec.band_names])
-    for band, values in zip(spec.band_names, _bands(state, spec, grid)):
+    for band, values in zip(spec.band_names, _bands(state, spec, grid, expression)):
         structured[band] = np.broadcast_to(values, (height, width))
     buffer = io.BytesIO()
     np.save(buffer, structured)
@@ -746,6 +839,54 @@ def _calls(expression: dict) -> list[tuple[str, dict]]:
 
     walk(values[expression["result"]])
     return found
+
+
+def _constant(node: dict) -> Any:
+    """The value of a constant argument, through ``Image.constant`` (None if it is not one)."""
+    call = node.get("functionInvocationValue", {})
+    if call.get("functionName") == "Image.constant":
+        node = call["arguments"]["value"]
+    return node.get("constantValue")
+
+
+def scene_passes(expression: dict, scene: Mapping[str, Any]) -> bool:
+    """Whether an image with properties ``scene`` passes every property filter of ``expression``.
+
+    A filter on a property the image lacks fails, as on Earth Engine; filters the fake cannot judge
+    (footprints, dates) pass.
+    """
+    for name, args in _calls(expression):
+        if name == "Filter.listContains" and "rightField" in args:  # ee.Filter.inList
+            ok = scene.get(_constant(args["rightField"])) in (_constant(args["leftValue"]) or [])
+        elif name == "Filter.listContains":
+            ok = _constant(args["rightValue"]) in (scene.get(_constant(args["leftField"])) or [])
+        elif name in ("Filter.equals", "Filter.lessThan", "Filter.greaterThan"):
+            have, want = scene.get(_constant(args["leftField"])), _constant(args["rightValue"])
+            compare = {"Filter.equals": lambda a, b: a == b, "Filter.lessThan": lambda a, b: a < b,
+                       "Filter.greaterThan": lambda a, b: a > b}[name]
+            ok = have is not None and compare(have, want)
+        else:
+            continue
+        if not ok:
+            return False
+    return True
+
+
+def angle_mask_bounds(expression: dict) -> tuple[float, float]:
+    """(low, high) of the ``angle`` band's mask in ``expression``: the constants that ``Image.gt``
+    and ``Image.lt`` compare ``select('angle')`` with; −inf/inf where there is none."""
+    low, high = -np.inf, np.inf
+    for name, args in _calls(expression):
+        if name not in ("Image.gt", "Image.lt"):
+            continue
+        first = args["image1"].get("functionInvocationValue", {})
+        if first.get("functionName") != "Image.select":
+            continue
+        bands = first["arguments"]["bandSelectors"].get("constantValue")
+        value = _constant(args["image2"])
+        if bands == ["angle"] and value is not None:
+            low, high = (max(low, value), high) if name == "Image.gt" else (low, min(high, value))
+    return low, high
 
 
 def _glo30_npy(glo30: Glo30, spec: SourceSpec, grid: dict, expression: dict) -> bytes:
@@ -842,7 +983,7 @@ def _write_export(state: _State, entry: dict) -> list[str]:
     fw, fh = int(tile.get("width", width)), int(tile.get("height", height))
     g = grid["affineTransform"]
     transform = Affine(g["scaleX"], g["shearX"], g["translateX"], g["shearY"], g["scaleY"], g["translateY"])
-    pixels = np.stack([np.broadcast_to(v, (height, width)) for v in _bands(state, spec, grid)])
+    pixels = np.stack([np.broadcast_to(v, (height, width)) for v in _bands(state, spec, grid, body["expression"])])
     nodata = geotiff.get("noData", {}).get("floatValue")
     uris = []
     for row, col in itertools.product(range(0, height, fh), range(0, width, fw)):

@@ -9,9 +9,11 @@ a band or a source added to catalog.yaml needs no code change.
 The graph, in order (each step only when the catalog asks for it):
 
 1. ``filterBounds`` → ``filterDate`` (not for ``mosaic`` sources such as the DEM, which carry no
-   acquisition date) → property ``filters`` → ``require_bands`` → Sentinel-1 orbit pass.
-2. Per image: link the cloud-score collection and keep pixels with ``band >= threshold``; select
-   the catalog bands (dropping the score band); ``resample`` for bilinear/cubic.
+   acquisition date) → property ``filters`` → ``filters_lt`` (scene pre-filters such as Sentinel-2's
+   cloudy percentage, so that overcast scenes are never read) → ``require_bands`` → Sentinel-1 orbit pass.
+2. Per image: link the cloud-score collection and keep pixels with ``band >= threshold``; keep pixels
+   with ``min < angle < max`` (Sentinel-1 border noise); select the catalog bands (dropping the score
+   and angle bands); ``resample`` for bilinear/cubic.
 3. Composite: mean, median, mode or mosaic; then ``fill_missing`` where no image has data.
 4. ``scale_factor``; ``to_db`` (10·log10 of the *linear* composite, clamped at ``db_floor``);
    rounding for integer dtypes; rename to archive names; ``unmask(fill)``; cast to the dtype.
@@ -138,6 +140,7 @@ def build_recipe(
     resample = _resampling(spec)
     collection = _filtered(spec, region, window, options)
     cloud = spec.cloud_mask
+    angle = spec.angle_mask
     bands = list(spec.ee_bands)
 
     images = collection
@@ -147,6 +150,11 @@ def build_recipe(
     def prepare(image: ee.Image) -> ee.Image:
         if cloud is not None:
             image = image.updateMask(image.select(cloud.band).gte(cloud.threshold))
+        if angle is not None:
+            # Per image, before the mean: a scene's dark edges would otherwise pull the composite down in
+            # stripes wherever they overlap a neighbouring scene's valid pixels.
+            incidence = image.select(angle.band)
+            image = image.updateMask(incidence.gt(angle.min).And(incidence.lt(angle.max)))
         image = image.select(bands)
         # Resample each image before compositing, from its own grid: a composite has no meaningful
         # native projection for resample() to act on (EE: "resample the images used to create it").
@@ -209,6 +217,8 @@ def _filtered(spec: SourceSpec, region: ee.Geometry, window: Window, options: Re
         collection = collection.filterDate(window.start.isoformat(), window.end.isoformat())
     for prop, value in spec.filters.items():
         collection = collection.filter(_property_filter(prop, value))
+    for prop, value in spec.filters_lt.items():
+        collection = collection.filter(ee.Filter.lt(prop, value))
     if spec.require_bands is not None:
         for value in spec.require_bands.values:
             collection = collection.filter(ee.Filter.listContains(spec.require_bands.property, value))

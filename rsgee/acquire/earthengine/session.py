@@ -1,7 +1,11 @@
 """Connecting to Earth Engine: project, credentials, endpoint and connection pool.
 
-Pixel downloads go to the high-volume endpoint by default (it is meant for many concurrent,
-stateless requests). ``--ee-url`` points the real client at another base URL, and ``--no-auth``
+Requests go to the endpoint Earth Engine's documentation recommends for what they compute
+(:func:`default_endpoint`): composites over time — medians, means, modes, cloud masks — are "complex
+queries", which cost more EECU-time on the high-volume endpoint (it caches fewer intermediate results),
+so they go to the standard one; the high-volume endpoint is for many small queries of stored data
+without aggregation, such as a mosaic of DEM tiles. Both allow 40 concurrent requests per project.
+``--endpoint`` picks one, ``--ee-url`` points the real client at any base URL, and ``--no-auth``
 sends no credentials (private endpoints and the loopback fake used by the tests). Credentials come
 from a JSON file (``--service-account`` or ``GOOGLE_APPLICATION_CREDENTIALS``) or from
 ``earthengine authenticate``; key material is never printed or logged. The file may be a
@@ -30,15 +34,22 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import ee
 import google.auth.exceptions
 
+from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError, redact_urls
 
 log = logging.getLogger("rsgee")
 
+STANDARD_URL = "https://earthengine.googleapis.com"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+#: ``--endpoint`` names → base URLs.
+ENDPOINTS = {"standard": STANDARD_URL, "highvolume": HIGH_VOLUME_URL}
+#: Composites that reduce every pixel's stack of images: aggregations, "complex queries" in Earth Engine's words.
+_AGGREGATING = ("mean", "median", "mode")
 #: Earth Engine's default limit of concurrent requests per project.
 MAX_WORKERS = 40
 #: Interactive requests (computePixels) are cut off by the server after about 5 minutes; the client
@@ -69,7 +80,9 @@ class SessionConfig:
         project: Google Cloud project with Earth Engine enabled (``--project`` / ``EE_PROJECT``).
         service_account: path of a credentials JSON file (service-account key, authorized_user or
             external_account), or None for the credentials of ``earthengine authenticate``.
-        url: API base URL; None means the high-volume endpoint.
+        url: API base URL (``--ee-url``); overrides ``endpoint``.
+        endpoint: "standard" or "highvolume"; ``rsgee export`` chooses per source with
+            :func:`default_endpoint`.
         auth: False sends no credentials at all.
         workers: concurrent requests, which also sizes the HTTP connection pool.
         timeout_s: per-request deadline in seconds; keep it above the server's ~300 s limit.
@@ -84,18 +97,26 @@ class SessionConfig:
     workers: int = 16
     timeout_s: float = DEFAULT_TIMEOUT_S
     workload_tag: str | None = None
+    endpoint: str = "standard"
 
     def __post_init__(self) -> None:
         if self.workload_tag:
             check_workload_tag(self.workload_tag)
+        if self.endpoint not in ENDPOINTS:
+            raise RsgeeError(f"--endpoint {self.endpoint!r} is not one of {', '.join(ENDPOINTS)}")
 
     @classmethod
     def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=16,
-                 timeout_s=DEFAULT_TIMEOUT_S, workload_tag=None):
+                 timeout_s=DEFAULT_TIMEOUT_S, workload_tag=None, endpoint="standard"):
         """Fill unset values from EE_PROJECT, GOOGLE_APPLICATION_CREDENTIALS and RSGEE_EE_URL."""
         key = service_account or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
         return cls(project or os.environ.get("EE_PROJECT") or None, Path(key) if key and auth else None,
-                   url or os.environ.get("RSGEE_EE_URL") or None, auth, workers, timeout_s, workload_tag or None)
+                   url or os.environ.get("RSGEE_EE_URL") or None, auth, workers, timeout_s, workload_tag or None,
+                   endpoint)
+
+    def base_url(self) -> str:
+        """Where requests go: ``url`` if given, else the endpoint's URL."""
+        return self.url or ENDPOINTS[self.endpoint]
 
     def tag(self) -> str | None:
         """The workload tag requests carry: ``workload_tag``, else the one set with ``ee.data.setWorkloadTag``.
@@ -112,7 +133,7 @@ class SessionConfig:
             auth = "user"
         else:
             auth = _FILE_TYPES.get(_file_type(self.service_account), "credentials file")
-        described = {"project": self.project, "endpoint": redact_urls(self.url or HIGH_VOLUME_URL), "auth": auth}
+        described = {"project": self.project, "endpoint": redact_urls(self.base_url()), "auth": auth}
         tag = self.tag()
         return {**described, "workload_tag": tag} if tag else described
 
@@ -127,17 +148,31 @@ def initialize(config: SessionConfig) -> None:
                          "registered for Earth Engine)")
     credentials = _credentials(config) if config.auth else None
     try:
-        ee.Initialize(credentials=credentials, url=config.url or HIGH_VOLUME_URL, project=config.project)
+        ee.Initialize(credentials=credentials, url=config.base_url(), project=config.project)
         ee.data.setDeadline(int(config.timeout_s * 1000))  # rebuilds the API resource with the timeout
     except google.auth.exceptions.RefreshError as exc:
         raise refused(exc) from None
     except ee.EEException as exc:
         raise RsgeeError(f"Earth Engine refused to initialise: {_first_line(exc)}") from None
     except (ConnectionError, TimeoutError, OSError) as exc:
-        where = redact_urls(config.url or HIGH_VOLUME_URL)
+        where = redact_urls(config.base_url())
         raise RsgeeError(f"cannot reach Earth Engine at {where} ({_first_line(exc)}); "
                          "check the network or --ee-url") from None
     _tune_requests_session(config.workers)
+
+
+def default_endpoint(specs: Iterable[SourceSpec], via: str = "download") -> str:
+    """The endpoint Earth Engine's documentation recommends for a run over ``specs``.
+
+    "standard" where any source aggregates images (a mean, median or mode, or a cloud mask): the
+    high-volume endpoint caches fewer intermediate results, so such complex queries cost more EECU-time
+    there. "highvolume" only where every source is a mosaic of stored images (the DEM), the small
+    non-aggregating queries it is meant for. Batch tasks start on the standard endpoint (they compute in
+    the batch environment whichever endpoint starts them). One endpoint per run: the ee client holds one.
+    """
+    if via == "batch" or any(spec.composite in _AGGREGATING or spec.cloud_mask is not None for spec in specs):
+        return "standard"
+    return "highvolume"
 
 
 def refused(exc: BaseException) -> CredentialsError:

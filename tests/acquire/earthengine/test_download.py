@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -17,14 +19,16 @@ import pytest
 import rasterio
 
 from rsgee.acquire.aoi import parse_aois
+from rsgee.acquire.earthengine import download
 from rsgee.acquire.earthengine.download import (
     BlockError,
     EarthEngineSource,
     RetryPolicy,
+    Throttle,
     classify,
     parse_windows,
 )
-from rsgee.acquire.earthengine.fake import FakeEarthEngine, Fault, fake_pixels
+from rsgee.acquire.earthengine.fake import QUOTA_EXCEEDED, FakeClock, FakeEarthEngine, Fault, fake_pixels
 from rsgee.acquire.earthengine.session import SessionConfig, initialize
 from rsgee.acquire.export import MANIFEST, export_aois, read_manifest
 from rsgee.catalog import load_catalog
@@ -43,11 +47,11 @@ def fake():
     ee.Reset()
 
 
-def source(fake, *, workers=4, attempts=4, retry_failed=False, timeout_s=30.0):
+def source(fake, *, workers=4, attempts=4, retry_failed=False, timeout_s=30.0, sleep=lambda s: None):
     windows = parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], SOURCES)
     return EarthEngineSource(SessionConfig(project="fake", url=fake.url, auth=False, workers=workers, timeout_s=timeout_s),
                              windows, policy=RetryPolicy(attempts=attempts), retry_failed=retry_failed,
-                             progress=False, sleep=lambda s: None, seed=0)
+                             progress=False, sleep=sleep, seed=0)
 
 
 def export(fake, out, aois=(AOI,), **kwargs):
@@ -166,7 +170,7 @@ def test_a_computation_timeout_is_tried_twice_at_most_and_names_batch(fake, tmp_
 def test_a_refused_token_refresh_stops_the_run_in_one_line(fake, tmp_path):
     import google.auth.exceptions
 
-    def refused(*args):
+    def refused(*args, **kwargs):
         raise google.auth.exceptions.RefreshError("invalid_grant: Token has been expired or revoked.")
 
     src = source(fake)
@@ -178,11 +182,19 @@ def test_a_refused_token_refresh_stops_the_run_in_one_line(fake, tmp_path):
     assert not (tmp_path / "v" / ".partial" / "failed.jsonl").exists()  # no block is blamed for it
 
 
-def test_retries_give_up_after_the_last_attempt(fake, tmp_path):
-    fake.add_fault(Fault("http", 503, "Service unavailable", times=100, match=lambda s, x, y: s == "lulc"))
-    (result,) = export(fake, tmp_path, attempts=3)
+def test_retries_give_up_after_the_last_attempt(tmp_path, monkeypatch):
+    """A fault that is not a quota answer keeps the short schedule: seconds apart, --attempts tries, no slowdown."""
+    bars = record_bars(monkeypatch)
+    clock = FakeClock()
+    with FakeEarthEngine() as server:
+        server.add_fault(Fault("http", 500, "An internal error has occurred (x1).", times=100,
+                               match=lambda s, x, y: s == "lulc"))
+        (result,) = export(server, tmp_path, attempts=3, sleep=clock.sleep)
+    ee.Reset()
     assert result.counts["failed"] == 4 and result.counts["retried"] == 8
-    assert set(result.failed_blocks.values()) == {"Service unavailable"}
+    assert set(result.failed_blocks.values()) == {"An internal error has occurred (x1)."}
+    assert len(clock.waits) == 8 and max(clock.waits) <= 2.0
+    assert {p["concurrency"] for p in bars} == {"4/4"} and not any("backoff" in p for p in bars)
 
 
 def test_an_empty_collection_fails_that_aoi_and_the_run_goes_on(tmp_path):
@@ -236,6 +248,204 @@ def test_a_corrupt_saved_block_is_fetched_again(fake, tmp_path):
 def test_classification(exc, retryable):
     error = classify(exc)
     assert isinstance(error, BlockError) and error.retryable is retryable and error.message
+
+
+def http_error(status: int, message: str, headers: dict | None = None, **error) -> Exception:
+    import httplib2
+    from googleapiclient.errors import HttpError
+
+    names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT"}
+    body = {"error": {"code": status, "message": message, "status": names[status], **error}}
+    return HttpError(httplib2.Response({"status": status, **(headers or {})}), json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "exc, quota, retry_after",
+    [
+        (http_error(429, "Too many concurrent aggregations."), True, None),
+        (http_error(429, QUOTA_EXCEEDED, {"retry-after": "30"}), True, 30.0),
+        (http_error(429, "Resource has been exhausted (e.g. check quota).",
+                    details=[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12.5s"}]), True, 12.5),
+        (http_error(503, "The service is currently unavailable."), True, None),
+        (ee.EEException(QUOTA_EXCEEDED), True, None),  # the fallback client path: no status, the text says it
+        (ee.EEException("Earth Engine capacity exceeded."), True, None),
+        (http_error(500, "An internal error has occurred (abc)."), False, None),
+        (http_error(400, "Computation timed out."), False, None),
+        (ConnectionError("reset by peer"), False, None),
+        (http_error(400, "User memory limit exceeded."), False, None),
+    ],
+)
+def test_quota_and_rate_answers_are_told_apart_with_the_servers_wait(exc, quota, retry_after):
+    error = classify(exc)
+    assert error.quota is quota and error.retry_after == retry_after
+    assert error.retryable is (quota or "memory" not in error.message)
+
+
+def test_quota_backoff_is_minutes_capped_and_never_shorter_than_retry_after():
+    import random
+
+    policy, rng = RetryPolicy(), random.Random(0)
+    delays = [policy.quota_delay(k, rng) for k in range(12)]
+    for k, d in enumerate(delays):
+        top = min(300.0, 5.0 * 2.0**k)
+        assert top / 2 <= d <= top
+    assert sum(delays[:5]) > 60  # five quota answers already outlast the short schedule's ~1 min
+    waits = 0.0  # tries a block gets before its 30 minutes of patience run out
+    for k in range(100):
+        waits += policy.quota_delay(k, rng)
+        if waits > policy.quota_patience_s:
+            break
+    assert 10 <= k <= 16
+    assert 600 <= policy.quota_delay(0, rng, retry_after=600) <= 605  # the server's word beats the schedule
+    assert policy.quota_delay(7, rng, retry_after=1) >= 150
+
+
+def test_throttle_halves_once_per_round_and_grows_back_by_one():
+    throttle = Throttle(8)
+    first = throttle.round
+    throttle.quota(first)
+    throttle.quota(first)  # a second answer to the same round of requests: the same overload
+    assert throttle.limit == 4
+    throttle.quota(throttle.round)
+    assert throttle.limit == 2
+    for expected in (2, 3, 3, 3, 4):
+        throttle.succeeded()
+        assert throttle.limit == expected
+    assert throttle.answered({"x-earth-engine-quota-status": "parallelism_restricted=true"}) is True
+    assert throttle.limit == 2 and throttle.restricted
+    for _ in range(10):  # no growth while restricted
+        throttle.succeeded()
+    assert throttle.answered({"x-earth-engine-quota-status": "parallelism_restricted=true"}) is False
+    assert throttle.limit == 2 and throttle.answered({}) is False and not throttle.restricted
+    for _ in range(200):
+        throttle.succeeded()
+    assert throttle.limit == 8  # never above the workers
+
+
+class RecordingBar:
+    """Stands in for tqdm in the downloader: keeps every postfix it shows."""
+
+    def __init__(self, postfixes: list, *args, **kwargs):
+        self.postfixes = postfixes
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        self.postfixes.append(dict(ordered_dict or {}, **kwargs))
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def record_bars(monkeypatch) -> list[dict]:
+    postfixes: list[dict] = []
+    monkeypatch.setattr(download, "tqdm", lambda *a, **k: RecordingBar(postfixes, *a, **k))
+    return postfixes
+
+
+def block_of(record) -> tuple:
+    affine = record.body["grid"]["affineTransform"]
+    return record.source, affine["translateX"], affine["translateY"]
+
+
+def test_a_quota_burst_longer_than_a_minute_is_waited_out_with_fewer_requests(tmp_path, monkeypatch, caplog):
+    """Five minutes of 429s: every block arrives, concurrency drops to one during the burst and grows back."""
+    bars = record_bars(monkeypatch)
+    clock = FakeClock()
+    with FakeEarthEngine(clock=clock) as server, caplog.at_level(logging.WARNING, logger="rsgee"):
+        server.add_fault(Fault("http", 429, QUOTA_EXCEEDED, until=300.0))
+        (result,) = export(server, tmp_path, workers=4, attempts=6, sleep=clock.sleep)
+        requests = server.pixel_requests()
+    ee.Reset()
+    assert result.ok and result.counts["ok"] == 16 and result.counts["failed"] == 0
+    refused = [r for r in requests if r.status == 429]
+    assert max(r.at for r in refused) > 150 and clock.now >= 300
+    per_block = {}
+    for r in refused:
+        per_block[block_of(r)] = per_block.get(block_of(r), 0) + 1
+    assert max(per_block.values()) >= 6  # more quota answers than --attempts 6 would have survived
+    late = [r for r in refused if r.at > 60]
+    assert late and max(r.in_flight for r in late) == 1  # the server saw one request at a time
+    shown = [p["concurrency"] for p in bars]
+    assert "1/4" in shown and shown[-1] == "4/4" and any("backoff" in p for p in bars)
+    assert caplog.text.count("(a quota or rate limit)") == 1
+    grid = parse_aois([AOI])[0].grid()
+    for name in SOURCES:
+        np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / f"{name}.tif").read(), expected_raster(name, grid))
+
+
+def test_retry_after_is_respected(tmp_path):
+    clock = FakeClock()
+    with FakeEarthEngine(clock=clock) as server:
+        server.add_fault(Fault("http", 429, "Too many concurrent aggregations.", times=1, retry_after=240))
+        (result,) = export(server, tmp_path, sleep=clock.sleep)
+    ee.Reset()
+    assert result.ok and result.counts["retried"] == 1 and 240 <= clock.waits[0] <= 245
+
+
+def test_restricted_mode_lowers_concurrency_until_it_ends(tmp_path, monkeypatch, caplog):
+    bars = record_bars(monkeypatch)
+    with FakeEarthEngine() as server, caplog.at_level(logging.WARNING, logger="rsgee"):
+        server.restrict(6)
+        with pytest.warns(UserWarning, match="restricted mode"):  # the ee client's own warning
+            (result,) = export(server, tmp_path, workers=4)
+    ee.Reset()
+    assert result.ok and result.counts["ok"] == 16 and result.counts["retried"] == 0
+    shown = [p["concurrency"] for p in bars]
+    assert "2/4 restricted" in shown and shown[-1] == "4/4"
+    assert caplog.text.count("restricted mode") == 1 and "noncommercial_tiers#restricted_mode" in caplog.text
+
+
+def tif_bytes(folder) -> dict:
+    return {name: (folder / f"{name}.tif").read_bytes() for name in SOURCES + ["dem_halo"]}
+
+
+def test_a_quota_outage_beyond_patience_stops_the_aoi_and_resumes_byte_identical(tmp_path):
+    """Nothing is blamed on a block: the AOI stops in one line, later AOIs do not wait it out again,
+    and a later run downloads only what is missing, to the same bytes."""
+    clock = FakeClock()
+    other = "w=10.70,46.60,10.73,46.62"
+    with FakeEarthEngine(clock=clock) as server:
+        export(server, tmp_path / "clean")
+        clean = len(server.pixel_requests())
+        server.add_fault(Fault("http", 429, QUOTA_EXCEEDED, until=10_000.0, match=lambda s, x, y: s == "s2"))
+        first, second = export(server, tmp_path / "out", aois=(AOI, other), sleep=clock.sleep)
+        assert first.status == "failed" and first.error.count("\n") == 0
+        assert first.error.startswith(f'Earth Engine still answered "{QUOTA_EXCEEDED}" after ')
+        assert "re-run later to resume" in first.error and second.status == "failed" and second.error == first.error
+        assert not (tmp_path / "out" / "v" / ".partial" / "failed.jsonl").exists()
+        assert len(server.pixel_requests()) - clean < 40  # one probe at a time, minutes apart
+        kept = len(list((tmp_path / "out" / "v" / ".partial").rglob("*.npy")))
+        assert 0 < kept < 16
+        clock.now = 10_000.0
+        before = len(server.pixel_requests())
+        (resumed,) = export(server, tmp_path / "out", sleep=clock.sleep)
+        assert resumed.ok and resumed.counts["skipped"] == kept and len(server.pixel_requests()) - before == 16 - kept
+    ee.Reset()
+    assert tif_bytes(tmp_path / "out" / "v") == tif_bytes(tmp_path / "clean" / "v")
+
+
+def test_an_interrupt_during_a_quota_wait_stops_at_once_and_resumes_byte_identical(tmp_path):
+    clock = FakeClock()
+
+    def interrupted(seconds):
+        clock.sleep(seconds)
+        if len(clock.waits) == 5:
+            raise KeyboardInterrupt
+
+    with FakeEarthEngine(clock=clock) as server:
+        export(server, tmp_path / "clean")
+        server.add_fault(Fault("http", 429, "Too many concurrent aggregations.", until=300.0,
+                               match=lambda s, x, y: s in ("s1", "dem")))
+        with pytest.raises(KeyboardInterrupt):
+            export(server, tmp_path / "out", sleep=interrupted)
+        kept = len(list((tmp_path / "out" / "v" / ".partial").rglob("*.npy")))
+        assert kept < 16 and not (tmp_path / "out" / "v" / MANIFEST).exists()
+        (resumed,) = export(server, tmp_path / "out", sleep=clock.sleep)
+        assert resumed.ok and resumed.counts["skipped"] == kept and resumed.counts["ok"] == 16 - kept
+    ee.Reset()
+    assert tif_bytes(tmp_path / "out" / "v") == tif_bytes(tmp_path / "clean" / "v")
 
 
 def test_backoff_is_capped_exponential_with_jitter():
@@ -357,11 +567,13 @@ def test_dry_run_counts_the_requests_and_bytes_an_export_then_downloads(fake, tm
     assert lines[0].endswith(f"; 16 computePixels requests, {nbytes / 2**20:,.1f} MiB to download")
     assert "; 16 computePixels requests" in lines[1]
     assert lines[2] == f"total: 2 AOI(s), 8 tiles, 32 computePixels requests, {2 * nbytes / 2**20:,.1f} MiB to download"
-    assert lines[3] == "Earth Engine endpoint https://earthengine-highvolume.googleapis.com, no workload tag"
+    assert lines[3] == ("Earth Engine endpoint https://earthengine.googleapis.com "
+                        "(standard, the default for composites), no workload tag")
     code = main(["export", "--aoi", AOI, "--out", str(tmp_path / "dry"), "--dry-run", "--via", "batch", "--bucket", "rsgee-bk"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and "; 5 batch task(s), " in lines[0] and lines[1].startswith("total: 1 AOI(s), 4 tiles, 5 batch")
-    assert lines[2] == "Earth Engine endpoint https://earthengine.googleapis.com, no workload tag"
+    assert lines[2] == ("Earth Engine endpoint https://earthengine.googleapis.com "
+                        "(standard, the default for batch tasks), no workload tag")
 
 
 def test_a_password_in_the_endpoint_url_is_never_printed_or_stored(fake, tmp_path, capsys):

@@ -221,8 +221,8 @@ def test_dem_mosaic_is_not_filtered_by_date(catalog, region):
 
 def test_s1_property_filters(catalog, region):
     _, graph = recipe_graph(catalog, "s1", region)
-    equals = [(c.value("leftField"), c.value("rightValue")) for c in graph.calls("Filter.equals")]
-    assert equals == [("instrumentMode", "IW")]
+    equals = {(c.value("leftField"), c.value("rightValue")) for c in graph.calls("Filter.equals")}
+    assert equals == {("instrumentMode", "IW"), ("resolution_meters", 10)}
     contains = {(c.value("leftField"), c.value("rightValue")) for c in graph.calls("Filter.listContains")}
     assert contains == {("transmitterReceiverPolarisation", "VV"), ("transmitterReceiverPolarisation", "VH")}
 
@@ -335,7 +335,50 @@ def test_s2_cloud_score_mask(catalog, region):
 @pytest.mark.parametrize("name", ["s1", "lulc", "dem"])
 def test_no_cloud_mask_without_catalog_entry(catalog, region, name):
     _, graph = recipe_graph(catalog, name, region)
-    assert not graph.names() & {"Image.linkCollection", "Image.updateMask", "Image.gte"}
+    assert not graph.names() & {"Image.linkCollection", "Image.gte"}
+    assert len(graph.calls("Image.updateMask")) == (1 if name == "s1" else 0)  # s1: the angle mask
+
+
+def angle_bounds(graph):
+    """{comparison: constant} of the comparisons made on the ``angle`` band."""
+    return {c.name: c.value("image2") for c in graph.calls() if c.name in ("Image.gt", "Image.lt")
+            and c.args["image1"].name == "Image.select" and c.args["image1"].value("bandSelectors") == ["angle"]}
+
+
+def test_s1_incidence_angle_mask_per_image_before_the_mean(catalog, region):
+    _, graph = recipe_graph(catalog, "s1", region)
+    assert angle_bounds(graph) == {"Image.gt": 30.63993, "Image.lt": 45.23993}
+    update = graph.one("Image.updateMask")
+    both = update.args["mask"]
+    assert both.name == "Image.and" and {both.args["image1"].name, both.args["image2"].name} == {"Image.gt", "Image.lt"}
+    # Masked per image (inside the map), before the linear mean and its dB; the angle band is dropped after.
+    assert isinstance(update.args["image"], Arg)
+    assert update in graph.upstream(graph.one("reduce.mean"))
+    after = [c for c in graph.calls("Image.select") if c.args["input"] is update]
+    assert [c.value("bandSelectors") for c in after] == [["VV", "VH"]]
+
+
+def test_angle_mask_bounds_from_the_catalog(catalog, region):
+    wider = edited(catalog, "s1", angle_mask={"band": "angle", "min": 29.0, "max": 46.0})
+    _, graph = recipe_graph(wider, "s1", region)
+    assert angle_bounds(graph) == {"Image.gt": 29.0, "Image.lt": 46.0}
+    _, off = recipe_graph(edited(catalog, "s1", angle_mask=None), "s1", region)
+    assert angle_bounds(off) == {} and not off.calls("Image.updateMask")
+
+
+def test_s2_scene_prefilter_on_cloudy_percentage(catalog, region):
+    recipe, graph = recipe_graph(catalog, "s2", region)
+    below = graph.one("Filter.lessThan")
+    assert (below.value("leftField"), below.value("rightValue")) == ("CLOUDY_PIXEL_PERCENTAGE", 90.0)
+    # On the S2 collection itself (what the empty-collection check counts), not on Cloud Score+'s.
+    collection = Graph(recipe.collection)
+    assert collection.one("Filter.lessThan").value("rightValue") == 90.0
+    link = graph.one("Image.linkCollection")
+    assert not graph.calls("Filter.lessThan", link.args["imageCollection"])
+    for name in ("s1", "lulc", "dem"):
+        assert not recipe_graph(catalog, name, region)[1].calls("Filter.lessThan")
+    _, stricter = recipe_graph(edited(catalog, "s2", filters_lt={"CLOUDY_PIXEL_PERCENTAGE": 60}), "s2", region)
+    assert stricter.one("Filter.lessThan").value("rightValue") == 60.0
 
 
 def test_s1_db_after_the_linear_mean(catalog, region):

@@ -98,7 +98,8 @@ def test_cli_workload_tag_reaches_downloads_batch_tasks_and_dry_run(fake, tmp_pa
     args = ["export", "--aoi", AOI, "--ee-url", fake.url, "--no-auth", "--project", "fake", "--workers", "4",
             "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "d"), "--workload-tag", "cli-run", "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"Earth Engine endpoint {fake.url}, workload tag cli-run"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"Earth Engine endpoint {fake.url} (--ee-url), workload tag cli-run"
     assert main(args + ["--out", str(tmp_path / "d"), "--workload-tag", "CLI run"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.rstrip().endswith("try --workload-tag cli-run") and not fake.requests
