@@ -30,6 +30,7 @@ import fcntl
 import gc
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import replace
@@ -41,6 +42,8 @@ import yaml
 from rsgee.catalog import BandSpec, Catalog, SourceSpec, parse_catalog
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import atomic_path, write_json_atomic
+
+log = logging.getLogger("rsgee")
 
 FORMAT = "rsgee-archive"
 FORMAT_VERSION = 1
@@ -83,6 +86,7 @@ class Archive:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._catalog: Catalog | None = None  # parsed once: an archive keeps the catalog it started with
+        self._locked = False  # this object holds :meth:`lock`
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -104,6 +108,10 @@ class Archive:
     @property
     def stats_path(self) -> Path:
         return self.root / "stats.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
 
     def tile_path(self, source: str, tile_id: str) -> Path:
         return self.root / source / f"{tile_id}.tif"
@@ -154,18 +162,20 @@ class Archive:
         return tile_sources(self.catalog())
 
     def linked_copy(self, dest: str | os.PathLike) -> "Archive":
-        """A copy of the archive at ``dest`` whose files are hard links to these, without ``gen/``.
+        """A copy of the archive at ``dest`` whose files are hard links to these, without ``gen/`` or the lock file.
 
         Safe because rsgee never changes an archive file in place (every write goes to a temporary file that
         is renamed over it), and cheap: an experiment gives each generator's tiles an archive of their own.
-        Made aside and renamed into place; an existing ``dest`` is kept as it is.
+        (A linked lock file would make the two archives lock each other.) Made aside and renamed into place; an
+        existing ``dest`` is kept as it is.
         """
         dest = Path(dest)
         if not dest.exists():
             work = dest.with_name(f".{dest.name}.linking")
             shutil.rmtree(work, ignore_errors=True)
+            own = [self.generated_dir.name, self.lock_path.name]
             shutil.copytree(self.root, work, copy_function=os.link,
-                            ignore=lambda folder, names: [self.generated_dir.name] if Path(folder) == self.root else [])
+                            ignore=lambda folder, names: own if Path(folder) == self.root else [])
             os.replace(work, dest)
         return Archive(dest)
 
@@ -291,17 +301,32 @@ class Archive:
 
     # -- safety -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive writer lock; a second concurrent ``rsgee tile`` on the same archive fails fast."""
+    def lock(self, *, wait: bool = False) -> Iterator[None]:
+        """Exclusive writer lock of the archive, between processes.
+
+        Without ``wait`` a second writer fails fast (``rsgee tile``: two runs, likely of other exports, would
+        interleave their tiles); with it, it says in one line that it waits, then waits (the stores derived from
+        the tiles, the same whoever builds them: the cache (:mod:`rsgee.preprocess.cache`), ``gen/``, ``stac/``).
+        A writer holding the lock through this object may take it again (``generate`` building a cache), which
+        a second open of the lock file would deadlock on.
+        """
+        if self._locked:
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle:
+        with open(self.lock_path, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RsgeeError(f"another rsgee process is writing to {self.root}; wait for it to finish") from None
+                if not wait:
+                    raise RsgeeError(f"another rsgee process is writing to {self.root}; wait for it to finish") from None
+                log.info("waiting for another rsgee process to finish writing to %s", self.root)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            self._locked = True
             try:
                 yield
             finally:
+                self._locked = False
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def remove_stale_temporaries(self) -> int:

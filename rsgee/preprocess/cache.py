@@ -23,13 +23,25 @@ NaN, flat aspect (−1) and Sentinel-1 nodata survive exactly. ``rsgee check`` c
 sample with its GeoTIFFs against these tolerances (:func:`verify_cache`).
 
 Layout: ``ARCHIVE/cache/<split>/<file>.npy`` (N, bands, 256, 256): ``s2``, ``lulc``, ``s1``,
-``terrain_dem``, ``terrain_slope_aspect``; and ``ARCHIVE/cache/<split>/tiles.json`` with the
-tile ids in row order, the fingerprint and the encoding.
+``terrain_dem``, ``terrain_slope_aspect``; and ``ARCHIVE/cache/<split>/tiles.json``, the manifest,
+with the tile ids in row order, the fingerprint, the encoding and each array's size in bytes and
+``rows_sha256`` (the sha256 of its rows' sha256 digests, one row a tile: the workers hash what they
+write, so the hash costs no second read of gigabytes).
+
+A split's cache is whole only as its manifest describes it. It is built in a hidden folder, the
+manifest written last, and swapped in; opening it compares every array's size with the manifest
+(a stat each), so a missing or truncated array, left by a build cut short or a copy, is rebuilt by
+``rsgee cache`` and training and refused in one line by a plain reader; ``rsgee check`` also
+compares the hashes. Every build holds the archive's lock (:meth:`Archive.lock`), and a second
+builder waits for it, saying so in one line, rather than fail: the build is the same whoever makes
+it, so what a second ``rsgee cache`` (or the second rank of a training job) wants is to find the
+first one's cache up to date once it is done. A reader that finds the cache current takes no lock
+(an archive on a read-only disk can be trained from).
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +50,7 @@ import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import rasterio
@@ -52,7 +64,8 @@ from rsgee.preprocess.radiometry import s1_db_range
 from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
 
 #: Bumped whenever the layout or an encoding changes: older caches are then stale and rebuilt.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+MANIFEST = "tiles.json"
 STEPS = 254  # uint8 codes: 0 is nodata (and 1 flat aspect), the rest are steps
 _FLOAT_SLACK = 1e-3  # float32 rounding of the decoded values and of the archive's own hillshade
 
@@ -243,6 +256,46 @@ def cache_dir(archive: Archive, split: str) -> Path:
     return archive.root / "cache" / split
 
 
+def _rows_sha256(row_digests: Iterable[bytes]) -> str:
+    """An array's ``rows_sha256``: independent of how the rows were shared among the workers that wrote them."""
+    digest = hashlib.sha256()
+    for row in row_digests:
+        digest.update(row)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> tuple[dict | None, str | None]:
+    """``(manifest, damage)``: the folder's manifest (None when there is none) and what keeps the cache from
+    being read as the manifest describes it: an array missing or of another size, or the manifest unreadable.
+
+    A manifest of an older format records no arrays: its cache is stale (rebuilt on use), not damaged.
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"{MANIFEST} unreadable ({exc})"
+    try:
+        if manifest["encoding"]["format"] != CACHE_FORMAT:
+            return manifest, None
+        for file, record in sorted(manifest["arrays"].items()):
+            try:
+                size = (folder / f"{file}.npy").stat().st_size
+            except FileNotFoundError:
+                return manifest, f"{file}.npy is missing"
+            if size != record["bytes"]:
+                return manifest, f"{file}.npy holds {size:,} bytes, {MANIFEST} records {record['bytes']:,}"
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None, f"{MANIFEST} is not a cache manifest"
+    return manifest, None
+
+
+def damage(archive: Archive, split: str) -> str | None:
+    """What keeps the split's cache from being read (a missing or truncated array …), or None."""
+    return _manifest(cache_dir(archive, split))[1]
+
+
 def fingerprint(archive: Archive, split: str) -> str:
     """Hash of the split's tile ids and their files' sizes and modification times."""
     digest = hashlib.sha256()
@@ -254,23 +307,51 @@ def fingerprint(archive: Archive, split: str) -> str:
 
 
 def is_current(archive: Archive, split: str) -> bool:
-    meta = cache_dir(archive, split) / "tiles.json"
-    if not meta.exists():
+    """Whether the split's cache is whole, in this rsgee's encoding and built from the archive's current tiles."""
+    stored, broken = _manifest(cache_dir(archive, split))
+    if stored is None or broken:
         return False
     try:
-        stored = json.loads(meta.read_text(encoding="utf-8"))
-        if stored["encoding"] != encoding(archive):
-            return False
-        return stored["fingerprint"] == fingerprint(archive, split)
-    except (ValueError, KeyError, TypeError):
+        return stored["encoding"] == encoding(archive) and stored["fingerprint"] == fingerprint(archive, split)
+    except (KeyError, TypeError):
         return False
+
+
+def update_caches(archive: Archive, splits: Sequence[str], *, workers: int = 1, force: bool = False,
+                  progress: bool = True) -> list[str]:
+    """Build the caches of ``splits`` that are not current (every one with ``force``); returns those built.
+
+    Decides and builds under the archive's lock, taken once and waited for when another process holds it:
+    processes that ask at once (two ``rsgee cache``, the ranks of a torchrun job) build each cache once.
+    """
+    todo = [split for split in splits if force or not is_current(archive, split)]
+    if not todo:
+        return []
+    with archive.lock(wait=True):
+        todo = [split for split in todo if force or not is_current(archive, split)]  # the one waited for built them
+        for split in todo:
+            build_cache(archive, split, workers=workers, progress=progress)
+    return todo
+
+
+def verify_hashes(archive: Archive, split: str) -> list[str]:
+    """The arrays of a whole cache whose bytes no longer hash to the manifest's ``rows_sha256``."""
+    folder = cache_dir(archive, split)
+    stored, _ = _manifest(folder)
+    changed = []
+    for file, record in sorted(stored["arrays"].items()):
+        rows = np.load(folder / f"{file}.npy", mmap_mode="r")
+        if _rows_sha256(hashlib.sha256(row).digest() for row in rows) != record["rows_sha256"]:
+            changed.append(f"{file}.npy")
+    return changed
 
 
 _RUN = 64  # tiles per unit of work when building
 
 
 def build_cache(archive: Archive, split: str, *, workers: int = 1, progress: bool = True) -> Path:
-    """(Re)build the packed cache of one split; returns its folder. Written aside, then swapped in.
+    """(Re)build the packed cache of one split; returns its folder. Written aside, its manifest last, then
+    swapped in. Call it under the archive's lock (:func:`update_caches` does): two builders share the folders.
 
     ``workers`` processes read and encode disjoint runs of tiles into the same memory-mapped files.
     """
@@ -279,23 +360,13 @@ def build_cache(archive: Archive, split: str, *, workers: int = 1, progress: boo
     work = final.with_name(f".{split}.building")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for codec in codecs(archive).values():
-        for file, (dtype, bands) in codec.files.items():
-            np.lib.format.open_memmap(work / f"{file}.npy", mode="w+", dtype=dtype,
-                                      shape=(len(tiles), bands, TILE_PX, TILE_PX)).flush()
-    runs = [(start, tiles[start:start + _RUN]) for start in range(0, len(tiles), _RUN)]
-    bar = tqdm(total=len(tiles), desc=f"cache {split}", unit="tile", disable=not progress, file=sys.stderr)
-    with bar:
-        if workers <= 1 or len(runs) < 2:
-            for run in runs:
-                bar.update(_fill(str(archive.root), str(work), *run))
-        else:
-            with ProcessPoolExecutor(min(workers, len(runs))) as pool:
-                for done in pool.map(_fill, [str(archive.root)] * len(runs), [str(work)] * len(runs),
-                                     *zip(*runs)):
-                    bar.update(done)
-    write_json_atomic(work / "tiles.json", {"split": split, "tiles": tiles, "fingerprint": fingerprint(archive, split),
-                                            "encoding": encoding(archive)})
+    try:
+        arrays = _write_arrays(archive, split, tiles, work, workers, progress)
+        write_json_atomic(work / MANIFEST, {"split": split, "tiles": tiles, "fingerprint": fingerprint(archive, split),
+                                            "encoding": encoding(archive), "arrays": arrays})
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a failed or interrupted build leaves no half-built folder
+        raise
     old = final.with_name(f".{split}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -305,22 +376,62 @@ def build_cache(archive: Archive, split: str, *, workers: int = 1, progress: boo
     return final
 
 
+def _write_arrays(archive: Archive, split: str, tiles: list[str], work: Path, workers: int,
+                  progress: bool) -> dict[str, dict]:
+    """Fill the split's arrays in ``work``; returns each one's manifest record (size and ``rows_sha256``)."""
+    row_digests: dict[str, list[bytes]] = {}
+    for codec in codecs(archive).values():
+        for file, (dtype, bands) in codec.files.items():
+            np.lib.format.open_memmap(work / f"{file}.npy", mode="w+", dtype=dtype,
+                                      shape=(len(tiles), bands, TILE_PX, TILE_PX)).flush()
+            row_digests[file] = []
+    runs = [(start, tiles[start:start + _RUN]) for start in range(0, len(tiles), _RUN)]
+    bar = tqdm(total=len(tiles), desc=f"cache {split}", unit="tile", disable=not progress, file=sys.stderr)
+    with bar, contextlib.ExitStack() as stack:
+        if workers <= 1 or len(runs) < 2:
+            filled = (_fill(str(archive.root), str(work), *run) for run in runs)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(runs))))
+            filled = pool.map(_fill, [str(archive.root)] * len(runs), [str(work)] * len(runs), *zip(*runs))
+        for (_, run), digests in zip(runs, filled):  # in row order, whatever the scheduling
+            for file, rows in digests.items():
+                row_digests[file] += rows
+            bar.update(len(run))
+    return {file: {"bytes": (work / f"{file}.npy").stat().st_size, "rows_sha256": _rows_sha256(rows)}
+            for file, rows in row_digests.items()}
 
-def _fill(root: str, work: str, start: int, tile_ids: Sequence[str]) -> int:
-    """Read, encode and write rows ``start…`` of the cache files in ``work``; returns the tile count."""
+
+def _fill(root: str, work: str, start: int, tile_ids: Sequence[str]) -> dict[str, list[bytes]]:
+    """Read, encode and write rows ``start…`` of the cache files in ``work``; returns each file's row digests."""
     archive = Archive(root)
     coders = codecs(archive)
     arrays = {file: np.load(Path(work) / f"{file}.npy", mmap_mode="r+")
               for codec in coders.values() for file in codec.files}
+    digests: dict[str, list[bytes]] = {file: [] for file in arrays}
     with rasterio.Env(**GDAL_READ_ENV):
         for row, tile_id in enumerate(tile_ids, start):
             for name, codec in coders.items():
-                with rasterio.open(archive.tile_path(name, tile_id)) as src:
-                    for file, codes in codec.encode(src.read()).items():
-                        arrays[file][row] = codes
+                for file, codes in codec.encode(_read_tile(archive, name, tile_id, len(codec.bands))).items():
+                    arrays[file][row] = codes
+                    digests[file].append(hashlib.sha256(arrays[file][row]).digest())  # the bytes as written
     for array in arrays.values():
         array.flush()
-    return len(tile_ids)
+    return digests
+
+
+def _read_tile(archive: Archive, source: str, tile_id: str, bands: int) -> np.ndarray:
+    """A tile's GeoTIFF of ``source``; a missing, cut short or misshapen one is a one-line error naming it."""
+    path = archive.tile_path(source, tile_id)
+    try:
+        with rasterio.open(path) as src:
+            data = src.read()
+    except rasterio.errors.RasterioError as exc:
+        problem = f"unreadable ({str(exc).splitlines()[0]})"
+    else:
+        if data.shape == (bands, TILE_PX, TILE_PX):
+            return data
+        problem = f"of shape {data.shape}, not {(bands, TILE_PX, TILE_PX)}"
+    raise RsgeeError(f"tile {tile_id}: {path} is {problem}; run rsgee check {archive.root} to list the damaged tiles")
 
 
 class PackedSplit:
@@ -333,12 +444,14 @@ class PackedSplit:
 
     def __init__(self, archive: Archive, split: str):
         folder = cache_dir(archive, split)
-        try:
-            meta = json.loads((folder / "tiles.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RsgeeError(f"{archive.root}: no packed cache for split '{split}'; run rsgee cache") from None
-        if meta.get("encoding", {}).get("format") != CACHE_FORMAT:
-            raise RsgeeError(f"{folder}: a packed cache of an older rsgee; run rsgee cache to rebuild it")
+        self._fix = f"run rsgee cache {archive.root} to rebuild it"
+        meta, broken = _manifest(folder)
+        if broken:
+            raise RsgeeError(f"{folder}: {broken}; {self._fix}")
+        if meta is None:
+            raise RsgeeError(f"{archive.root}: no packed cache for split '{split}'; run rsgee cache")
+        if meta["encoding"]["format"] != CACHE_FORMAT:
+            raise RsgeeError(f"{folder}: a packed cache of an older rsgee; {self._fix}")
         self.folder = folder
         self.split = split
         self.tile_ids: list[str] = meta["tiles"]
@@ -351,8 +464,11 @@ class PackedSplit:
 
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {file: np.load(self.folder / f"{file}.npy", mmap_mode="r")
-                            for codec in self.codecs.values() for file in codec.files}
+            try:
+                self._arrays = {file: np.load(self.folder / f"{file}.npy", mmap_mode="r")
+                                for codec in self.codecs.values() for file in codec.files}
+            except (OSError, ValueError) as exc:  # changed since it was opened (removed, cut short)
+                raise RsgeeError(f"{self.folder}: unreadable ({exc}); {self._fix}") from None
         return self._arrays
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
@@ -397,16 +513,11 @@ def open_split(archive: Archive, split: str, *, rebuild: bool = True, progress: 
 
     Processes that open the same split at once (the ranks of a torchrun job) wait for one builder.
     """
-    if not is_current(archive, split):
-        if not rebuild:
-            raise RsgeeError(f"{archive.root}: the packed cache of split '{split}' is missing or stale; run rsgee cache")
-        with open(archive.root / ".cache.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not is_current(archive, split):  # another process may have built it meanwhile
-                    build_cache(archive, split, progress=progress)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    if rebuild:
+        update_caches(archive, [split], progress=progress)
+    elif not is_current(archive, split):
+        raise RsgeeError(f"{archive.root}: the packed cache of split '{split}' is missing, incomplete or stale; "
+                         f"run rsgee cache {archive.root}")
     return PackedSplit(archive, split)
 
 

@@ -17,7 +17,7 @@ from rsgee.errors import GridError, RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV
 from rsgee.grid import TILE_PX, Tile
 from rsgee.preprocess.archive import Archive, CorruptIndex, recorded_float_error
-from rsgee.preprocess.cache import cache_dir, is_current, verify_cache
+from rsgee.preprocess.cache import MANIFEST, cache_dir, damage, is_current, verify_cache, verify_hashes
 from rsgee.preprocess.split import SPLITS, SplitConfig
 from rsgee.preprocess.stats import compute_stats, read_stats
 
@@ -179,13 +179,20 @@ def _check_stats(archive: Archive, report: CheckReport, workers: int) -> None:
 
 
 def _check_caches(archive: Archive, report: CheckReport) -> None:
+    """A stale cache is a note (training rebuilds it); a damaged one, or one whose bytes changed, a problem."""
     for split in SPLITS:
-        if not (cache_dir(archive, split) / "tiles.json").exists():
+        if not (cache_dir(archive, split) / MANIFEST).exists():
             continue
-        if not is_current(archive, split):
+        broken = damage(archive, split)
+        if broken:
+            report.problems.append(f"cache/{split}: {broken}; run rsgee cache {archive.root} to rebuild it")
+        elif not is_current(archive, split):
             report.notes.append(f"cache/{split} is stale; it is rebuilt on next use (or by rsgee cache)")
-            continue
-        report.problems.extend(verify_cache(archive, split))
+        elif changed := verify_hashes(archive, split):
+            report.problems.extend(f"cache/{split}/{name} differs from what rsgee cache wrote (its sha256); "
+                                   f"run rsgee cache {archive.root} --force to rebuild it" for name in changed)
+        else:
+            report.problems.extend(verify_cache(archive, split))
 
 
 def _close(a, b) -> bool:

@@ -3,7 +3,8 @@
 Layout: ``ARCHIVE/stac/collection.json`` and ``ARCHIVE/stac/<tile_id>/<tile_id>.json``. Every href
 is relative (items → ``../../<source>/<tile_id>.tif``), so the archive folder can be moved or
 published whole. The catalog is written beside ``stac/`` and swapped in under the archive's writer
-lock: readers see the previous catalog or the new one, never a mix.
+lock (another writer, such as ``rsgee tile``, is waited for): readers see the previous catalog or the
+new one, never a mix.
 
 Each Item holds:
 
@@ -69,7 +70,7 @@ def write_stac(archive: Archive, *, start: dt.date | None = None, end: dt.date |
     if (start is None) != (end is None) or (start is not None and not start < end):
         raise StacError(f"start {start}, end {end}: give --start and --end together, with start before end")
     archive.read_meta()  # refuse a folder that is no archive before the lock creates anything in it
-    with archive.lock():
+    with archive.lock(wait=True):
         meta = archive.read_meta()
         features = archive.read_index()
         if not features:

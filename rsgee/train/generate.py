@@ -8,6 +8,7 @@ nodata), tagged with the run that made it. ``gen/generated.json`` records the ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array, write_json_atomic
 from rsgee.grid import TILE_PX, Tile
 from rsgee.preprocess.archive import Archive, file_sha256
+from rsgee.preprocess.cache import open_split
 from rsgee.preprocess.split import SPLITS
 from rsgee.train.data import FusionSamples, collate, reflectance_to_s2
 from rsgee.train.fusion import load_fusion, reflectance_batch, sources_label
@@ -44,7 +46,8 @@ def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int =
     ``ema`` generator weights.
 
     On several devices each process writes its share of the tiles (each tile once); every process
-    returns the totals.
+    returns the totals. The first holds the archive's lock throughout: a second ``generate`` (whose
+    ``--overwrite`` would mix two runs' tiles) or ``tile`` on the archive waits or fails meanwhile.
     """
     run_dir, archive = Path(run_dir), Archive(archive_root)
     archive.read_meta()
@@ -54,39 +57,46 @@ def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int =
     ckpt = checkpoint_of(run_dir, "best")
     record = {"run": str(run_dir.resolve()), "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt),
               "model": info["config"]["model"], "sources": sources_label(info["config"]["sources"]), "weights": weights}
-    if main:
-        _claim(archive, record, overwrite)
-    fabric.barrier()  # every process sees what the claim left before listing what is to do
-    task = load_fusion(run_dir, weights=weights).to(fabric.device)
-    spec = archive.sources()["s2"]
-    tags = {"RSGEE_GENERATED_BY": record["run"], "RSGEE_CHECKPOINT": ckpt.name, "RSGEE_MODEL": record["model"],
-            "RSGEE_SOURCES": record["sources"], "RSGEE_WEIGHTS": weights, "RSGEE_SYNTHETIC_S2": "generated, not observed"}
-    todo = {split: [t["tile_id"] for t in archive.tiles(split) if not _done(archive, t["tile_id"])] for split in SPLITS}
-    fabric.barrier()  # the lists are taken before anyone writes
-    written = 0
-    bar = tqdm(total=sum(len(v) for v in todo.values()), desc="generate", unit="tile",
-               disable=not progress or not main, file=sys.stderr)
-    for split, tile_ids in todo.items():
-        if not tile_ids:
-            continue
-        samples = FusionSamples(archive, split, task.config.sources, info["normalisation"], progress=progress)
-        wanted = set(tile_ids)
-        indices = [i for i, t in enumerate(samples.packed.tile_ids) if t in wanted]
-        shard = EvenShards(torch.utils.data.Subset(samples, indices), fabric.global_rank, fabric.world_size)
-        for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
-            reflectance = reflectance_batch(task, fabric.to_device(batch["cond"]))
-            for tile_id, image, counted in zip(batch["tile_id"], reflectance, batch["counted"].tolist()):
-                if not counted:
-                    continue
-                tile = Tile.from_id(tile_id)
-                write_array(archive.generated_path(tile_id), reflectance_to_s2(image), spec,
-                            RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX), tags=tags)
-                written += 1
-            bar.update(int(batch["counted"].sum()) * fabric.world_size)
-    bar.close()
-    written = int(fabric.all_reduce(torch.tensor(written, device=fabric.device), reduce_op="sum"))
-    todo_total = sum(len(v) for v in todo.values())
-    return GenerateSummary(written=written, skipped=len(archive.tiles()) - todo_total, folder=archive.generated_dir)
+    with archive.lock(wait=True) if main else contextlib.nullcontext():
+        if main:
+            _claim(archive, record, overwrite)
+        fabric.barrier()  # every process sees what the claim left before listing what is to do
+        task = load_fusion(run_dir, weights=weights).to(fabric.device)
+        spec = archive.sources()["s2"]
+        tags = {"RSGEE_GENERATED_BY": record["run"], "RSGEE_CHECKPOINT": ckpt.name, "RSGEE_MODEL": record["model"],
+                "RSGEE_SOURCES": record["sources"], "RSGEE_WEIGHTS": weights,
+                "RSGEE_SYNTHETIC_S2": "generated, not observed"}
+        todo = {split: [t["tile_id"] for t in archive.tiles(split) if not _done(archive, t["tile_id"])]
+                for split in SPLITS}
+        if main:  # the caches built under this process's lock: no other rank waits for it
+            for split, tile_ids in todo.items():
+                if tile_ids:
+                    open_split(archive, split, progress=progress)
+        fabric.barrier()  # the lists are taken and the caches current before anyone writes
+        written = 0
+        bar = tqdm(total=sum(len(v) for v in todo.values()), desc="generate", unit="tile",
+                   disable=not progress or not main, file=sys.stderr)
+        for split, tile_ids in todo.items():
+            if not tile_ids:
+                continue
+            samples = FusionSamples(archive, split, task.config.sources, info["normalisation"], progress=progress)
+            wanted = set(tile_ids)
+            indices = [i for i, t in enumerate(samples.packed.tile_ids) if t in wanted]
+            shard = EvenShards(torch.utils.data.Subset(samples, indices), fabric.global_rank, fabric.world_size)
+            for batch in DataLoader(shard, batch_size=batch_size, collate_fn=collate):
+                reflectance = reflectance_batch(task, fabric.to_device(batch["cond"]))
+                for tile_id, image, counted in zip(batch["tile_id"], reflectance, batch["counted"].tolist()):
+                    if not counted:
+                        continue
+                    tile = Tile.from_id(tile_id)
+                    write_array(archive.generated_path(tile_id), reflectance_to_s2(image), spec,
+                                RasterGrid(tile.crs, tile.transform, TILE_PX, TILE_PX), tags=tags)
+                    written += 1
+                bar.update(int(batch["counted"].sum()) * fabric.world_size)
+        bar.close()
+        written = int(fabric.all_reduce(torch.tensor(written, device=fabric.device), reduce_op="sum"))
+        todo_total = sum(len(v) for v in todo.values())
+        return GenerateSummary(written=written, skipped=len(archive.tiles()) - todo_total, folder=archive.generated_dir)
 
 
 def _claim(archive: Archive, record: dict, overwrite: bool) -> None:

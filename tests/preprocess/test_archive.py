@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import shutil
+import threading
+import time
 
 import pytest
 
@@ -12,6 +15,7 @@ from rsgee.acquire.export import export_aois
 from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.cli import main
+from rsgee.errors import RsgeeError
 from rsgee.preprocess.archive import Archive, CorruptIndex
 from rsgee.preprocess.check import check_archive
 from rsgee.preprocess.split import SplitConfig
@@ -40,3 +44,31 @@ def test_a_corrupt_index_names_the_file_and_rsgee_check(archive, tmp_path, capsy
     report = check_archive(broken, progress=False)
     assert not report.ok and "index.geojson unreadable" in report.problems[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_lock_fails_fast_or_waits_and_a_holder_may_take_it_again(archive, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rsgee")
+    copy = archive.linked_copy(tmp_path / "copy")
+    holder, other, taken = Archive(copy.root), Archive(copy.root), []
+
+    def wait_for_it():
+        with other.lock(wait=True):
+            taken.append(other.root)
+
+    with holder.lock():
+        with holder.lock():  # generate building a cache: the same object, no deadlock
+            pass
+        with pytest.raises(RsgeeError, match=f"another rsgee process is writing to {copy.root}; wait for it"):
+            with other.lock():
+                pass
+        with Archive(archive.root).lock():  # a linked copy has a lock file of its own
+            pass
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not caplog.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert taken == []
+    waiter.join(30)
+    assert taken == [copy.root]  # taken once the holder let go
+    assert caplog.messages == [f"waiting for another rsgee process to finish writing to {copy.root}"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -18,8 +24,9 @@ from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.archive import Archive
-from rsgee.preprocess.cache import (CACHE_FORMAT, DecibelCodec, PackedSplit, TerrainCodec, build_cache, is_current,
-                                    open_split, verify_cache)
+from rsgee.cli import main
+from rsgee.preprocess.cache import (CACHE_FORMAT, DecibelCodec, PackedSplit, TerrainCodec, build_cache, damage,
+                                    is_current, open_split, update_caches, verify_cache)
 from rsgee.preprocess.check import check_archive
 from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.terrain import terrain
@@ -128,7 +135,7 @@ def test_stale_cache_is_detected_and_rebuilt(archive):
     assert not is_current(archive, "train")
     assert any(tile_id in p for p in verify_cache(archive, "train"))
     assert any("cache/train is stale" in n for n in check_archive(archive.root, progress=False).notes)
-    with pytest.raises(RsgeeError, match="missing or stale; run rsgee cache"):
+    with pytest.raises(RsgeeError, match="missing, incomplete or stale; run rsgee cache"):
         open_split(archive, "train", rebuild=False)
     packed = open_split(archive, "train", progress=False)
     assert packed[0]["s2"][:, 0, 0].tolist() == [1234] * 4 and is_current(archive, "train")
@@ -174,3 +181,128 @@ def test_terrain_codes_read_a_lossy_archives_flat_and_near_north_aspects():
     np.testing.assert_array_equal(decoded[2, 0], -1.0)  # flat
     assert decoded[2, 1].tolist() == [0.0, 0.0]  # north, the first of the 254 directions
     assert codec.errors(reference, decoded) == []
+
+
+def cache_files(root: Path) -> dict[str, bytes]:
+    """Every file under ARCHIVE/cache, hidden ones included, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "cache").rglob("*")) if p.is_file()}
+
+
+def cached_copy(archive: Archive, dest: Path) -> Archive:
+    """A copy of the fixture archive (tile times kept: the same fingerprint) with a fresh cache of every split."""
+    shutil.copytree(archive.root, dest, ignore=shutil.ignore_patterns("cache"))
+    copy = Archive(dest)
+    update_caches(copy, ("train", "val", "test"), progress=False)
+    return copy
+
+
+def test_two_cache_commands_at_once_build_each_split_once(archive, tmp_path):
+    """Both wait for the lock (held here until both say so); one builds every split, the other finds them built."""
+    root = tmp_path / "archive"
+    shutil.copytree(archive.root, root, ignore=shutil.ignore_patterns("cache"))
+    command = [sys.executable, "-m", "rsgee", "cache", str(root), "--no-progress"]
+    logs = [tmp_path / "first.err", tmp_path / "second.err"]
+    with contextlib.ExitStack() as files, Archive(root).lock():
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=files.enter_context(log.open("w")), text=True,
+                                  stdin=subprocess.DEVNULL) for log in logs]
+        deadline = time.monotonic() + 120
+        while not all("waiting" in log.read_text() for log in logs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    for log in logs:
+        assert log.read_text() == f"rsgee: info: waiting for another rsgee process to finish writing to {root}\n"
+    tiles = {split: len(archive.tiles(split)) for split in ("train", "val", "test")}
+    assert sorted(outputs) == [
+        "".join(f"cache/{split}: built {n} tiles → {root / 'cache' / split}\n" for split, n in tiles.items()),
+        "cache/train: up to date\ncache/val: up to date\ncache/test: up to date\n"]  # re-checked under the lock
+    built = cache_files(root)
+    assert not [name for name in built if "/." in name]  # no work folder or temporary left
+    assert update_caches(Archive(root), ("train", "val", "test"), force=True, progress=False) == ["train", "val", "test"]
+    assert cache_files(root) == built  # byte for byte a build of one process alone
+    assert len(open_split(Archive(root), "train", rebuild=False)) == len(archive.tiles("train"))
+
+
+def test_a_truncated_array_is_rebuilt_by_cache_and_reported_by_check(archive, tmp_path, capsys):
+    copy = cached_copy(archive, tmp_path / "archive")
+    s2 = copy.root / "cache" / "train" / "s2.npy"
+    whole = s2.read_bytes()
+    s2.write_bytes(whole[:len(whole) // 2])
+    expected = f"s2.npy holds {len(whole) // 2:,} bytes, tiles.json records {len(whole):,}"
+    assert damage(copy, "train") == expected and not is_current(copy, "train")
+    problems = [p for p in check_archive(copy.root, progress=False).problems if p.startswith("cache/")]
+    assert problems == [f"cache/train: {expected}; run rsgee cache {copy.root} to rebuild it"]
+    with pytest.raises(RsgeeError, match=f"{expected}; run rsgee cache {copy.root} to rebuild it$"):
+        PackedSplit(copy, "train")
+    assert main(["cache", str(copy.root), "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"cache/train: built {len(copy.tiles('train'))} tiles → {copy.root / 'cache' / 'train'}", "cache/val: up to date"]
+    assert s2.read_bytes() == whole and damage(copy, "train") is None
+
+
+def test_a_cache_holding_only_its_manifest_is_not_up_to_date(archive, tmp_path, capsys):
+    copy = cached_copy(archive, tmp_path / "archive")
+    folder = copy.root / "cache" / "val"
+    for array in folder.glob("*.npy"):  # what two concurrent builds of an older rsgee left
+        array.unlink()
+    assert damage(copy, "val") == "lulc.npy is missing" and not is_current(copy, "val")
+    assert [p for p in check_archive(copy.root, progress=False).problems if p.startswith("cache/")] == [
+        f"cache/val: lulc.npy is missing; run rsgee cache {copy.root} to rebuild it"]
+    assert len(open_split(copy, "val", progress=False)) == len(copy.tiles("val"))  # training rebuilds it
+    for array in folder.glob("*.npy"):
+        array.unlink()
+    manifest = json.loads((folder / "tiles.json").read_text())
+    del manifest["arrays"]
+    manifest["encoding"]["format"] = 2  # the older layout: no sizes recorded, stale rather than damaged
+    (folder / "tiles.json").write_text(json.dumps(manifest))
+    assert damage(copy, "val") is None and not is_current(copy, "val")
+    with pytest.raises(RsgeeError, match="a packed cache of an older rsgee; run rsgee cache"):
+        PackedSplit(copy, "val")
+    assert main(["cache", str(copy.root), "--splits", "val", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("cache/val: built ")
+    assert is_current(copy, "val") and len(PackedSplit(copy, "val")) == len(copy.tiles("val"))
+
+
+def test_changed_bytes_are_found_by_check_and_rebuilt_with_force(archive, tmp_path, capsys):
+    copy = cached_copy(archive, tmp_path / "archive")
+    lulc = copy.root / "cache" / "test" / "lulc.npy"
+    whole = lulc.read_bytes()
+    lulc.write_bytes(whole[:-1] + bytes([whole[-1] ^ 1]))  # one bit of the last tile: the size is the same
+    assert is_current(copy, "test")  # opening compares sizes only; check reads every byte anyway
+    assert [p for p in check_archive(copy.root, progress=False).problems if p.startswith("cache/")] == [
+        f"cache/test/lulc.npy differs from what rsgee cache wrote (its sha256); run rsgee cache {copy.root} --force "
+        "to rebuild it"]
+    assert main(["cache", str(copy.root), "--splits", "test", "--no-progress"]) == 0
+    assert capsys.readouterr().out == "cache/test: up to date\n"
+    assert main(["cache", str(copy.root), "--splits", "test", "--force", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("cache/test: built ")
+    assert lulc.read_bytes() == whole
+    assert not [p for p in check_archive(copy.root, progress=False).problems if p.startswith("cache/")]
+
+
+@pytest.mark.parametrize("manifest", ["{", "[1, 2]", '{"encoding": {"format": 3}, "arrays": {"s2": {"bytes": "x"}}}'])
+def test_a_garbage_manifest_is_damage_and_rebuilt(archive, tmp_path, capsys, manifest):
+    copy = cached_copy(archive, tmp_path / "archive")
+    (copy.root / "cache" / "val" / "tiles.json").write_text(manifest)
+    problem = damage(copy, "val")
+    assert problem.startswith("tiles.json unreadable (") if manifest == "{" else problem == "tiles.json is not a cache manifest"
+    with pytest.raises(RsgeeError, match=f"; run rsgee cache {copy.root} to rebuild it$"):
+        PackedSplit(copy, "val")
+    assert main(["cache", str(copy.root), "--splits", "val", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("cache/val: built ") and is_current(copy, "val")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_damaged_tile_is_named_and_the_build_leaves_nothing(archive, tmp_path, capsys, workers):
+    root = tmp_path / "archive"
+    shutil.copytree(archive.root, root, ignore=shutil.ignore_patterns("cache"))
+    tile_id = Archive(root).tiles("train")[-1]["tile_id"]
+    tif = Archive(root).tile_path("s2", tile_id)
+    tif.write_bytes(tif.read_bytes()[:2000])  # cut short
+    with mock.patch("rsgee.preprocess.cache._RUN", 1):  # with 2 workers, the error comes from a worker process
+        code = main(["cache", str(root), "--splits", "train", "--workers", str(workers), "--no-progress"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"rsgee: error: tile {tile_id}: {tif} is unreadable (")
+    assert err[0].endswith(f"; run rsgee check {root} to list the damaged tiles")
+    assert sorted(p.name for p in (root / "cache").iterdir()) == []  # no half-built folder
