@@ -30,12 +30,13 @@ CORE_SOURCES = ("s1", "s2", "lulc", "dem")
 _SOURCE_KEYS = {
     "required": ("description", "collection", "bands", "dtype", "units", "scale_m", "nodata", "composite", "resampling"),
     "optional": ("scale_factor", "to_db", "db_floor", "filters", "filters_lt", "require_bands", "cloud_mask",
-                 "angle_mask", "classes", "fill_missing"),
+                 "angle_mask", "classes", "fill_missing", "fallback"),
 }
 _BAND_KEYS = {"required": ("ee", "name"), "optional": ("description",)}
 _CLOUD_KEYS = {"required": ("collection", "band", "threshold"), "optional": ()}
 _REQUIRE_KEYS = {"required": ("property", "values"), "optional": ()}
 _ANGLE_KEYS = {"required": ("band", "min", "max"), "optional": ()}
+_FALLBACK_KEYS = {"required": ("image", "bands"), "optional": ()}
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ class AngleMaskSpec:
     band: str
     min: float
     max: float
+
+
+@dataclass(frozen=True)
+class FallbackSpec:
+    """A second source, one Earth Engine image, for pixels where no image of a mosaic's collection has
+    data (land without a GLO30 tile); ``bands`` stand for the source's bands, in their order."""
+
+    image: str
+    bands: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ class SourceSpec:
     classes: tuple[str, ...] | None = None
     #: Value (in Earth Engine's units) where no image has data, e.g. 0 m for the DEM's open ocean.
     fill_missing: float | None = None
+    #: Where no image of the collection has data, the value of this image (before ``fill_missing``).
+    fallback: FallbackSpec | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -156,6 +168,8 @@ class SourceSpec:
             out["classes"] = list(self.classes)
         if self.fill_missing is not None:
             out["fill_missing"] = self.fill_missing
+        if self.fallback is not None:
+            out["fallback"] = {"image": self.fallback.image, "bands": list(self.fallback.bands)}
         return out
 
 
@@ -191,8 +205,9 @@ class Catalog:
 
 #: Catalog keys that change only how Earth Engine selects and composites a source, never what the offline sources
 #: deliver or how tiles are cut: exports from other sources, and archives, compare their catalogs without them (an
-#: archive or synthetic export made before ``fill_missing``, the scene filters or the angle mask stays current).
-RECIPE_ONLY_KEYS = ("fill_missing", "filters", "filters_lt", "angle_mask")
+#: archive or synthetic export made before ``fill_missing``, the fallback, the scene filters or the angle mask stays
+#: current).
+RECIPE_ONLY_KEYS = ("fill_missing", "filters", "filters_lt", "angle_mask", "fallback")
 
 
 def without_recipe_keys(sources: dict) -> dict:
@@ -348,6 +363,9 @@ class _Checker:
                 self.fail(f"{key}.fill_missing", f"{fill_missing!r} is not representable in {dtype}")
             if fill_missing == nodata:
                 self.fail(f"{key}.fill_missing", f"{fill_missing!r} is the nodata value; leave fill_missing out instead")
+        fallback = spec.get("fallback")
+        if fallback is not None:
+            fallback = self.fallback(fallback, f"{key}.fallback", len(bands), spec["composite"])
         return SourceSpec(
             name=name,
             description=self.string(spec["description"], f"{key}.description"),
@@ -369,7 +387,18 @@ class _Checker:
             angle_mask=angle,
             classes=classes,
             fill_missing=fill_missing,
+            fallback=fallback,
         )
+
+    def fallback(self, value: Any, key: str, n_bands: int, composite: Any) -> FallbackSpec:
+        self.mapping(value, key, _FALLBACK_KEYS)
+        if composite != "mosaic":
+            self.fail(key, f"fills the gaps of a mosaic (stored tiles such as a DEM's), not of a {composite} composite")
+        bands = value["bands"]
+        if not isinstance(bands, list) or len(bands) != n_bands:
+            self.fail(f"{key}.bands", f"must list {n_bands} band(s), one for each of the source's bands, got {bands!r}")
+        return FallbackSpec(self.string(value["image"], f"{key}.image"),
+                            tuple(self.string(b, f"{key}.bands") for b in bands))
 
     def bands(self, value: Any, key: str) -> tuple[BandSpec, ...]:
         if not isinstance(value, list) or not value:

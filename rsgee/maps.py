@@ -36,6 +36,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from shapely.geometry import mapping, shape  # noqa: E402
 
 from rsgee.acquire.aoi import AOI, parse_aois  # noqa: E402
+from rsgee.acquire.earthengine.download import search_region  # noqa: E402
 from rsgee.acquire.earthengine.recipes import RecipeOptions, Window, build_recipe, collection_size  # noqa: E402
 from rsgee.acquire.export import read_manifest  # noqa: E402
 from rsgee.catalog import Catalog, load_catalog  # noqa: E402
@@ -142,16 +143,19 @@ def preview_recipe(aoi: Any, source: str, start: str | dt.date, end: str | dt.da
     bounds = _add_aois(m, aois)
     for one in aois:
         grid = one.grid()
-        # The region of rsgee.acquire.earthengine.download.EarthEngineSource: the AOI's grid rectangle.
-        region = ee.Geometry.Rectangle(list(grid.bounds), grid.crs, False)
+        # The images of rsgee.acquire.earthengine.download.EarthEngineSource, shown on the AOI's grid rectangle.
+        region = search_region(grid, spec)
         recipe = build_recipe(spec, region, window, options)
         name = f"{one.name}: {source} {window.start}…{window.end}"
         try:
             if not collection_size(recipe).getInfo():
-                dates = "" if spec.composite == "mosaic" else f" between {window.start} and {window.end}"
-                raise RsgeeError(f"no {source} images in {spec.collection}{dates} for AOI '{one.name}'; widen the "
-                                 "window")
-            image = recipe.image.updateMask(recipe.image.neq(recipe.fill)).clip(region)
+                if spec.fallback is None:
+                    dates = "" if spec.composite == "mosaic" else f" between {window.start} and {window.end}"
+                    raise RsgeeError(f"no {source} images in {spec.collection}{dates} for AOI '{one.name}'; widen the "
+                                     "window")
+                recipe = build_recipe(spec, region, window, options, empty=True)
+            image = recipe.image.updateMask(recipe.image.neq(recipe.fill))
+            image = image.clip(ee.Geometry.Rectangle(list(grid.bounds), grid.crs, False))
             m.add_layer(image, dict(vis or EE_VIS[source]), name)
         except ee.EEException as exc:
             raise RsgeeError(f"Earth Engine could not render {name}: {str(exc).strip().splitlines()[0]}") from None

@@ -54,6 +54,9 @@ def test_default_catalog_matches_the_paper_and_design():
     assert lulc.categorical and not s2.categorical
     assert dem.collection == "COPERNICUS/DEM/GLO30" and dem.ee_bands == ("DEM",) and dem.band_names == ("dem",)
     assert dem.composite == "mosaic" and dem.resampling == "bilinear" and dem.scale_m == 30
+    # Land without a GLO30 tile (Armenia, Azerbaijan) from NASADEM; 0 m only where neither has data (open ocean).
+    assert (dem.fallback.image, dem.fallback.bands) == ("NASA/NASADEM_HGT/001", ("elevation",))
+    assert dem.fill_missing == 0.0 and all(cat[n].fallback is None for n in ("s1", "s2", "lulc"))
 
 
 def test_to_dict_round_trips(default_data):
@@ -113,6 +116,14 @@ def mutate(data, dotted, value=None, delete=False):
         ("sources.s1.angle_mask.min", 46, False,
          r"sources\.s1\.angle_mask: needs 0 <= min < max <= 90 degrees, got min 46, max 45\.2399"),
         ("sources.s1.angle_mask.band", "", False, r"sources\.s1\.angle_mask\.band: must be a non-empty string"),
+        ("sources.dem.fallback.bands", ["elevation", "num"], False,
+         r"sources\.dem\.fallback\.bands: must list 1 band\(s\), one for each of the source's bands"),
+        ("sources.dem.fallback.image", None, True, r"sources\.dem\.fallback\.image: missing required field"),
+        ("sources.dem.fallback.collection", "JAXA/ALOS/AW3D30/V3_2", False,
+         r"sources\.dem\.fallback\.collection: unknown key"),
+        ("sources.dem.fallback.image", "", False, r"sources\.dem\.fallback\.image: must be a non-empty string"),
+        ("sources.s2.fallback", {"image": "X", "bands": ["a", "b", "c", "d"]}, False,
+         r"sources\.s2\.fallback: fills the gaps of a mosaic \(stored tiles such as a DEM's\), not of a median"),
     ],
 )
 def test_bad_catalogs_name_the_file_and_the_key(tmp_path, default_data, dotted, value, delete, message):

@@ -4,10 +4,12 @@ For AOI sets too big for one machine to download, Earth Engine writes the GeoTIF
 Cloud Storage (``gs://BUCKET/PREFIX/<aoi>/<source>.tif``) or to Google Drive
 (``FOLDER/<aoi>_<source>.tif``). Each task exports exactly the AOI's lattice grid (``crs``,
 ``crsTransform``, ``dimensions``) with the same recipe as the download path, in one file (so its
-name is predictable); the DEM is also exported on the grid grown by one pixel on every side
-(``dem_halo``), which ``rsgee tile`` uses for exact terrain at AOI borders. Masked pixels carry the
-recipe's fill value (``FLOAT_FILL`` for float sources, the catalog nodata for integers), and the
-GeoTIFFs declare that value as nodata; ``rsgee tile`` maps it to the catalog's nodata.
+name is predictable); the DEM is exported once, on the grid grown by one pixel on every side
+(``dem_halo``), which ``rsgee tile`` uses for exact terrain at AOI borders, and ``dem.tif`` is cut
+from it locally, block by block as the download path writes it (the same file, byte for byte): a
+second task for the inner grid would bill the same DEM twice. Masked pixels carry the recipe's fill
+value (``FLOAT_FILL`` for float sources, the catalog nodata for integers), and the GeoTIFFs declare
+that value as nodata; ``rsgee tile`` maps it to the catalog's nodata.
 
 Earth Engine bills every task, so nothing is started twice:
 
@@ -46,7 +48,8 @@ a service-account key — or the file ``gcloud auth application-default login`` 
 (``~/.config/gcloud/application_default_credentials.json``; GDAL 3.10 does not look there by
 itself) —, a ``~/.boto`` file, or a Compute Engine machine's own account. For Drive the paths are
 the relative ``<source>.tif``: rsgee cannot fetch from Drive, so the user downloads the files into
-the AOI folder.
+the AOI folder, and re-runs the command, which then cuts ``dem.tif`` from ``dem_halo.tif``. Cutting
+reads the Cloud Storage file through GDAL too, so GDAL's credentials are needed from the export on.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -65,17 +69,20 @@ from typing import Callable, Mapping, Sequence
 
 import ee
 import google.auth.exceptions
+import numpy as np
+import rasterio
 from affine import Affine
+from rasterio.windows import Window as RasterWindow
 from tqdm import tqdm
 
 from rsgee.acquire.aoi import AOI
 from rsgee.acquire.earthengine.download import DEM_HALO, EarthEngineSource, classify
 from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
 from rsgee.acquire.earthengine.session import SessionConfig, refused
-from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, read_manifest
+from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, _tags, read_manifest
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import RsgeeError, redact_urls
-from rsgee.geotiff import write_json_atomic
+from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, open_for_writing, write_json_atomic
 from rsgee.grid import Grid
 
 log = logging.getLogger("rsgee")
@@ -302,7 +309,7 @@ def export_batch(
             if job.bar is not None:
                 job.bar.close()
     for job in jobs:
-        results[job.aoi.name] = _finish(job, source)
+        results[job.aoi.name] = _finish(job, source, specs)
     return [results[a.name] for a in aois]
 
 
@@ -314,11 +321,13 @@ def _prepare(aoi: AOI, out: Path, source: BatchSource, catalog: Catalog, specs: 
     dest = source.destination
     manifest = _manifest(aoi, grid, source, catalog, specs)
     for name, entry in manifest["files"].items():
-        entry["path"] = dest.manifest_path(aoi.name, name)
-    keys = [s.name for s in specs] + ([HALO] if any(s.name == "dem" for s in specs) else [])
+        entry["path"] = "dem.tif" if name == "dem" else dest.manifest_path(aoi.name, name)  # cut from dem_halo
+    keys = [HALO if s.name == "dem" else s.name for s in specs]
     if (folder / MANIFEST).exists():
         existing = read_manifest(folder)
         if _same_request(existing, manifest):
+            if HALO in keys and not (folder / "dem.tif").exists():  # a Drive file downloaded since
+                _cut_dem(aoi, folder, grid, catalog["dem"], source)
             return BatchResult(aoi.name, folder, "up to date", len(list(grid.tiles())), tasks=len(keys),
                                where=dest.where(aoi.name), todo=_drive_todo(dest, aoi.name, folder, keys))
         if not overwrite:
@@ -364,7 +373,9 @@ def _start(job: _Job, key: str, source: BatchSource, specs: Sequence[SourceSpec]
     job.save()  # before sending: a crash from here on leaves an id that the next run re-sends
     if not source.destination.gcs:
         (job.folder / f"{key}.tif").unlink(missing_ok=True)  # a download of an earlier task is stale now
-    spec = next(s for s in specs if s.name == ("dem" if key == HALO else key))
+    if key == HALO:
+        (job.folder / "dem.tif").unlink(missing_ok=True)  # and so is what was cut from it
+    spec = next(s for s in specs if s.name == _source(key))
     request = export_request(job.aoi.name, key, job.grid, job.recipes[spec.name], len(spec.bands), source.destination,
                              source.session.tag())
     try:
@@ -421,15 +432,51 @@ class BatchFile:
 
 
 def batch_files(aoi: str, grid: Grid, specs: Sequence[SourceSpec]) -> list[BatchFile]:
-    """The files an AOI's batch export writes: one per source, plus the DEM grown by its halo."""
+    """The files an AOI's batch export writes: one per source, the DEM's grown by its halo."""
     files = []
     for spec in specs:
-        keys = [spec.name] + ([HALO] if spec.name == "dem" else [])
-        for key in keys:
-            halo = DEM_HALO if key == HALO else 0
-            files.append(BatchFile(aoi, key, grid.width + 2 * halo, grid.height + 2 * halo, len(spec.bands),
-                                   spec.numpy_dtype.itemsize))
+        key, halo = (HALO, DEM_HALO) if spec.name == "dem" else (spec.name, 0)
+        files.append(BatchFile(aoi, key, grid.width + 2 * halo, grid.height + 2 * halo, len(spec.bands),
+                               spec.numpy_dtype.itemsize))
     return files
+
+
+def _source(key: str) -> str:
+    """The catalog source a task's key stands for (the DEM's task is ``dem_halo``)."""
+    return "dem" if key == HALO else key
+
+
+def _cut_dem(aoi: AOI, folder: Path, grid: Grid, spec: SourceSpec, source: BatchSource) -> None:
+    """Write ``folder/dem.tif``, the inner part of the DEM task's file (the AOI grid grown by :data:`DEM_HALO`).
+
+    Tile by tile in the order, values and nodata the download path writes them, so that both routes give the
+    same file. Nothing yet when the grown file is not at hand (a Drive file not downloaded).
+
+    Raises:
+        RsgeeError: the grown file cannot be read (for Cloud Storage: GDAL's credentials).
+    """
+    dest = source.destination
+    path = dest.manifest_path(aoi.name, HALO)
+    if not dest.gcs:
+        path = str(folder / path)
+        if not os.path.exists(path):
+            return
+    raster = RasterGrid(grid.crs, grid.transform, grid.width, grid.height)
+    try:
+        with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src, \
+                open_for_writing(folder / "dem.tif", spec, raster, tags=_tags(source, aoi, spec)) as dst:
+            for tile in grid.tiles():
+                window = grid.window(tile)
+                block = src.read(window=RasterWindow(window.col_off + DEM_HALO, window.row_off + DEM_HALO,
+                                                     window.width, window.height))
+                if src.nodata is not None and not np.isnan(src.nodata):
+                    block[block == src.nodata] = spec.nodata
+                dst.write(block, window=window)
+    except rasterio.errors.RasterioIOError as exc:
+        fix = ("GDAL needs Google Cloud credentials for gs:// (GOOGLE_APPLICATION_CREDENTIALS): re-run the same command "
+               "with them" if dest.gcs else "download it again, then re-run the same command")
+        raise RsgeeError(f"cannot read {path} to cut dem.tif from it ({str(exc).splitlines()[0]}); {fix} (no task is "
+                         "started again)") from None
 
 
 def export_request(aoi: str, key: str, grid: Grid, recipe: Recipe, bands: int, destination: Destination,
@@ -554,7 +601,7 @@ def _show(job: _Job) -> None:
     job.bar.refresh()
 
 
-def _finish(job: _Job, source: BatchSource) -> BatchResult:
+def _finish(job: _Job, source: BatchSource, specs: Sequence[SourceSpec]) -> BatchResult:
     """Write the manifest when every task succeeded; otherwise report the failed tasks."""
     dest, name = source.destination, job.aoi.name
     tiles = len(list(job.grid.tiles()))
@@ -568,6 +615,11 @@ def _finish(job: _Job, source: BatchSource) -> BatchResult:
                            where=dest.where(name))
     manifest = json.loads(json.dumps(job.manifest))
     if HALO in job.tasks:
+        try:
+            _cut_dem(job.aoi, job.folder, job.grid, next(s for s in specs if s.name == "dem"), source)
+        except RsgeeError as exc:  # the tasks are done and recorded: a re-run only cuts again
+            return BatchResult(name, job.folder, "failed", tiles, error=str(exc), tasks=len(job.tasks),
+                               where=dest.where(name))
         manifest["files"][HALO] = dict(manifest["files"]["dem"], path=dest.manifest_path(name, HALO), halo_px=DEM_HALO)
     manifest["provenance"] = {
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -584,8 +636,11 @@ def _finish(job: _Job, source: BatchSource) -> BatchResult:
 
 
 def _drive_todo(dest: Destination, aoi: str, folder: Path, keys: Sequence[str]) -> tuple[str, ...]:
-    """What the user still has to fetch from Drive by hand (nothing for Cloud Storage)."""
+    """What the user still has to fetch from Drive by hand, and whether to re-run then (nothing for Cloud Storage)."""
     if dest.gcs:
         return ()
-    return tuple(f"  rsgee cannot fetch from Google Drive: download '{dest.drive_folder}/{dest.file_prefix(aoi, k)}.tif' "
-                 f"into {folder / f'{k}.tif'}" for k in keys if not (folder / f"{k}.tif").exists())
+    todo = [f"  rsgee cannot fetch from Google Drive: download '{dest.drive_folder}/{dest.file_prefix(aoi, k)}.tif' "
+            f"into {folder / f'{k}.tif'}" for k in keys if not (folder / f"{k}.tif").exists()]
+    if HALO in keys and not (folder / "dem.tif").exists():
+        todo.append(f"  then re-run this command: it cuts {folder / 'dem.tif'} from {HALO}.tif")
+    return tuple(todo)

@@ -495,18 +495,20 @@ class EarthEngineSource:
             yield tile, arrays
 
     def _recipes(self, grid: Grid, specs: Sequence[SourceSpec]) -> dict[str, Recipe]:
-        region = ee.Geometry.Rectangle(list(grid.bounds), grid.crs, False)
         recipes = {}
         for spec in specs:
             window = self.windows.get(spec.name)
             if window is None:
                 raise RsgeeError(f"no date window for source '{spec.name}'")
+            region = search_region(grid, spec)
             recipe = build_recipe(spec, region, window, self.options)
             try:
                 size = recipe.collection.size().getInfo()
             except ee.EEException as exc:
                 raise RsgeeError(f"Earth Engine could not list {spec.collection}: {_server_message(exc)}") from None
-            if not size:
+            if not size and spec.fallback is not None:  # e.g. an AOI wholly on land without GLO30 tiles
+                recipe = build_recipe(spec, region, window, self.options, empty=True)
+            elif not size:
                 dates = "" if spec.composite == "mosaic" else f" between {window.start} and {window.end}"
                 raise RsgeeError(f"no {spec.name} images in {spec.collection}{dates}; widen the window "
                                  f"(--start/--end or --window {spec.name}=START/END)")
@@ -657,6 +659,22 @@ def _duration(seconds: float) -> str:
     """``45s``, ``4m10s``: a wait as the progress bar shows it."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def search_region(grid: Grid, spec: SourceSpec) -> ee.Geometry:
+    """Where a source's images are searched: the grid's bounds, for mosaics grown by all that their pixels read.
+
+    A mosaic's tile (a DEM's 1° tile) that only the halo or the resampling kernel reaches would otherwise be
+    left out, and its pixels taken for missing land or sea. The margin is the halo plus two source pixels
+    (``scale_m``), the reach of the kernels recipes use (bilinear reads one pixel on, bicubic two).
+    Composites keep the bounds: their scenes are far larger than that reach, and one left out would only
+    thin the composite in the AOI's outermost pixels.
+    """
+    x0, y0, x1, y1 = grid.bounds
+    if spec.composite == "mosaic":
+        margin = (_block_size(spec) - TILE_PX) // 2 * PIXEL_M + 2 * spec.scale_m
+        x0, y0, x1, y1 = x0 - margin, y0 - margin, x1 + margin, y1 + margin
+    return ee.Geometry.Rectangle([x0, y0, x1, y1], grid.crs, False)
 
 
 def _block_size(spec: SourceSpec) -> int:

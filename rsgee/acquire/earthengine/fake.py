@@ -6,8 +6,10 @@ It answers what rsgee uses — discovery, algorithms (for ``ee.Initialize``), ``
 the requested grid (:func:`fake_pixels`), so a test can check that every block lands where it
 belongs. A collection's size (``value:compute``) can be the number of scripted scenes that pass the
 expression's property filters (equals, lessThan, greaterThan, listContains; footprint and date filters
-pass, the fake has neither); Sentinel-1 pixels can carry an incidence angle, whose border-noise edges
+pass, the scenes have neither); Sentinel-1 pixels can carry an incidence angle, whose border-noise edges
 come back dark unless the expression masks them by its ``angle`` band, and masked if it does.
+DEM requests can be answered from a model of GLO30 and its fallback DEM (:class:`Glo30`): tiles
+missing at sea and over land, tile seams, and a footprint search that finds only the tiles it reaches.
 Faults (HTTP errors with Earth Engine's own messages, truncated bodies, hangs), per-request latency
 and Earth Engine's concurrency cap are scripted, and so are quota bursts that last a span of the
 fake's clock (a :class:`FakeClock` runs minutes of backoff in no time) and answers that report
@@ -166,25 +168,41 @@ class TaskFault:
     match: Callable[[str, str], bool] | None = None
 
 
+#: How much higher the fake's fallback DEM stands than GLO30 on land, so that a test sees whose height a pixel has.
+FALLBACK_OFFSET_M = 7.0
+
+
 @dataclass(frozen=True)
 class Glo30:
-    """The Copernicus GLO-30 DEM as Earth Engine holds it, for DEM pixel requests.
+    """The Copernicus GLO-30 DEM as Earth Engine holds it, and the catalog's fallback DEM, for DEM pixel requests.
 
     1°×1° tiles with 1″ rows and a longitude spacing that grows with latitude (1″ below 50°, then
-    1.5″, 2″, 3″, 5″ from 50°, 60°, 70°, 80°; Copernicus DEM product handbook), no tile at all over
-    open ocean, and sea inside coastal tiles at 0 m. Heights on land are a plane in lon/lat, so
-    that bilinear interpolation on a tile's own grid is exact and any detour through another grid
-    shows. The fake evaluates the two mosaic graphs rsgee has built: tiles resampled on their own
-    grids then mosaicked (optionally unmasked), or the mosaic given the first tile's projection and
-    resampled from there (the first tile is the south-westernmost one under the requested pixels).
+    1.5″, 2″, 3″, 5″ from 50°, 60°, 70°, 80°; Copernicus DEM product handbook), no tile over open
+    ocean nor over ``missing`` land (GLO30 over Armenia and Azerbaijan), and sea inside coastal tiles
+    at 0 m. Heights on land are a plane in lon/lat, so that bilinear interpolation on a tile's own grid
+    is exact and any detour through another grid shows. With ``seams``, a tile interpolated on its own
+    grid is masked wherever the bilinear kernel reads past the tile (the half-pixel band along its
+    edges), as Earth Engine may leave it; without, the kernel is clipped to the tile. Only tiles that
+    intersect the request's footprint filter (``filterBounds``) take part, and a collection's size is
+    their number. The fallback (the catalog's ``fallback`` image, NASADEM) is one image on a 1″ grid,
+    the same plane raised by :data:`FALLBACK_OFFSET_M` with the same sea, and masked over open ocean.
+
+    The fake evaluates the mosaic graphs rsgee has built: tiles resampled on their own grids then
+    mosaicked (optionally unmasked); the mosaic given the first tile's projection and resampled from
+    there (the first tile is the south-westernmost one under the requested pixels); and each tile
+    where its mask is full, else that one-grid mosaic, else the fallback, else the fill.
 
     Attributes:
-        ocean: (lon, lat) of a cell's south-west corner → no tile there.
-        sea: (lon, lat) arrays → sea pixels (0 m) inside the tiles.
+        ocean: (lon, lat) of a cell's south-west corner → open ocean: no tile, nor fallback data.
+        sea: (lon, lat) arrays → sea pixels (0 m) inside the tiles and in the fallback.
+        missing: (lon, lat) of a cell's south-west corner → land without a GLO30 tile.
+        seams: tiles resampled on their own grids are masked along their edges.
     """
 
     ocean: Callable[[int, int], bool] = lambda lon, lat: False
     sea: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda lon, lat: np.zeros(np.shape(lon), bool)
+    missing: Callable[[int, int], bool] = lambda lon, lat: False
+    seams: bool = False
 
     @staticmethod
     def spacing(lat_cell: int) -> float:
@@ -200,6 +218,19 @@ class Glo30:
     def height(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         return np.where(self.sea(lon, lat), 0.0, self.plane(lon, lat))
 
+    def has_tile(self, cx: int, cy: int, found: frozenset | None = None) -> bool:
+        """Whether GLO30 has the tile of cell (cx, cy) and the search found it (``found`` None: no search)."""
+        return not self.ocean(cx, cy) and not self.missing(cx, cy) and (found is None or (cx, cy) in found)
+
+    def found(self, region) -> frozenset:
+        """Cells (cx, cy) of the tiles that a footprint filter on ``region`` (a lon/lat polygon) keeps."""
+        import shapely
+
+        x0, y0, x1, y1 = region.bounds
+        return frozenset((cx, cy) for cx in range(int(np.floor(x0)), int(np.floor(x1)) + 1)
+                         for cy in range(int(np.floor(y0)), int(np.floor(y1)) + 1)
+                         if self.has_tile(cx, cy) and region.intersects(shapely.box(cx, cy, cx + 1, cy + 1)))
+
     def _node(self, cx, cy, i, j):
         """(lon, lat) of pixel centre (i, j) of the tiles at cells (cx, cy), indices clipped to the tile."""
         dx, dy = np.vectorize(self.spacing)(cy), 1.0 / 3600.0
@@ -207,25 +238,28 @@ class Glo30:
         j = np.clip(j, 0, 3599)
         return cx + (i + 0.5) * dx, cy + (j + 0.5) * dy
 
-    def sample(self, lon: np.ndarray, lat: np.ndarray, bilinear: bool) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, lon: np.ndarray, lat: np.ndarray, bilinear: bool,
+               found: frozenset | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each point from the tile under it, on that tile's grid: (values, valid)."""
         cx, cy = np.floor(lon), np.floor(lat)
-        valid = ~np.vectorize(lambda x, y: bool(self.ocean(int(x), int(y))))(cx, cy)
+        valid = np.vectorize(lambda x, y: self.has_tile(int(x), int(y), found), otypes=[bool])(cx, cy)
         dx = np.vectorize(self.spacing)(cy)
         u, v = (lon - cx) / dx - 0.5, (lat - cy) * 3600.0 - 0.5
         if not bilinear:
             return self.height(*self._node(cx, cy, np.round(u).astype(int), np.round(v).astype(int))), valid
         i0, j0 = np.floor(u).astype(int), np.floor(v).astype(int)
+        if self.seams:  # the kernel's far nodes lie in the next tile: masked, not clipped
+            valid &= (i0 >= 0) & (i0 + 1 < np.round(1.0 / dx)) & (j0 >= 0) & (j0 + 1 < 3600)
         fu, fv = np.clip(u - i0, 0, 1), np.clip(v - j0, 0, 1)
         out = 0.0
         for di, dj, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
             out = out + w * self.height(*self._node(cx, cy, i0 + di, j0 + dj))
         return out, valid
 
-    def first_projection(self, lon: np.ndarray, lat: np.ndarray, fill: float | None):
-        """The old graph: mosaic nearest-sampled on the first tile's grid, then bilinear from that grid."""
+    def first_projection(self, lon: np.ndarray, lat: np.ndarray, fill: float | None, found: frozenset | None = None):
+        """The mosaic nearest-sampled on the first tile's grid, then bilinear from that grid: (values, valid)."""
         cells = sorted({(int(y), int(x)) for x, y in zip(np.floor(lon).ravel(), np.floor(lat).ravel())
-                        if not self.ocean(int(x), int(y))})
+                        if self.has_tile(int(x), int(y), found)})
         cy, cx = cells[0] if cells else (int(np.floor(lat.min())), int(np.floor(lon.min())))
         dx, dy = self.spacing(cy), 1.0 / 3600.0
         u, v = (lon - cx) / dx - 0.5, (lat - cy) / dy - 0.5
@@ -233,10 +267,24 @@ class Glo30:
         fu, fv = u - i0, v - j0
         out, valid = 0.0, np.ones(lon.shape, bool)
         for di, dj, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
-            values, ok = self.sample(cx + (i0 + di + 0.5) * dx, cy + (j0 + dj + 0.5) * dy, bilinear=False)
+            values, ok = self.sample(cx + (i0 + di + 0.5) * dx, cy + (j0 + dj + 0.5) * dy, bilinear=False, found=found)
             if fill is not None:
                 values, ok = np.where(ok, values, fill), np.ones(ok.shape, bool)
             out, valid = out + w * values, valid & ok
+        return out, valid
+
+    def fallback(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fallback DEM, bilinear on its own 1″ grid: (values, valid), masked where a node is over open ocean."""
+        d = 1.0 / 3600.0
+        u, v = lon / d - 0.5, lat / d - 0.5
+        i0, j0 = np.floor(u), np.floor(v)
+        fu, fv = u - i0, v - j0
+        ocean = np.vectorize(lambda a, b: bool(self.ocean(int(a), int(b))), otypes=[bool])
+        out, valid = 0.0, np.ones(lon.shape, bool)
+        for di, dj, w in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+            x, y = (i0 + di + 0.5) * d, (j0 + dj + 0.5) * d
+            out = out + w * np.where(self.sea(x, y), 0.0, self.plane(x, y) + FALLBACK_OFFSET_M)
+            valid &= ~ocean(np.floor(x), np.floor(y))
         return out, valid
 
 
@@ -334,8 +382,9 @@ class FakeEarthEngine:
                 "Too many tasks already in the queue (3000)".
             list_page: most operations per ``listOperations`` page (the server may return fewer than
                 the client's pageSize of 500).
-            glo30: answer DEM computePixels requests from this model of GLO30 by evaluating the
-                request's mosaic graph (default: the plain :func:`fake_pixels` pattern).
+            glo30: answer DEM computePixels requests, batch exports and collection sizes from this
+                model of GLO30 and its fallback by evaluating the request's mosaic graph (default: the
+                plain :func:`fake_pixels` pattern, 12 images).
             scenes: source name → the properties of each image of its collection (e.g.
                 ``{"s2": [{"CLOUDY_PIXEL_PERCENTAGE": 95}, ...]}``); a collection's size is the number
                 that pass the expression's property filters (:func:`scene_passes`). Sources not named
@@ -535,8 +584,11 @@ def _handler(state: _State):
                 state.requests.append(record)
             if path.endswith("value:compute"):
                 expression = body.get("expression", {})
+                region = _search_region(expression) if state.glo30 is not None and source == "dem" else None
                 if state.empty is not None and state.empty(source or "", json.dumps(expression)):
                     size = 0
+                elif region is not None:
+                    size = len(state.glo30.found(region))
                 elif state.scenes is not None and source in state.scenes:
                     size = sum(scene_passes(expression, scene) for scene in state.scenes[source])
                 else:
@@ -768,8 +820,9 @@ def _file_limit(state: _State, entry: dict) -> tuple[str, str] | None:
 
 def _source_of(catalog: Catalog, expression: str) -> str | None:
     for name, spec in catalog.sources.items():
-        if f'"{spec.collection}"' in expression or f'\\"{spec.collection}\\"' in expression:
-            return name
+        for asset in [spec.collection] + ([spec.fallback.image] if spec.fallback is not None else []):
+            if f'"{asset}"' in expression or f'\\"{asset}\\"' in expression:
+                return name
     return None
 
 
@@ -813,8 +866,9 @@ def _npy(state: _State, spec: SourceSpec, grid: dict, expression: dict) -> bytes
     return buffer.getvalue()
 
 
-def _calls(expression: dict) -> list[tuple[str, dict]]:
-    """Every function invocation of a serialized expression: (name, arguments with references resolved)."""
+def _calls(expression: dict, start: dict | None = None) -> list[tuple[str, dict]]:
+    """Every function invocation of a serialized expression (or of its node ``start``): (name, arguments with
+    references resolved)."""
     values, found = expression["values"], []
 
     def resolve(node):
@@ -837,7 +891,7 @@ def _calls(expression: dict) -> list[tuple[str, dict]]:
             for child in node:
                 walk(child)
 
-    walk(values[expression["result"]])
+    walk(values[expression["result"]] if start is None else start)
     return found
 
 
@@ -890,34 +944,81 @@ def angle_mask_bounds(expression: dict) -> tuple[float, float]:
 
 
 def _glo30_npy(glo30: Glo30, spec: SourceSpec, grid: dict, expression: dict) -> bytes:
-    """DEM pixels on a computePixels grid from the mosaic graph of the request (see :class:`Glo30`)."""
+    """DEM pixels on a computePixels grid as NPY (see :func:`_glo30_pixels`)."""
+    pixels = _glo30_pixels(glo30, spec, grid, expression)
+    structured = np.zeros(pixels.shape, dtype=[(spec.band_names[0], spec.numpy_dtype.str)])
+    structured[spec.band_names[0]] = pixels
+    buffer = io.BytesIO()
+    np.save(buffer, structured)
+    return buffer.getvalue()
+
+
+def _glo30_pixels(glo30: Glo30, spec: SourceSpec, grid: dict, expression: dict) -> np.ndarray:
+    """DEM pixels (height × width, masked ones the wire fill) on a grid, from the mosaic graph of the request.
+
+    The graphs are told apart by what they call (see :class:`Glo30`): ``Image.setDefaultProjection`` is the
+    one-grid mosaic, alone or (with ``Image.mask``, whose full values rsgee keeps) under the tiles; the
+    fallback's ``Image.load`` adds the fallback; a numeric ``Image.unmask`` before the final rename is the fill.
+    """
     from pyproj import Transformer
 
     calls = _calls(expression)
-    names = [name for name, _ in calls]
-    fill = None
-    for name, args in calls:
-        inner = args.get("input", {}).get("functionInvocationValue", {}).get("functionName")
-        if name == "Image.unmask" and inner == "ImageCollection.mosaic":
-            fill = float(args["value"].get("constantValue", 0))
+    names = {name for name, _ in calls}
+    loads = {(name, _constant(args["id"])) for name, args in calls if name in ("ImageCollection.load", "Image.load")}
+    fill = next((_constant(args["value"]) for name, args in calls if name == "Image.unmask"
+                 and args["input"].get("functionInvocationValue", {}).get("functionName") != "Image.rename"
+                 and _constant(args["value"]) is not None), None)
+    region = _search_region(expression)
+    found = glo30.found(region) if region is not None else None
     affine, dims = grid["affineTransform"], grid["dimensions"]
     width, height = int(dims["width"]), int(dims["height"])
     xs = affine["translateX"] + (np.arange(width) + 0.5) * affine["scaleX"]
     ys = affine["translateY"] + (np.arange(height) + 0.5) * affine["scaleY"]
     x, y = np.meshgrid(xs, ys)
     lon, lat = Transformer.from_crs(grid["crsCode"], "EPSG:4326", always_xy=True).transform(x, y)
-    if "Image.setDefaultProjection" in names:
-        values, valid = glo30.first_projection(lon, lat, fill)
-    else:
-        values, valid = glo30.sample(lon, lat, bilinear="Image.resample" in names)
-        if fill is not None:
-            values, valid = np.where(valid, values, fill), np.ones(valid.shape, bool)
-    values = np.where(valid, values, fill_value(spec)).astype(spec.numpy_dtype)
-    structured = np.zeros((height, width), dtype=[(spec.band_names[0], spec.numpy_dtype.str)])
-    structured[spec.band_names[0]] = values
-    buffer = io.BytesIO()
-    np.save(buffer, structured)
-    return buffer.getvalue()
+    values, valid = np.zeros(lon.shape), np.zeros(lon.shape, bool)
+    if ("ImageCollection.load", spec.collection) in loads:
+        if "Image.setDefaultProjection" in names and "Image.mask" not in names:
+            values, valid = glo30.first_projection(lon, lat, fill, found)
+        else:
+            values, valid = glo30.sample(lon, lat, bilinear="Image.resample" in names, found=found)
+            if "Image.setDefaultProjection" in names:
+                one, ok = glo30.first_projection(lon, lat, None, found)
+                values, valid = np.where(valid, values, one), valid | ok
+    if spec.fallback is not None and ("Image.load", spec.fallback.image) in loads:
+        other, ok = glo30.fallback(lon, lat)
+        values, valid = np.where(valid, values, other), valid | ok
+    if fill is not None:
+        values, valid = np.where(valid, values, fill), np.ones(valid.shape, bool)
+    return np.where(valid, values, fill_value(spec)).astype(spec.numpy_dtype)
+
+
+def _search_region(expression: dict):
+    """The footprint filter's rectangle (``filterBounds``) of an expression as a lon/lat polygon, or None."""
+    import shapely
+    from pyproj import Transformer
+
+    values = expression["values"]
+
+    def resolve(node: dict) -> dict:
+        while "valueReference" in node:
+            node = values[node["valueReference"]]
+        return node
+
+    for name, args in _calls(expression):
+        if name != "Filter.intersects":
+            continue
+        for inner, rect in _calls(expression, args.get("rightValue", {})):
+            if inner != "GeometryConstructors.Rectangle":
+                continue
+            x0, y0, x1, y1 = resolve(rect["coordinates"])["constantValue"]
+            crs = resolve(resolve(rect["crs"])["functionInvocationValue"]["arguments"]["crs"])["constantValue"]
+            t = np.linspace(0.0, 1.0, 65)  # the edges densified: straight in the grid's CRS, curved in lon/lat
+            xs = np.concatenate([x0 + (x1 - x0) * t, np.full(65, x1), x1 - (x1 - x0) * t, np.full(65, x0)])
+            ys = np.concatenate([np.full(65, y0), y0 + (y1 - y0) * t, np.full(65, y1), y1 - (y1 - y0) * t])
+            lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+            return shapely.Polygon(np.column_stack([lon, lat]))
+    return None
 
 
 def export_grid(expression: dict) -> dict:
@@ -968,7 +1069,8 @@ def _write_export(state: _State, entry: dict) -> list[str]:
 
     One ``<prefix>.tif`` when the image fits the requested file dimensions, else one file per
     block named ``<prefix>-<row offset>-<col offset>.tif`` (10 digits each). The GeoTIFF's nodata
-    is the requested ``noData``; pixel values come from :func:`fake_pixels`.
+    is the requested ``noData``; pixel values come from :func:`fake_pixels`, or the DEM's from the
+    :class:`Glo30` model.
     """
     import rasterio
     from affine import Affine
@@ -983,7 +1085,10 @@ def _write_export(state: _State, entry: dict) -> list[str]:
     fw, fh = int(tile.get("width", width)), int(tile.get("height", height))
     g = grid["affineTransform"]
     transform = Affine(g["scaleX"], g["shearX"], g["translateX"], g["shearY"], g["scaleY"], g["translateY"])
-    pixels = np.stack([np.broadcast_to(v, (height, width)) for v in _bands(state, spec, grid, body["expression"])])
+    if state.glo30 is not None and entry["source"] == "dem":
+        pixels = _glo30_pixels(state.glo30, spec, grid, body["expression"])[None]
+    else:
+        pixels = np.stack([np.broadcast_to(v, (height, width)) for v in _bands(state, spec, grid, body["expression"])])
     nodata = geotiff.get("noData", {}).get("floatValue")
     uris = []
     for row, col in itertools.product(range(0, height, fh), range(0, width, fw)):

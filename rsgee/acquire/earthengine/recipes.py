@@ -14,7 +14,10 @@ The graph, in order (each step only when the catalog asks for it):
 2. Per image: link the cloud-score collection and keep pixels with ``band >= threshold``; keep pixels
    with ``min < angle < max`` (Sentinel-1 border noise); select the catalog bands (dropping the score
    and angle bands); ``resample`` for bilinear/cubic.
-3. Composite: mean, median, mode or mosaic; then ``fill_missing`` where no image has data.
+3. Composite: mean, median, mode or mosaic. A resampled mosaic (the DEM's 1° tiles) takes each tile's
+   value where the tile's resampled mask is full; along tile edges, where a tile's kernel reaches past
+   the tile, it takes the mosaic resampled once, on one tile's grid. Then the ``fallback`` image where
+   no tile has data (land without a GLO30 tile), then ``fill_missing`` where nothing has (open ocean).
 4. ``scale_factor``; ``to_db`` (10·log10 of the *linear* composite, clamped at ``db_floor``);
    rounding for integer dtypes; rename to archive names; ``unmask(fill)``; cast to the dtype.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ee
 
@@ -48,6 +51,10 @@ ORBITS = ("ASCENDING", "DESCENDING")
 _EE_RESAMPLING = {"bilinear": "bilinear", "cubic": "bicubic"}
 _CASTS = {"uint8": "toUint8", "uint16": "toUint16", "int16": "toInt16", "float32": "toFloat"}
 _SENTINEL1_PREFIX = "COPERNICUS/S1"
+#: A resampled layer's pixel is used only where its mask is full: at a tile's edge bilinear interpolation reads
+#: past the tile and may leave a partial mask, whose value blends in what is not there. (Not exactly 1: the
+#: kernel's weights need not sum to exactly 1 in float32.)
+FULL_MASK = 0.9999
 
 
 @dataclass(frozen=True)
@@ -118,36 +125,42 @@ def fill_value(spec: SourceSpec) -> float | int:
 
 
 def build_recipe(
-    spec: SourceSpec, region: ee.Geometry, window: Window, options: RecipeOptions = RecipeOptions()
+    spec: SourceSpec, region: ee.Geometry, window: Window, options: RecipeOptions = RecipeOptions(), *,
+    empty: bool = False,
 ) -> Recipe:
     """Build the Earth Engine graph of one source for one region and date window, offline.
 
     Args:
         spec: the catalog source.
-        region: the AOI (any projection); only used to select images, not to clip, since the
-            pixel grid comes from the request.
+        region: where to look for images (any projection), not a clip, since the pixel grid comes
+            from the request; for mosaics it must reach as far as the requested pixels read.
         window: the date window; ignored for ``mosaic`` sources (not time-stamped).
         options: per-run choices (Sentinel-1 orbit).
+        empty: the collection has no image here (:func:`collection_size` said 0) and the source
+            has a ``fallback``: the image is the fallback's alone, since a mosaic of no images has
+            no bands to fill (an AOI wholly on land without GLO30 tiles).
 
     Returns:
         The recipe. Evaluate :func:`collection_size` before requesting pixels: an empty collection
-        makes the image fail server-side.
+        makes the image fail server-side, unless it is rebuilt with ``empty``.
 
     Raises:
-        RsgeeError: the source asks for a resampling recipes do not support (average, mode), or
-            the orbit option contradicts the catalog's own orbit filter.
+        RsgeeError: the source asks for a resampling recipes do not support (average, mode), the
+            orbit option contradicts the catalog's own orbit filter, or ``empty`` without a fallback.
     """
     resample = _resampling(spec)
     collection = _filtered(spec, region, window, options)
     cloud = spec.cloud_mask
     angle = spec.angle_mask
     bands = list(spec.ee_bands)
+    if empty and spec.fallback is None:
+        raise RsgeeError(f"source '{spec.name}': no images in {spec.collection} here and no fallback to use instead")
 
     images = collection
     if cloud is not None:
         images = images.linkCollection(ee.ImageCollection(cloud.collection), [cloud.band])
 
-    def prepare(image: ee.Image) -> ee.Image:
+    def prepare(image: ee.Image, mode: str | None = resample) -> ee.Image:
         if cloud is not None:
             image = image.updateMask(image.select(cloud.band).gte(cloud.threshold))
         if angle is not None:
@@ -161,15 +174,26 @@ def build_recipe(
         # For a mosaic this matters too: GLO30 tiles change their longitude spacing at 50°, 60°,
         # 70° and 80° latitude, and a mosaic resampled from one tile's projection would first be
         # nearest-sampled onto that tile's grid on the other side of such a line.
-        if resample is not None:
-            image = image.resample(resample)
+        if mode is not None:
+            image = image.resample(mode)
         return image
 
-    images = images.map(prepare)
-    image = _composite(spec, images)
+    if empty:
+        image = None
+    elif spec.composite == "mosaic" and resample is not None:
+        image = _seamless_mosaic(collection, images, prepare, bands[0], resample)
+    else:
+        image = _composite(spec, images.map(prepare))
+    if spec.fallback is not None:
+        # Land without a tile of the collection (GLO30 over Armenia and Azerbaijan): a whole second DEM, in
+        # float so that interpolated heights of an integer DEM (NASADEM's int16) keep their fractions.
+        fallback = ee.Image(spec.fallback.image).select(list(spec.fallback.bands)).toFloat()
+        if resample is not None:
+            fallback = _where_full(fallback.resample(resample))
+        image = fallback if image is None else image.unmask(fallback, False)
     if spec.fill_missing is not None:
-        # Where no image has data (GLO30 over open ocean) the value is known. The fill is exact:
-        # each image was interpolated on its own grid, so nothing blends it with nodata.
+        # Where no image has data (GLO30 over open ocean) the value is known. The fill is exact: only
+        # pixels whose masks were full were kept, so nothing blends it with nodata.
         image = image.unmask(spec.fill_missing, False)
     if spec.scale_factor is not None:
         image = image.multiply(spec.scale_factor)
@@ -182,6 +206,27 @@ def build_recipe(
     image = image.rename(list(spec.band_names)).unmask(fill, False)
     image = getattr(image, _CASTS[spec.dtype])()
     return Recipe(source=spec.name, image=image, collection=collection, fill=fill)
+
+
+def _seamless_mosaic(collection: ee.ImageCollection, images: ee.ImageCollection,
+                     prepare: Callable[..., ee.Image], band: str, resample: str) -> ee.Image:
+    """Each tile interpolated on its own grid where its mask stays full, elsewhere the mosaic interpolated once.
+
+    Along a tile's edge (half a source pixel wide) the kernel reads past the tile, so the tile's resampled mask
+    is partial or empty there and so may its neighbour's be: unmasked to 0, such pixels would leave 0-m rims
+    between tiles. There the mosaic of the tiles, given the first tile's grid and resampled from it, has all
+    the kernel's nodes. Its grid is exact for tiles of the same latitude band as the first; across a band
+    line (50°, 60°, 70°, 80°) the edge pixels are off by at most half a source pixel of slope, never 0.
+    """
+    tiles = images.map(lambda image: _where_full(prepare(image))).mosaic()
+    first = ee.Image(collection.first()).select([band]).projection()
+    one_grid = images.map(lambda image: prepare(image, None)).mosaic().setDefaultProjection(first).resample(resample)
+    return tiles.unmask(_where_full(one_grid), False)
+
+
+def _where_full(image: ee.Image) -> ee.Image:
+    """``image`` masked wherever its mask is not full (see :data:`FULL_MASK`)."""
+    return image.updateMask(image.mask().gte(FULL_MASK))
 
 
 def collection_size(recipe: Recipe) -> ee.Number:
@@ -249,7 +294,7 @@ def _composite(spec: SourceSpec, images: ee.ImageCollection) -> ee.Image:
     if spec.composite == "mode":
         # reduce.mode keeps the band names (Reducer.mode via reduce() would append "_mode").
         return images.mode()
-    # mosaic: every pixel is computed on the requested grid from the (resampled) images, so it
+    # mosaic (nearest): every pixel is computed on the requested grid from the image under it, so it
     # needs no default projection; terrain is derived locally from the 10 m DEM.
     return images.mosaic()
 
@@ -271,6 +316,7 @@ def _may_be_fractional(spec: SourceSpec) -> bool:
 
 __all__ = [
     "FLOAT_FILL",
+    "FULL_MASK",
     "Recipe",
     "RecipeOptions",
     "Window",

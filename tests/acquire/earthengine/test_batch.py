@@ -2,16 +2,21 @@
 
 The fake turns ``image:export`` requests into operations that finish after a few polls and write
 their GeoTIFFs into a local "bucket" served like Cloud Storage, so that GDAL's ``/vsigs/`` reads
-them back and ``rsgee tile`` builds an archive from a batch export end to end.
+them back (rsgee cuts ``dem.tif`` from the DEM's one task there) and ``rsgee tile`` builds an
+archive from a batch export end to end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import uuid
+from typing import Iterator
+from unittest import mock
 
 import ee
 import numpy as np
@@ -20,6 +25,7 @@ import rasterio
 
 from rsgee.acquire.aoi import parse_aois
 from rsgee.acquire.earthengine.batch import (
+    HALO,
     TASKS,
     BatchSource,
     Destination,
@@ -27,10 +33,10 @@ from rsgee.acquire.earthengine.batch import (
     export_batch,
     export_request,
 )
-from rsgee.acquire.earthengine.download import parse_windows
+from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
 from rsgee.acquire.earthengine.fake import FakeEarthEngine, PollFault, TaskFault, export_grid, fake_pixels
 from rsgee.acquire.earthengine.session import SessionConfig
-from rsgee.acquire.export import MANIFEST, WORKDIR, read_manifest
+from rsgee.acquire.export import MANIFEST, WORKDIR, export_aois, read_manifest
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
 from rsgee.grid import Grid, Tile
@@ -44,14 +50,21 @@ AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles of EPSG:32632
 OTHER = "w=10.70,46.60,10.73,46.62"
 CATALOG = load_catalog()
 SOURCES = list(CATALOG.sources)
-KEYS = SOURCES + ["dem_halo"]
+KEYS = [HALO if name == "dem" else name for name in SOURCES]  # one task per source, the DEM's on the grown grid
 GRID = parse_aois([AOI])[0].grid()
-FILL = {"s1": -32768.0, "s2": 0.0, "lulc": 255.0, "dem": -32768.0, "dem_halo": -32768.0}
+FILL = {"s1": -32768.0, "s2": 0.0, "lulc": 255.0, "dem_halo": -32768.0}
+
+
+@contextlib.contextmanager
+def serving(**kwargs) -> Iterator[FakeEarthEngine]:
+    """A fake Earth Engine whose bucket GDAL reads: rsgee cuts dem.tif from the DEM task's file there."""
+    with FakeEarthEngine(**kwargs) as server, mock.patch.dict(os.environ, server.gdal_env()):
+        yield server
 
 
 @pytest.fixture()
 def fake():
-    with FakeEarthEngine(task_polls=2) as server:
+    with serving(task_polls=2) as server:
         yield server
     ee.Reset()
 
@@ -84,10 +97,10 @@ def expected(name: str, grid: Grid, halo: int = 0, masked=None) -> np.ndarray:
 
 def test_one_task_per_aoi_and_source_on_exactly_the_aoi_grid(fake, tmp_path):
     (result,) = export(fake, tmp_path)
-    assert result.ok and result.status == "written" and result.tasks == 5, result.line()
+    assert result.ok and result.status == "written" and result.tasks == 4, result.line()
     requests = fake.export_requests()
-    assert sorted(r.source for r in requests) == sorted(SOURCES + ["dem"])
-    assert len({r.body["requestId"] for r in requests}) == 5
+    assert sorted(r.source for r in requests) == sorted(SOURCES)  # one DEM task, on the grown grid
+    assert len({r.body["requestId"] for r in requests}) == 4
     by_key = {r.body["fileExportOptions"]["cloudStorageDestination"]["filenamePrefix"].rsplit("/", 1)[1]: r.body
               for r in requests}
     assert sorted(by_key) == sorted(KEYS)
@@ -112,8 +125,12 @@ def test_one_task_per_aoi_and_source_on_exactly_the_aoi_grid(fake, tmp_path):
     assert manifest["source"] == "earthengine" and manifest["grid"] == GRID.to_dict()
     assert manifest["request"]["via"] == "batch"
     assert manifest["request"]["destination"] == {"gcs": {"bucket": "rsgee-bk", "prefix": "runs/1"}}
-    assert {k: f["path"] for k, f in manifest["files"].items()} == {k: f"/vsigs/rsgee-bk/runs/1/v/{k}.tif" for k in KEYS}
+    assert {k: f["path"] for k, f in manifest["files"].items()} == {
+        **{k: f"/vsigs/rsgee-bk/runs/1/v/{k}.tif" for k in KEYS}, "dem": "dem.tif"}  # cut here from dem_halo
     assert manifest["files"]["dem_halo"]["halo_px"] == 1 and manifest["files"]["s1"]["nodata"] == "nan"
+    with rasterio.open(tmp_path / "v" / "dem.tif") as src:
+        assert src.transform == GRID.transform and (src.width, src.height) == (GRID.width, GRID.height)
+        np.testing.assert_array_equal(src.read(), expected("dem", GRID))
     tasks = manifest["provenance"]["tasks"]
     assert set(tasks) == set(KEYS) and {t["operation"] for t in tasks.values()} == set(fake.state.operations)
     assert manifest["provenance"]["earthengine"]["endpoint"] == fake.url
@@ -121,16 +138,14 @@ def test_one_task_per_aoi_and_source_on_exactly_the_aoi_grid(fake, tmp_path):
     written = fake.storage / "gcs" / "rsgee-bk" / "runs" / "1" / "v"
     assert sorted(p.name for p in written.iterdir()) == sorted(f"{k}.tif" for k in KEYS)
     (again,) = export(fake, tmp_path)  # equal request, complete export: nothing is started
-    assert again.status == "up to date" and len(fake.export_requests()) == 5
+    assert again.status == "up to date" and len(fake.export_requests()) == 4
 
 
-def test_tile_reads_a_cloud_storage_export_through_vsigs(tmp_path, monkeypatch, bucket):
+def test_tile_reads_a_cloud_storage_export_through_vsigs(tmp_path, bucket):
     masked = lambda ix, iy: (ix % 97) == 0  # noqa: E731 — about 1 % of columns come back masked
-    with FakeEarthEngine(masked=masked, task_polls=3) as server:
+    with serving(masked=masked, task_polls=3) as server:
         (result,) = export(server, tmp_path / "exports", bucket=bucket)
         assert result.ok, result.line()
-        for key, value in server.gdal_env().items():
-            monkeypatch.setenv(key, value)
         with rasterio.open(f"/vsigs/{bucket}/runs/1/v/s1.tif") as src:
             assert src.nodata == -32768.0 and src.transform == GRID.transform
         summary = build_archive([tmp_path / "exports"], tmp_path / "archive", load_catalog(),
@@ -156,24 +171,57 @@ def test_tile_reads_a_cloud_storage_export_through_vsigs(tmp_path, monkeypatch, 
     assert report.ok, report.problems
 
 
+def test_dem_tif_is_cut_from_the_one_dem_task_byte_identical_to_the_download_paths(tmp_path, bucket):
+    masked = lambda ix, iy: (ix % 89) == 0  # noqa: E731 — masked pixels must come out as the same NaN
+    with serving(masked=masked, task_polls=1) as server:
+        (batch,) = export(server, tmp_path / "batch", bucket=bucket)
+        session = SessionConfig(project="fake", url=server.url, auth=False, workers=2)
+        download = EarthEngineSource(session, parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], ["dem"]),
+                                     policy=RetryPolicy(attempts=1), progress=False)
+        (direct,) = export_aois(parse_aois([AOI]), tmp_path / "download", download, CATALOG, source_names=["dem"],
+                                progress=False)
+        assert [r.source for r in server.export_requests()].count("dem") == 1
+    ee.Reset()
+    assert batch.ok and direct.ok, (batch.line(), direct.line())
+    cut, downloaded = tmp_path / "batch" / "v" / "dem.tif", tmp_path / "download" / "v" / "dem.tif"
+    assert cut.read_bytes() == downloaded.read_bytes()
+    assert np.isnan(rasterio.open(cut).read()).any()
+
+
+def test_a_dem_that_cannot_be_read_back_fails_the_aoi_in_one_line_and_a_rerun_only_cuts_it(tmp_path, bucket):
+    # GDAL's per-path cache would remember the failed read for the rest of the process
+    with FakeEarthEngine(task_polls=1) as server, mock.patch.dict(os.environ, {"CPL_VSIL_CURL_NON_CACHED": "/vsigs/"}):
+        with mock.patch.dict(os.environ, {"CPL_GS_ENDPOINT": "http://127.0.0.1:9/", "GS_NO_SIGN_REQUEST": "YES"}):
+            (first,) = export(server, tmp_path, bucket=bucket)  # as without Google Cloud credentials for GDAL
+        assert first.status == "failed" and "\n" not in first.error, first.line()
+        assert first.error.startswith(f"cannot read /vsigs/{bucket}/runs/1/v/dem_halo.tif to cut dem.tif from it (")
+        assert "re-run the same command with them (no task is started again)" in first.error
+        assert not (tmp_path / "v" / MANIFEST).exists() and not (tmp_path / "v" / "dem.tif").exists()
+        with mock.patch.dict(os.environ, server.gdal_env()):
+            (again,) = export(server, tmp_path, bucket=bucket)
+        assert again.ok and again.status == "written" and len(server.export_requests()) == 4, again.line()
+        np.testing.assert_array_equal(rasterio.open(tmp_path / "v" / "dem.tif").read(), expected("dem", GRID))
+    ee.Reset()
+
+
 def test_a_failed_task_is_recorded_and_retry_failed_restarts_only_it(fake, tmp_path):
     fake.add_task_fault(TaskFault("User memory limit exceeded.", match=lambda source, prefix: prefix.endswith("v/s2")))
     first, second = export(fake, tmp_path, aois=(AOI, OTHER))
     assert not first.ok and first.status == "failed" and first.failed_blocks == {"s2/*": "User memory limit exceeded."}
-    assert "1 of 5 Earth Engine task(s) failed, e.g. s2: User memory limit exceeded." in first.line()
+    assert "1 of 4 Earth Engine task(s) failed, e.g. s2: User memory limit exceeded." in first.line()
     assert "--retry-failed" in first.line()
     assert second.ok and (tmp_path / "w" / MANIFEST).exists()
     assert not (tmp_path / "v" / MANIFEST).exists()
     recorded = json.loads((tmp_path / "v" / WORKDIR / TASKS).read_text())["tasks"]
     assert recorded["s2"]["state"] == "FAILED" and recorded["s2"]["error"] == "User memory limit exceeded."
     assert {recorded[k]["state"] for k in KEYS if k != "s2"} == {"SUCCEEDED"}
-    assert len(fake.export_requests()) == 10
+    assert len(fake.export_requests()) == 8
     again, other = export(fake, tmp_path, aois=(AOI, OTHER))  # a plain re-run starts nothing
     assert not again.ok and again.failed_blocks == first.failed_blocks and other.status == "up to date"
-    assert len(fake.export_requests()) == 10
+    assert len(fake.export_requests()) == 8
     retried, _ = export(fake, tmp_path, aois=(AOI, OTHER), retry_failed=True)
     assert retried.ok and retried.status == "written"
-    assert [r.source for r in fake.export_requests()[10:]] == ["s2"]
+    assert [r.source for r in fake.export_requests()[8:]] == ["s2"]
     manifest = read_manifest(tmp_path / "v")
     assert "failed_blocks" not in manifest and manifest["provenance"]["tasks"]["s1"] == {
         "operation": recorded["s1"]["operation"], "request_id": recorded["s1"]["request_id"], "eecu_seconds": 1.5}
@@ -183,15 +231,15 @@ def test_an_interrupted_run_resumes_polling_without_starting_tasks(tmp_path, cap
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    with FakeEarthEngine(task_polls=3) as server:
+    with serving(task_polls=3) as server:
         with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, logger="rsgee"):
             export(server, tmp_path, sleep=interrupt)
-        assert "5 Earth Engine task(s) keep running" in caplog.text and "re-run the same command" in caplog.text
+        assert "4 Earth Engine task(s) keep running" in caplog.text and "re-run the same command" in caplog.text
         assert not any(":cancel" in r.path for r in server.requests)  # the tasks run on
         tasks_path = tmp_path / "v" / WORKDIR / TASKS
         recorded = json.loads(tasks_path.read_text())
         assert {t["state"] for t in recorded["tasks"].values()} == {"PENDING"}  # started, not polled since
-        assert not (tmp_path / "v" / MANIFEST).exists() and len(server.export_requests()) == 5
+        assert not (tmp_path / "v" / MANIFEST).exists() and len(server.export_requests()) == 4
         (other,) = export(server, tmp_path, windows=["s1=2023-05-01/2023-10-01"])  # never adopts these tasks
         assert other.status == "failed" and "has Earth Engine tasks started with different parameters" in other.error
         # As if the answer to one start had been lost: recorded as STARTING, without an operation.
@@ -199,15 +247,15 @@ def test_an_interrupted_run_resumes_polling_without_starting_tasks(tmp_path, cap
         tasks_path.write_text(json.dumps(recorded))
         (result,) = export(server, tmp_path)
         assert result.ok and result.status == "written", result.line()
-        resent = server.export_requests()[5:]
+        resent = server.export_requests()[4:]
         assert [r.body["requestId"] for r in resent] == [recorded["tasks"]["lulc"]["request_id"]]
-        assert len(server.state.operations) == 5  # the same request id got the same task, not a second one
+        assert len(server.state.operations) == 4  # the same request id got the same task, not a second one
         assert not server.operation_requests()  # every poll was one listing, none per task
     ee.Reset()
 
 
 def test_an_empty_collection_fails_that_aoi_before_anything_starts(tmp_path):
-    with FakeEarthEngine(empty=lambda source, expression: source == "s2" and "622080" in expression) as server:
+    with serving(empty=lambda source, expression: source == "s2" and "622080" in expression) as server:
         first, second = export(server, tmp_path, aois=(AOI, OTHER))
         assert {r.body["fileExportOptions"]["cloudStorageDestination"]["filenamePrefix"].split("/")[2]
                 for r in server.export_requests()} == {"w"}
@@ -226,16 +274,20 @@ def test_drive_exports_name_relative_files_and_say_how_to_fetch_them(fake, tmp_p
         f"v_{k}" for k in KEYS}
     folder = tmp_path / "exports" / "v"
     manifest = read_manifest(folder)
-    assert {k: f["path"] for k, f in manifest["files"].items()} == {k: f"{k}.tif" for k in KEYS}
+    assert {k: f["path"] for k, f in manifest["files"].items()} == {k: f"{k}.tif" for k in KEYS + ["dem"]}
     assert manifest["request"]["destination"] == {"drive": {"folder": "rsgee-drive"}}
     text = result.line()
     assert "Google Drive folder 'rsgee-drive'" in text.splitlines()[0]
     for key in KEYS:
         assert f"download 'rsgee-drive/v_{key}.tif' into {folder / f'{key}.tif'}" in text
+    assert text.splitlines()[-1] == f"  then re-run this command: it cuts {folder / 'dem.tif'} from dem_halo.tif"
     with pytest.raises(RsgeeError, match="s1.tif is missing"):  # not downloaded yet: a clear error
         build_archive([tmp_path / "exports"], tmp_path / "a0", load_catalog(), progress=False)
     for key in KEYS:  # what the user does by hand
         shutil.copy(fake.storage / "drive" / "rsgee-drive" / f"v_{key}.tif", folder / f"{key}.tif")
+    (cut,) = export(fake, tmp_path / "exports", drive="rsgee-drive")  # the re-run cuts dem.tif, starts nothing
+    assert cut.status == "up to date" and cut.line().count("\n") == 0 and len(fake.export_requests()) == 4
+    np.testing.assert_array_equal(rasterio.open(folder / "dem.tif").read(), expected("dem", GRID))
     summary = build_archive([tmp_path / "exports"], tmp_path / "archive", load_catalog(), progress=False)
     assert summary.written == 4 and not summary.failed
     (again,) = export(fake, tmp_path / "exports", drive="rsgee-drive")
@@ -287,15 +339,15 @@ def test_cli_batch_export_to_a_bucket_end_to_end(fake, tmp_path, capsys, bucket)
             "--ee-url", fake.url, "--no-auth", "--project", "fake", "--poll", "0", "--no-progress"]
     code = main(args)
     out, err = capsys.readouterr()
-    assert code == 1 and "v: FAILED: 1 of 5 Earth Engine task(s) failed, e.g. lulc: Earth Engine capacity exceeded." in out
+    assert code == 1 and "v: FAILED: 1 of 4 Earth Engine task(s) failed, e.g. lulc: Earth Engine capacity exceeded." in out
     assert err.strip() == "rsgee: error: 1 of 1 AOI(s) failed or have failed blocks: v"
     code = main(args + ["--retry-failed"])
     out, _ = capsys.readouterr()
-    assert code == 0 and out.strip() == f"v: written (4 tiles, 5 Earth Engine tasks) → gs://{bucket}/p/v/"
+    assert code == 0 and out.strip() == f"v: written (4 tiles, 4 Earth Engine tasks) → gs://{bucket}/p/v/"
     assert read_manifest(tmp_path / "v")["files"]["lulc"]["path"] == f"/vsigs/{bucket}/p/v/lulc.tif"
     code = main(args)
     out, _ = capsys.readouterr()
-    assert code == 0 and "v: up to date" in out and len(fake.export_requests()) == 6
+    assert code == 0 and "v: up to date" in out and len(fake.export_requests()) == 5
 
 
 def started_source(fake, client_retries=None):
@@ -309,35 +361,35 @@ def started_source(fake, client_retries=None):
     return source
 
 
-THREE = (AOI, OTHER, "x=10.80,46.60,10.83,46.62")  # 15 tasks
+THREE = (AOI, OTHER, "x=10.80,46.60,10.83,46.62")  # 12 tasks
 
 
 def test_tasks_are_submitted_while_fewer_than_max_pending_and_polled_by_one_listing(tmp_path):
     cycles = []
-    with FakeEarthEngine(task_polls=2, list_page=4) as server:
+    with serving(task_polls=2, list_page=4) as server:
         source = started_source(server)
         results = export_batch(parse_aois(list(THREE)), tmp_path, source, CATALOG, poll_s=0, max_pending=4,
                                progress=False, sleep=cycles.append)
         assert [r.status for r in results] == ["written"] * 3, [r.line() for r in results]
-        assert server.peak_pending == 4 and len(server.export_requests()) == 15
+        assert server.peak_pending == 4 and len(server.export_requests()) == 12
         assert all(r.status == 200 for r in server.export_requests())
         assert not server.operation_requests()  # no per-task polls
-        # one listing per cycle, paged at the server's 4 operations a page: 15 operations are 4 pages
+        # one listing per cycle, paged at the server's 4 operations a page: 12 operations are 3 pages
         lists = server.list_requests()
         first_pages = [r for r in lists if "pageToken" not in r.body]
         assert len(first_pages) == len(cycles) + 1 and {r.body["pageSize"] for r in lists} == {"500"}
-        assert [r.body.get("pageToken") for r in lists[-4:]] == [None, "4", "8", "12"]
+        assert [r.body.get("pageToken") for r in lists[-3:]] == [None, "4", "8"]
     ee.Reset()
 
 
 def test_a_full_queue_defers_the_start_instead_of_failing_it(tmp_path):
-    with FakeEarthEngine(task_polls=2, max_pending=3) as server:
+    with serving(task_polls=2, max_pending=3) as server:
         source = started_source(server, client_retries=0)
         results = export_batch(parse_aois(list(THREE)), tmp_path, source, CATALOG, poll_s=0, max_pending=3000,
                                progress=False, sleep=lambda s: None)
         assert [r.status for r in results] == ["written"] * 3, [r.line() for r in results]
         refused = [r for r in server.export_requests() if r.status == 429]
-        assert refused and len(server.state.operations) == 15 and server.peak_pending == 3
+        assert refused and len(server.state.operations) == 12 and server.peak_pending == 3
         resent = {r.body["requestId"] for r in refused}
         assert resent <= set(server.state.by_request_id)  # each refused start was re-sent with its own id
     ee.Reset()
@@ -350,14 +402,14 @@ def test_a_full_queue_defers_the_start_instead_of_failing_it(tmp_path):
     (503, "The service is currently unavailable."),
 ])
 def test_a_failed_poll_never_ends_a_task(tmp_path, caplog, status, message):
-    with FakeEarthEngine(task_polls=2) as server:
+    with serving(task_polls=2) as server:
         source = started_source(server, client_retries=0)
         server.add_poll_fault(PollFault(status, message, times=3))
         with caplog.at_level(logging.WARNING, logger="rsgee"):
             (result,) = export_batch(parse_aois([AOI]), tmp_path, source, CATALOG, poll_s=0, progress=False,
                                      sleep=lambda s: None)
         assert result.ok and result.status == "written", result.line()
-        assert len(server.export_requests()) == 5  # nothing started twice
+        assert len(server.export_requests()) == 4  # nothing started twice
         assert [r.status for r in server.list_requests()][:3] == [status] * 3
         assert caplog.text.count("could not list Earth Engine tasks") == 3 and message in caplog.text
     ee.Reset()

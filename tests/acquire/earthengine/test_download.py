@@ -571,7 +571,7 @@ def test_dry_run_counts_the_requests_and_bytes_an_export_then_downloads(fake, tm
                         "(standard, the default for composites), no workload tag")
     code = main(["export", "--aoi", AOI, "--out", str(tmp_path / "dry"), "--dry-run", "--via", "batch", "--bucket", "rsgee-bk"])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 0 and "; 5 batch task(s), " in lines[0] and lines[1].startswith("total: 1 AOI(s), 4 tiles, 5 batch")
+    assert code == 0 and "; 4 batch task(s), " in lines[0] and lines[1].startswith("total: 1 AOI(s), 4 tiles, 4 batch")
     assert lines[2] == ("Earth Engine endpoint https://earthengine.googleapis.com "
                         "(standard, the default for batch tasks), no workload tag")
 

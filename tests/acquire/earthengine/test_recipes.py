@@ -15,13 +15,14 @@ import pytest
 
 from rsgee.acquire.earthengine.recipes import (
     FLOAT_FILL,
+    FULL_MASK,
     RecipeOptions,
     Window,
     build_recipe,
     collection_size,
     fill_value,
 )
-from rsgee.catalog import load_catalog, parse_catalog
+from rsgee.catalog import FallbackSpec, load_catalog, parse_catalog
 from rsgee.errors import RsgeeError
 
 WINDOW = Window(dt.date(2021, 6, 1), dt.date(2021, 9, 1))
@@ -295,22 +296,74 @@ def test_composite_reducer(catalog, region, name, composite):
     assert graph.names() & reducers == {composite}
 
 
-def test_dem_tiles_are_resampled_on_their_own_grids_before_the_mosaic(catalog, region):
-    """No tile's projection is borrowed: across 50°/60°/70°/80° the GLO30 tiles' grids differ."""
-    _, graph = recipe_graph(catalog, "dem", region)
-    mosaic = graph.one("ImageCollection.mosaic")
-    resample = graph.one("Image.resample")
-    assert resample.value("mode") == "bilinear" and resample in graph.upstream(mosaic)
-    assert "Image.setDefaultProjection" not in graph.names() and "Image.projection" not in graph.names()
+def where_full(call):
+    """The image that ``call`` keeps only where its own mask is full (``updateMask(mask().gte(FULL_MASK))``)."""
+    assert call.name == "Image.updateMask"
+    mask = call.args["mask"]
+    assert mask.name == "Image.gte" and mask.args["image1"].name == "Image.mask" and mask.value("image2") == FULL_MASK
+    assert mask.args["image1"].args["image"] is call.args["image"]
+    return call.args["image"]
 
 
-def test_missing_dem_is_filled_with_zero_after_the_mosaic(catalog, region):
-    assert catalog["dem"].fill_missing == 0.0 and all(catalog[n].fill_missing is None for n in ("s1", "s2", "lulc"))
+def seam_fill(graph):
+    """The unmask that fills the tiles' mosaic from the one-grid mosaic."""
+    return next(c for c in graph.calls("Image.unmask") if c.args["input"].name == "ImageCollection.mosaic")
+
+
+def test_dem_tiles_are_resampled_on_their_own_grids_where_their_masks_are_full(catalog, region):
+    """No tile's projection is borrowed inside tiles (across 50°/60°/70°/80° the GLO30 tiles' grids differ); along
+    tile edges, where a tile's kernel reads past it, the mosaic resampled once on the first tile's grid."""
     _, graph = recipe_graph(catalog, "dem", region)
-    fill = next(c for c in graph.calls("Image.unmask") if c.value("value") == 0)
-    assert fill.args["input"].name == "ImageCollection.mosaic" and fill.value("sameFootprint") is False
-    _, plain = recipe_graph(edited(catalog, "dem", fill_missing=None), "dem", region)
-    assert [c.value("value") for c in plain.calls("Image.unmask")] == [FLOAT_FILL]
+    seam = seam_fill(graph)
+    assert seam.value("sameFootprint") is False
+    tiles = seam.args["input"]
+    per_tile = graph.one("Image.updateMask", tiles)
+    resample = where_full(per_tile)
+    assert resample.name == "Image.resample" and resample.value("mode") == "bilinear"
+    assert "Image.setDefaultProjection" not in {c.name for c in graph.upstream(tiles)}
+    one_grid = where_full(seam.args["value"])
+    assert one_grid.name == "Image.resample" and one_grid.value("mode") == "bilinear"
+    default = one_grid.args["image"]
+    assert default.name == "Image.setDefaultProjection" and default.args["image"].name == "ImageCollection.mosaic"
+    assert "Image.resample" not in {c.name for c in graph.upstream(default.args["image"])}  # tiles on their grids
+    projection = default.args["crs"]
+    assert projection.name == "Image.projection" and projection.args["image"].value("bandSelectors") == ["DEM"]
+    assert projection.args["image"].args["input"].name == "Collection.first"
+
+
+def test_land_without_tiles_takes_the_fallback_and_only_the_rest_is_zero(catalog, region):
+    assert catalog["dem"].fallback == FallbackSpec("NASA/NASADEM_HGT/001", ("elevation",))
+    assert all(catalog[n].fallback is None and catalog[n].fill_missing is None for n in ("s1", "s2", "lulc"))
+    assert catalog["dem"].fill_missing == 0.0
+    _, graph = recipe_graph(catalog, "dem", region)
+    fill = next(c for c in graph.calls("Image.unmask") if c.args["value"].name == "Image.constant"
+                and c.value("value") == 0)
+    assert fill.value("sameFootprint") is False
+    fallback = fill.args["input"]
+    assert fallback.name == "Image.unmask" and fallback.args["input"] is seam_fill(graph)
+    resample = where_full(fallback.args["value"])
+    assert resample.name == "Image.resample" and resample.value("mode") == "bilinear"
+    assert resample.args["image"].name == "Image.toFloat"  # NASADEM's int16 heights interpolated in float
+    select = resample.args["image"].args["value"]
+    assert select.value("bandSelectors") == ["elevation"] and select.args["input"].name == "Image.load"
+    assert select.args["input"].value("id") == "NASA/NASADEM_HGT/001"
+    _, plain = recipe_graph(edited(catalog, "dem", fill_missing=None, fallback=None), "dem", region)
+    inputs = sorted(c.args["input"].name for c in plain.calls("Image.unmask"))
+    assert inputs == ["Image.rename", "ImageCollection.mosaic"]
+    assert "Image.load" not in plain.names()
+
+
+def test_an_empty_collection_leaves_the_fallback_alone(catalog, region):
+    """An AOI wholly on land without GLO30 tiles: a mosaic of no images has no band to fill, so none is built."""
+    recipe = build_recipe(catalog["dem"], region, WINDOW, empty=True)
+    graph = Graph(recipe.image)
+    assert not graph.names() & {"ImageCollection.load", "ImageCollection.mosaic", "Image.setDefaultProjection"}
+    fill = graph.root.args["value"].args["input"].args["input"]
+    assert fill.name == "Image.unmask" and fill.value("value") == 0
+    assert where_full(fill.args["input"]).name == "Image.resample"
+    assert {c.value("id") for c in Graph(recipe.collection).calls("ImageCollection.load")} == {"COPERNICUS/DEM/GLO30"}
+    with pytest.raises(RsgeeError, match="no images in COPERNICUS/S2_SR_HARMONIZED here and no fallback"):
+        build_recipe(catalog["s2"], region, WINDOW, empty=True)
 
 
 def test_s2_cloud_score_mask(catalog, region):
@@ -335,8 +388,12 @@ def test_s2_cloud_score_mask(catalog, region):
 @pytest.mark.parametrize("name", ["s1", "lulc", "dem"])
 def test_no_cloud_mask_without_catalog_entry(catalog, region, name):
     _, graph = recipe_graph(catalog, name, region)
-    assert not graph.names() & {"Image.linkCollection", "Image.gte"}
-    assert len(graph.calls("Image.updateMask")) == (1 if name == "s1" else 0)  # s1: the angle mask
+    assert "Image.linkCollection" not in graph.names()
+    # the DEM's only masks keep pixels where a resampled layer's own mask is full
+    masks = [c for c in graph.calls("Image.updateMask") if c.args["mask"].name != "Image.gte"
+             or c.args["mask"].args["image1"].name != "Image.mask"]
+    assert len(masks) == (1 if name == "s1" else 0)  # s1: the angle mask
+    assert all(c.args["image1"].name == "Image.mask" for c in graph.calls("Image.gte"))
 
 
 def angle_bounds(graph):
@@ -417,7 +474,8 @@ def test_unmask_fill_then_cast(catalog, region, name, fill, cast):
     assert unmask.value("value") == fill
     assert unmask.value("sameFootprint") is False
     assert unmask.args["input"].name == "Image.rename"
-    assert len(graph.calls("Image.unmask")) == (2 if catalog[name].fill_missing is not None else 1)
+    # the DEM's others: tiles ← one-grid mosaic, ← fallback, ← fill_missing
+    assert len(graph.calls("Image.unmask")) == (4 if name == "dem" else 1)
 
 
 def test_land_cover_fill_is_never_water(catalog):
