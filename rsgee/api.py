@@ -21,7 +21,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.preprocess.archive import Archive
 
 __all__ = ["Archive", "cache", "check", "evaluate_fusion", "evaluate_seg", "experiment_archive", "export", "generate",
@@ -73,12 +73,15 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
     start, end = _date(start), _date(end)
     if start >= end:
         raise RsgeeError(f"--start {start} must be before --end {end}")
+    check_number("--max-area", max_area_km2, 0.0, above=True)
     destination = None
     if via == "batch":
         from rsgee.acquire.earthengine.batch import Destination
 
         if source != "earthengine":
             raise RsgeeError(f"--via batch exports from Earth Engine; it does not apply to --source {source}")
+        check_number("--poll", poll_s, 0.0)
+        check_number("--max-pending", max_pending, 1, 3000, whole=True)
         destination = Destination.parse(bucket, prefix, drive_folder)
     elif via != "download":
         raise RsgeeError(f"unknown via '{via}'; choose download or batch")
@@ -108,12 +111,12 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
 
 
 def tile(exports: str | Path | Sequence[str | Path], out: str | Path, *, catalog: str | Path | None = None,
-         max_nodata: float = 0.05, max_s2_nodata: float = 0.2, split_ratios: str = "7:2:1", split_by: str = "block",
-         split_block: int = 4, split_seed: int = 0, split_aoi: dict[str, str] | None = None, workers: int = 1,
-         progress: bool = True, max_float_error: float | None = None):
+         max_nodata: float = 0.05, max_s2_nodata: float = 0.2, split_ratios: str | Sequence[float] = "7:2:1",
+         split_by: str = "block", split_block: int = 4, split_seed: int = 0, split_aoi: dict[str, str] | None = None,
+         workers: int = 1, progress: bool = True, max_float_error: float | None = None):
     """Cut exports into the training archive ``out`` as ``rsgee tile`` does; returns its summary
-    (``.lines()``, ``.failed``, ``.written``). ``split_aoi`` pins AOIs to splits ({name: "test", …});
-    ``max_float_error``: see ``rsgee tile --max-float-error``."""
+    (``.lines()``, ``.failed``, ``.written``). ``split_ratios``: "7:2:1" or (7, 2, 1); ``split_aoi`` pins AOIs
+    to splits ({name: "test", …}); ``max_float_error``: see ``rsgee tile --max-float-error``."""
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.split import SplitConfig
     from rsgee.preprocess.tiling import TileFilters, build_archive
@@ -152,6 +155,7 @@ def check(archive: str | Path, *, workers: int = 1, progress: bool = True):
     """Verify an archive as ``rsgee check`` does; the report has ``.ok``, ``.problems`` and ``.notes``."""
     from rsgee.preprocess.check import check_archive
 
+    check_number("--workers", workers, 1, whole=True)
     return check_archive(archive, workers=workers, progress=progress)
 
 
@@ -162,6 +166,7 @@ def cache(archive: str | Path, splits: Sequence[str] = ("train", "val", "test"),
     from rsgee.preprocess.cache import cache_dir, update_caches
     from rsgee.preprocess.split import SPLITS
 
+    check_number("--workers", workers, 1, whole=True)
     arch = Archive(archive)
     arch.read_meta()
     for split in splits:

@@ -102,7 +102,10 @@ def to_xarray(archive, split: str) -> xr.Dataset:
     ``tile``; pixel centres are ``x_origin + (x + 0.5) * pixel_m`` and ``y_origin - (y + 0.5) * pixel_m``.
     """
     from rsgee.preprocess.cache import open_split
+    from rsgee.preprocess.split import SPLITS
 
+    if split not in SPLITS:
+        raise ViewError(f"'{split}' is not a split; choose from {', '.join(SPLITS)}")
     packed = open_split(archive, split)
     specs = archive.sources()
     aois = {p["tile_id"]: p["aoi"] for p in archive.tiles(split)}

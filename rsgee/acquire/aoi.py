@@ -111,7 +111,7 @@ def parse_aoi_spec(spec: str) -> list[AOI]:
     if not text:
         raise AOIError("empty --aoi value; give a GeoJSON file, a bbox minlon,minlat,maxlon,maxlat or WKT")
     named = _NAMED_SPEC.match(text)
-    if named and not Path(text).exists():
+    if named and not _is_file(text):
         name, body = named.group(1), named.group(2).strip()
         geometry = _parse_inline(body)
         return [AOI(_checked_name(name, body), geometry)]
@@ -121,9 +121,18 @@ def parse_aoi_spec(spec: str) -> list[AOI]:
     return read_geojson(Path(text))
 
 
+def _is_file(path: str | Path) -> bool:
+    """Whether ``path`` names an existing file; False, not OSError, for text no file system takes as a
+    path (a 300-character ``NAME=`` spec is too long a file name)."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
+
+
 def read_geojson(path: Path) -> list[AOI]:
     """AOIs from a GeoJSON file: one per Polygon/MultiPolygon feature."""
-    if not path.exists():
+    if not _is_file(path):
         raise AOIError(
             f"--aoi {path}: no such file, and not a bbox (minlon,minlat,maxlon,maxlat) or WKT either"
         )

@@ -27,9 +27,9 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rsgee import __version__
-from rsgee.acquire.aoi import AOI
+from rsgee.acquire.aoi import AOI, safe_name
 from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
-from rsgee.errors import RsgeeError
+from rsgee.errors import GridError, RsgeeError
 from rsgee.geotiff import RasterGrid, open_for_writing, write_json_atomic
 from rsgee.grid import TILE_PX, Grid, Tile
 
@@ -111,7 +111,12 @@ def export_aoi(
     tiles = list(grid.tiles())
     folder = out_dir / aoi.name
     manifest = _manifest(aoi, grid, source, catalog, specs)
-    existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    try:
+        existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    except RsgeeError:
+        if not overwrite:
+            raise
+        existing = {}  # damaged: --overwrite replaces it, and any blocks of whatever request it was
     if existing is not None and not overwrite:
         if not _same_request(existing, manifest):
             raise RsgeeError(f"{folder} already holds an export made with different parameters; pass --overwrite "
@@ -170,14 +175,53 @@ def export_aoi(
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a complete export folder (error if the export is missing or unfinished)."""
+    """The manifest of a complete export folder, checked where it is read (error if the export is missing,
+    unfinished or damaged): every reader may then take its AOI name, grid and file paths as written."""
     path = Path(folder) / MANIFEST
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RsgeeError(f"{folder}: no {MANIFEST}, so this export is missing or unfinished; re-run rsgee export") from None
     except (OSError, ValueError) as exc:
-        raise RsgeeError(f"{path}: unreadable manifest ({exc}); re-run rsgee export with --overwrite") from None
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    else:
+        problem = _manifest_problem(manifest)
+    if problem:
+        raise RsgeeError(f"{path} is damaged ({problem}); re-run rsgee export with --overwrite") from None
+    return manifest
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What makes a parsed manifest unusable, or None.
+
+    The AOI name becomes an archive's AOI and folder names, so it must be a safe name; every file must lie
+    in the export folder (a relative path without ``..``) or in a Cloud Storage bucket (``/vsigs/``, a batch
+    export's): a manifest never makes rsgee read files elsewhere.
+    """
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    aoi = manifest.get("aoi")
+    name = aoi.get("name") if isinstance(aoi, dict) else None
+    if not isinstance(name, str) or not name or safe_name(name) != name:
+        return f"AOI name {name!r} is not a safe name ([A-Za-z0-9._-], no leading dot)"
+    if not isinstance(aoi.get("geometry"), dict) or not isinstance(manifest.get("source"), str):
+        return "no AOI geometry or no source"
+    for key in ("request", "catalog", "provenance", "failed_blocks"):
+        if not isinstance(manifest.get(key, {}), dict):
+            return f"{key} is not an object"
+    try:
+        Grid.from_dict(manifest.get("grid"))
+    except (GridError, KeyError, TypeError, ValueError):
+        return "no valid grid"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        return "no file list"
+    for key, entry in files.items():
+        where = entry.get("path", f"{key}.tif")
+        inside = isinstance(where, str) and where and not Path(where).is_absolute() and ".." not in Path(where).parts
+        if not (inside or (isinstance(where, str) and where.startswith("/vsigs/"))):
+            return f"file {key} is at {where!r}, outside the export folder"
+    return None
 
 
 def export_windows(manifest: dict) -> dict[str, list[str]] | None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 
 SOURCES = ("earthengine", "local", "synthetic")
 
@@ -33,6 +33,9 @@ def make_block_source(source: str, names: Sequence[str], *, start: dt.date, end:
         raise RsgeeError(f"unknown source '{source}'; choose {', '.join(SOURCES)}")
     if start >= end:
         raise RsgeeError(f"--start {start} must be before --end {end}")
+    check_number("--workers", workers, 1, 40 if source == "earthengine" else None, whole=True)
+    check_number("--timeout", timeout_s, 1.0)
+    check_number("--attempts", attempts, 1, whole=True)
     if destination is not None and source != "earthengine":
         raise RsgeeError(f"--via batch exports from Earth Engine; it does not apply to --source {source}")
     if source == "synthetic":

@@ -31,17 +31,18 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import yaml
-
-from rsgee.catalog import BandSpec, Catalog, SourceSpec, parse_catalog
-from rsgee.errors import RsgeeError
+from rsgee.catalog import BandSpec, Catalog, CatalogError, SourceSpec, load_catalog
+from rsgee.errors import GridError, RsgeeError
 from rsgee.geotiff import atomic_path, write_json_atomic
+from rsgee.grid import Tile
+from rsgee.preprocess.split import SPLITS, SplitConfig
 
 log = logging.getLogger("rsgee")
 
@@ -128,6 +129,22 @@ class Archive:
     def generated_meta_path(self) -> Path:
         return self.generated_dir / "generated.json"
 
+    def generated_record(self) -> dict | None:
+        """``gen/generated.json``: the run and checkpoint whose tiles ``gen/`` holds, checked (None before the
+        first ``rsgee generate``)."""
+        try:
+            record = json.loads(self.generated_meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            problem = None if isinstance(record, dict) and isinstance(record.get("run"), str) else "it names no run"
+        if problem:
+            raise RsgeeError(f"{self.generated_meta_path} is damaged ({problem}); run `rsgee generate RUN {self.root} "
+                             "--overwrite` to generate gen/ again")
+        return record
+
     @property
     def stac_dir(self) -> Path:
         """``stac/``: inside the archive, so that the relative asset hrefs survive moving the folder."""
@@ -144,8 +161,17 @@ class Archive:
             raise RsgeeError(f"{self.root} is not an rsgee archive (no archive.json); build one with rsgee tile") from None
         except (OSError, ValueError) as exc:
             raise RsgeeError(f"{self.meta_path}: unreadable ({exc})") from None
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise RsgeeError(f"{self.meta_path}: not an {FORMAT} version {FORMAT_VERSION} archive")
+        try:
+            SplitConfig.from_dict(meta["split"])
+        except (KeyError, TypeError, ValueError, AttributeError, RsgeeError):
+            problem = "no valid split settings"
+        else:
+            problem = None if isinstance(meta.get("aois"), dict) else "no AOI list"
+        if problem:
+            raise RsgeeError(f"{self.meta_path} is damaged ({problem}); restore it, or rebuild the archive with rsgee "
+                             "tile into a new folder")
         return meta
 
     def write_meta(self, meta: dict) -> None:
@@ -154,8 +180,14 @@ class Archive:
     def catalog(self) -> Catalog:
         """The catalog the archive was built with (read once per Archive object: it never changes)."""
         if self._catalog is None:
-            self._catalog = parse_catalog(yaml.safe_load(self.catalog_path.read_text(encoding="utf-8")),
-                                          self.catalog_path)
+            fix = ("restore this copy of the catalog the archive was built with (the --catalog given to rsgee tile, or "
+                   "rsgee's own catalog.yaml), or rebuild the archive with rsgee tile into a new folder")
+            if not self.catalog_path.exists():
+                raise CatalogError(f"{self.catalog_path} is missing; {fix}")
+            try:
+                self._catalog = load_catalog(self.catalog_path)
+            except CatalogError as exc:
+                raise CatalogError(f"{exc}; {fix}") from None
         return self._catalog
 
     def sources(self) -> dict[str, SourceSpec]:
@@ -189,20 +221,28 @@ class Archive:
 
     # -- index ------------------------------------------------------------------------------
     def read_index(self) -> dict[str, dict]:
-        """Index features by tile id (an empty dict for a new archive)."""
+        """Index features by tile id (an empty dict for a new archive), each checked: its id is a tile id
+        (a hand-edited ``../x`` would name files outside the archive), and its properties name it, its AOI
+        and a split."""
         if not self.index_path.exists():
+            self.read_meta()  # a folder that is no archive is an error, not an archive without tiles
             return {}
         text = self.index_path.read_text(encoding="utf-8")
         enabled = gc.isenabled()
         gc.disable()  # parsing builds ~10 containers per tile; collector passes would double the time
         try:
             data = json.loads(text)
-            return {f["id"]: f for f in data["features"]}
+            features = {f["id"]: f for f in data["features"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptIndex(self, f"{type(exc).__name__}: {exc}") from None
         finally:
             if enabled:
                 gc.enable()
+        for tile_id, feature in features.items():
+            problem = _feature_problem(tile_id, feature)
+            if problem:
+                raise CorruptIndex(self, problem)
+        return features
 
     def write_index(self, features: dict[str, dict]) -> None:
         """Write the index atomically, sorted by tile id (same tiles → same bytes)."""
@@ -240,11 +280,20 @@ class Archive:
 
     @property
     def stats(self) -> dict:
-        """``stats.json``: per-source statistics of the train split (what training normalises with)."""
+        """``stats.json``: per-source statistics of the train split (what training normalises with), checked
+        against the archive's sources, so that every reader may take the numbers it needs as written."""
         try:
-            return json.loads(self.stats_path.read_text(encoding="utf-8"))
+            stats = json.loads(self.stats_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RsgeeError(f"{self.root}: no stats.json; run rsgee tile to finish the archive") from None
+        except (OSError, ValueError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            problem = _stats_problem(stats, self.sources())
+        if problem:
+            raise RsgeeError(f"{self.stats_path} is damaged ({problem}); re-run rsgee tile with the archive's exports "
+                             f"and --out {self.root} to recompute it")
+        return stats
 
     @contextlib.contextmanager
     def journal(self) -> Iterator["Journal"]:
@@ -336,6 +385,42 @@ class Archive:
             tmp.unlink(missing_ok=True)
             count += 1
         return count
+
+
+def _feature_problem(tile_id: object, feature: object) -> str | None:
+    """What makes one index feature unusable, or None."""
+    try:
+        Tile.from_id(tile_id)
+    except (GridError, TypeError):
+        return f"tile id {tile_id!r} is not <epsg>_<col>_<row>"
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    if not isinstance(props, dict) or props.get("tile_id") != tile_id:
+        return f"tile {tile_id}: its properties do not name it"
+    if props.get("split") not in SPLITS or not isinstance(props.get("aoi"), str):
+        return f"tile {tile_id}: split {props.get('split')!r} or AOI {props.get('aoi')!r} is not valid"
+    return None
+
+
+def _stats_problem(stats: object, specs: dict[str, SourceSpec]) -> str | None:
+    """What makes a parsed stats.json unusable for the archive's sources, or None."""
+    sources = stats.get("sources") if isinstance(stats, dict) else None
+    if not isinstance(sources, dict):
+        return "no per-source statistics"
+    for name, spec in specs.items():
+        entry = sources.get(name)
+        if spec.categorical:
+            if not isinstance(entry, dict) or not isinstance(entry.get("class_counts"), dict):
+                return f"no class counts of {name}"
+            continue
+        for band in spec.band_names:
+            values = entry.get(band) if isinstance(entry, dict) else None
+            count = values.get("count") if isinstance(values, dict) else None
+            if not isinstance(count, int) or count < 0:
+                return f"no pixel count of {name}.{band}"
+            numbers = [values.get(key) for key in ("mean", "std")] if count else []
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+                return f"{name}.{band} has no finite mean and std"
+    return None
 
 
 class Journal:

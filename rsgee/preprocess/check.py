@@ -13,13 +13,13 @@ import rasterio
 from tqdm import tqdm
 
 from rsgee.catalog import SourceSpec
-from rsgee.errors import GridError, RsgeeError
+from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV
 from rsgee.grid import TILE_PX, Tile
 from rsgee.preprocess.archive import Archive, CorruptIndex, recorded_float_error
 from rsgee.preprocess.cache import MANIFEST, cache_dir, damage, is_current, verify_cache, verify_hashes
 from rsgee.preprocess.split import SPLITS, SplitConfig
-from rsgee.preprocess.stats import compute_stats, read_stats
+from rsgee.preprocess.stats import compute_stats
 
 
 @dataclass
@@ -84,19 +84,9 @@ def check_archive(root, *, workers: int = 1, progress: bool = True) -> CheckRepo
 
 def _check_splits(index: dict, split: SplitConfig, report: CheckReport) -> None:
     blocks: dict[str, set[str]] = defaultdict(set)
-    for tile_id, feature in index.items():
+    for tile_id, feature in index.items():  # read_index checked ids, tile_id, split and AOI
         props = feature["properties"]
-        if props.get("tile_id") != tile_id:
-            report.problems.append(f"{tile_id}: index feature id and tile_id property differ")
-            continue
-        try:
-            tile = Tile.from_id(tile_id)
-        except GridError as exc:
-            report.problems.append(f"index: {exc}")
-            continue
-        if props.get("split") not in SPLITS:
-            report.problems.append(f"{tile_id}: split {props.get('split')!r} is not one of {', '.join(SPLITS)}")
-            continue
+        tile = Tile.from_id(tile_id)
         expected = split.split_of(tile, props["aoi"])
         if props["split"] != expected:
             report.problems.append(f"{tile_id}: in split {props['split']} but its block belongs to {expected}")
@@ -162,10 +152,11 @@ def _check_orphans(archive: Archive, index: dict, specs: dict, report: CheckRepo
 
 
 def _check_stats(archive: Archive, report: CheckReport, workers: int) -> None:
-    if not archive.stats_path.exists():
-        report.problems.append("stats.json missing; re-run rsgee tile")
+    try:
+        stored = archive.stats
+    except RsgeeError as exc:  # missing or damaged
+        report.problems.append(str(exc))
         return
-    stored = read_stats(archive.stats_path)
     fresh = compute_stats(archive, workers=workers, progress=False, write=False)
     if stored.get("tiles_sha256") != fresh["tiles_sha256"]:
         report.problems.append(f"stats.json was computed on {stored.get('tiles')} tiles, not on the current "

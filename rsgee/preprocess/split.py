@@ -11,10 +11,11 @@ AOIs never moves an existing tile, and the same inputs give the same splits on a
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.grid import Tile
 
 SPLITS = ("train", "val", "test")
@@ -39,12 +40,17 @@ class SplitConfig:
     pinned: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
-            raise RsgeeError(f"split ratios {self.ratios} must be three non-negative numbers train:val:test")
+        ratios = tuple(self.ratios) if isinstance(self.ratios, (tuple, list)) else ()
+        finite = all(isinstance(r, (int, float)) and math.isfinite(r) and r >= 0 for r in ratios)
+        if len(ratios) != 3 or not finite or sum(ratios) <= 0:
+            raise RsgeeError(f"split ratios {self.ratios!r} must be three finite, non-negative numbers train:val:test, "
+                             "not all 0")
+        object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
         if self.by not in ("block", "aoi"):
             raise RsgeeError(f"split by '{self.by}' is unknown; use 'block' or 'aoi'")
-        if self.block < 1:
-            raise RsgeeError(f"split block size {self.block} must be at least 1 tile")
+        if not isinstance(self.block, int) or self.block < 1:
+            raise RsgeeError(f"split block size {self.block!r} must be at least 1 tile")
+        check_number("--split-seed", self.seed, whole=True)
         pinned = tuple(sorted((str(aoi), str(split)) for aoi, split in dict(self.pinned).items()))
         bad = [f"{aoi}={split}" for aoi, split in pinned if split not in SPLITS]
         if bad or len(pinned) != len(self.pinned):
@@ -53,15 +59,18 @@ class SplitConfig:
         object.__setattr__(self, "pinned", pinned)  # one canonical order, so equal settings compare equal
 
     @classmethod
-    def parse_ratios(cls, text: str) -> tuple[float, float, float]:
-        """'7:2:1' → (7.0, 2.0, 1.0)."""
+    def parse_ratios(cls, text: str | Sequence[float]) -> tuple[float, ...]:
+        """'7:2:1' → (7.0, 2.0, 1.0); a sequence of numbers (the Python API's) is kept, to be checked with
+        the rest of the settings."""
+        if isinstance(text, (tuple, list)):
+            return tuple(text)
         try:
-            parts = tuple(float(p) for p in text.split(":"))
+            parts = tuple(float(p) for p in str(text).split(":"))
         except ValueError:
             parts = ()
         if len(parts) != 3:
             raise RsgeeError(f"split ratios '{text}' must look like 7:2:1 (train:val:test)")
-        return parts  # type: ignore[return-value]
+        return parts
 
     @classmethod
     def parse_pins(cls, texts: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +18,7 @@ import rasterio
 from tqdm import tqdm
 
 from rsgee.catalog import SourceSpec
+from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, write_json_atomic
 from rsgee.preprocess.archive import Archive
 
@@ -34,12 +33,10 @@ def tiles_digest(tile_ids: Sequence[str]) -> str:
 
 
 def stats_are_current(archive: Archive) -> bool:
-    """Whether stats.json exists and was computed on exactly the archive's current train tiles."""
-    if not archive.stats_path.exists():
-        return False
+    """Whether stats.json exists, is whole and was computed on exactly the archive's current train tiles."""
     try:
-        stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))
-    except ValueError:
+        stats = archive.stats
+    except RsgeeError:  # missing or damaged: computed afresh
         return False
     return stats.get("tiles_sha256") == tiles_digest([t["tile_id"] for t in archive.tiles("train")])
 
@@ -148,6 +145,3 @@ class _Accumulator:
                                    "max": hi, "p2": float(p_lo), "p98": float(p_hi)}
         return out
 
-
-def read_stats(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

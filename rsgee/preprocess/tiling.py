@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from rsgee.acquire.export import MANIFEST, export_windows, read_manifest
 from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import GDAL_READ_ENV, MAX_Z_ERROR_LIMIT, RasterGrid, write_array
 from rsgee.grid import TILE_PX, Grid, Tile, to_utm
 from rsgee.preprocess.archive import (FORMAT, FORMAT_VERSION, Archive, file_sha256, recorded_float_error, terrain_units,
@@ -53,6 +53,10 @@ class TileFilters:
 
     max_nodata: float = 0.05
     max_s2_nodata: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_number("--max-nodata", self.max_nodata, 0.0, 1.0)
+        check_number("--max-s2-nodata", self.max_s2_nodata, 0.0, 1.0)
 
     def limit(self, source: str) -> float:
         return self.max_s2_nodata if source == "s2" else self.max_nodata
@@ -122,12 +126,12 @@ def find_exports(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def export_paths(folder: Path, manifest: dict) -> dict[str, str]:
-    """Where each file of an export is: relative manifest paths resolve against the folder; absolute
-    paths and GDAL virtual paths (``/vsigs/bucket/…`` of a batch export) are used as they are."""
+    """Where each file of an export is: manifest paths (checked by ``read_manifest``) are relative to the
+    folder, or GDAL ``/vsigs/bucket/…`` paths of a batch export, used as they are."""
     out = {}
-    for name, entry in manifest.get("files", {}).items():
+    for name, entry in manifest["files"].items():
         path = entry.get("path", f"{name}.tif")
-        out[name] = path if path.startswith("/vsi") or os.path.isabs(path) else str(folder / path)
+        out[name] = path if path.startswith("/vsigs/") else str(folder / path)
     return out
 
 
@@ -382,6 +386,7 @@ def build_archive(
     """
     if max_float_error is not None and not 0.0 <= max_float_error <= MAX_Z_ERROR_LIMIT:
         raise RsgeeError(f"max_float_error must be within 0…{MAX_Z_ERROR_LIMIT} (0 = lossless), got {max_float_error!r}")
+    check_number("--workers", workers, 1, whole=True)
     specs = tile_sources(catalog)
     exports = sorted((open_export(p, specs) for p in find_exports(export_paths)), key=lambda e: e.name)
     names = [e.name for e in exports]

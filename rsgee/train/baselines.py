@@ -23,7 +23,6 @@ pixels.
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
@@ -54,7 +53,7 @@ LOG_FLOOR = 1e-4
 
 def band_means(archive: Archive) -> np.ndarray:
     """Per-band mean train reflectance, (bands,)."""
-    stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))["sources"]["s2"]
+    stats = archive.stats["sources"]["s2"]
     return np.array([stats[b]["mean"] for b in archive.sources()["s2"].band_names]) / S2_SCALE
 
 

@@ -20,7 +20,6 @@ transform (it then reads as lit from another azimuth), and SAR's look direction 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -181,10 +180,7 @@ def train_subset(tile_ids: Sequence[str], count: int | None, seed: int) -> list[
 
 def archive_normalisation(archive: Archive) -> dict:
     """The statistics the inputs are normalised with (from the train split's stats.json)."""
-    try:
-        stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RsgeeError(f"{archive.root}: no stats.json; run rsgee tile to finish the archive") from None
+    stats = archive.stats
     dem = stats["sources"]["terrain"]["dem"]
     if not dem.get("count"):
         raise RsgeeError(f"{archive.root}: the train split is empty; add AOIs or change --split-ratios")

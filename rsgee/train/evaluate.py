@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import atomic_path
 from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
@@ -35,6 +35,16 @@ from rsgee.train.trainer import read_run, start_processes
 BASELINE_SOURCES = {"constant-mean": "—", "class-mean": "lulc", "class-illumination": "lulc+dem"}
 
 
+def run_archive(run: str | Path, info: dict, archive: str | Path | None) -> Archive:
+    """The archive to score a run on: ``archive`` when given, else the one its run.json names, which must
+    still be an archive (a moved or deleted one is one line, not a missing catalog.yaml)."""
+    root = Archive(archive or info["archive"])
+    if archive is None and not root.exists():
+        raise RsgeeError(f"{run} was trained on {root.root}, which is no longer an rsgee archive (moved or deleted?); "
+                         "pass --archive with the archive to evaluate on")
+    return root
+
+
 def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = None, split: str = "test",
                     batch_size: int = 8, progress: bool = True, accelerator: str = "auto", devices: int | str = 1,
                     num_nodes: int | str = "auto", baselines: bool = True) -> list[dict]:
@@ -47,12 +57,13 @@ def evaluate_fusion(runs: Sequence[str | Path], *, archive: str | Path | None = 
     process scores its share of the tiles and the metrics are computed over all of them; every
     process returns the same rows.
     """
+    check_number("--batch-size", batch_size, 1, whole=True)
     fabric = start_processes(accelerator, devices, num_nodes)
     rows = []
     for run in runs:
         info = read_run(run)
         task = load_fusion(run).to(fabric.device)
-        root = Archive(archive or info["archive"])
+        root = run_archive(run, info, archive)
         samples = FusionSamples(root, split, task.config.sources, info["normalisation"], progress=progress)
         if not len(samples):
             raise RsgeeError(f"{root.root}: the {split} split has no tiles to evaluate on")
@@ -157,6 +168,7 @@ def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, ar
     from rsgee.train.segmentation import (IGNORE, NUM_CLASSES, collate_segmentation, counted_labels, load_segmentation,
                                           real_test_samples)
 
+    check_number("--batch-size", batch_size, 1, whole=True)
     fabric = start_processes(accelerator, devices, num_nodes)
     main = fabric.global_rank == 0
     out_dir = Path(out_dir)
@@ -166,7 +178,7 @@ def evaluate_segmentation(runs: Sequence[str | Path], out_dir: str | Path, *, ar
     for run in runs:
         info = read_run(run)
         task = load_segmentation(run).to(fabric.device)
-        root = Archive(archive or info["archive"])
+        root = run_archive(run, info, archive)
         classes = classes or list(root.sources()["lulc"].classes)
         samples = real_test_samples(root, split)
         if not len(samples):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.grid import TILE_PX
 from rsgee.models import losses
 from rsgee.models.layers import count_parameters
@@ -34,9 +34,9 @@ from rsgee.preprocess.archive import Archive
 from rsgee.train.data import FusionData, check_augmentation, condition_tensor, model_to_reflectance, parse_sources
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_length, checkpoint_of, fit, make_trainer,
-                                 planned_steps, read_run, resolve_launch, run_inputs, scheduled, seed_everything,
-                                 start_run)
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_options, checkpoint_of, fit, load_checkpoint,
+                                 make_trainer, planned_steps, read_run, resolve_launch, restore_task, run_inputs,
+                                 scheduled, seed_everything, start_run)
 
 #: Generators: the paper's RS-SPADE (pix2pix's U-Net + multi-source modulation), the pix2pix baseline, and
 #: SPADE's decoder-only generator with the same modulation (an ablation).
@@ -100,12 +100,10 @@ class FusionConfig:
         if self.model not in MODELS:
             raise RsgeeError(f"unknown fusion model '{self.model}'; choose {', '.join(MODELS)}")
         self.sources = parse_sources(self.sources)
-        check_length(self)
+        check_options(self)
         check_augmentation(self.augment)
-        if self.val_figures < 0:
-            raise RsgeeError(f"--val-figures {self.val_figures}: use 0 (none) or more tiles")
-        if self.train_tiles is not None and self.train_tiles < 1:
-            raise RsgeeError(f"--train-tiles {self.train_tiles}: use a positive number of train tiles")
+        check_number("--val-figures", self.val_figures, 0, whole=True)
+        check_number("--val-every", self.val_every, 1, whole=True)
         if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
             raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
                              "(a run of --epochs validates every --val-every epochs)")
@@ -115,9 +113,17 @@ class FusionConfig:
         for key, value in RECIPES[self.recipe].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        for option, value in (("--lr-g", self.lr_g), ("--lr-d", self.lr_d)):
+            check_number(option, value, 0.0, above=True)
+        for option, value in (("--l1-weight", self.l1_weight), ("--fm-weight", self.fm_weight),
+                              ("--vgg-weight", self.vgg_weight)):
+            check_number(option, value, 0.0)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise RsgeeError(f"--betas {self.betas!r}: give two numbers like 0.5,0.999")
+        for beta in self.betas:
+            check_number("--betas", beta, 0.0, 1.0, below=True)
         self.betas = tuple(float(b) for b in self.betas)  # torch 2.13 Adam wants both floats
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise RsgeeError(f"--ema-decay {self.ema_decay:g}: use a value in [0, 1) (0.999 is usual; 0 = no EMA)")
+        check_number("--ema-decay", self.ema_decay, 0.0, 1.0, below=True)
         if self.fm_weight and self.discriminator != "multiscale":
             raise RsgeeError(f"feature matching (--fm-weight {self.fm_weight:g}) needs the multiscale discriminator, "
                              f"whose intermediate features it compares; the {self.discriminator} discriminator returns "
@@ -333,7 +339,7 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
     launch = resolve_launch(accelerator, devices, num_nodes)
-    ckpt = start_run(run_dir, asdict(config), resume=resume)
+    ckpt = start_run(run_dir, "fusion", asdict(config), resume=resume)
     seed_everything(config.seed)
     data = FusionData(archive.root, config.sources, batch_size=config.batch_size, num_workers=config.num_workers,
                       crop=config.crop, augment=config.augment, seed=config.seed, train_tiles=config.train_tiles,
@@ -365,14 +371,13 @@ def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "c
         raise RsgeeError(f"{run_dir} is not a fusion run")
     if weights not in WEIGHTS:
         raise RsgeeError(f"unknown weights '{weights}'; choose raw or ema")
-    checkpoint = torch.load(checkpoint_of(run_dir, which), map_location=map_location, weights_only=False)
+    path = checkpoint_of(run_dir, which)
+    checkpoint = load_checkpoint(path, "fusion", map_location)
     hparams = dict(checkpoint["hyper_parameters"])
     if hparams["config"].get("model") == "rs-spade" and "generator.fc.weight" in checkpoint["state_dict"]:
         # trained before RS-SPADE became the paper's U-Net: the generator is today's spade-decoder
         hparams["config"] = dict(hparams["config"], model="spade-decoder")
-    task = FusionTask(**hparams)
-    task.on_load_checkpoint(checkpoint)
-    task.load_state_dict(checkpoint["state_dict"])
+    task = restore_task(FusionTask, checkpoint, path, hparams)
     if weights == "ema":
         task.use_ema()
     return task.eval()

@@ -9,7 +9,6 @@ nodata), tagged with the run that made it. ``gen/generated.json`` records the ru
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array, write_json_atomic
 from rsgee.grid import TILE_PX, Tile
 from rsgee.preprocess.archive import Archive, file_sha256
@@ -49,25 +48,28 @@ def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int =
     returns the totals. The first holds the archive's lock throughout: a second ``generate`` (whose
     ``--overwrite`` would mix two runs' tiles) or ``tile`` on the archive waits or fails meanwhile.
     """
+    check_number("--batch-size", batch_size, 1, whole=True)
     run_dir, archive = Path(run_dir), Archive(archive_root)
     archive.read_meta()
     info = read_run(run_dir)
+    if info["kind"] != "fusion":
+        raise RsgeeError(f"{run_dir} is a {info['kind']} run; rsgee generate needs a fusion run")
     fabric = start_processes(accelerator, devices, num_nodes)
     main = fabric.global_rank == 0
     ckpt = checkpoint_of(run_dir, "best")
     record = {"run": str(run_dir.resolve()), "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt),
               "model": info["config"]["model"], "sources": sources_label(info["config"]["sources"]), "weights": weights}
+    task = load_fusion(run_dir, weights=weights).to(fabric.device)  # a damaged checkpoint stops it before the claim
     with archive.lock(wait=True) if main else contextlib.nullcontext():
+        listed = archive.splits  # and so does a damaged index
         if main:
             _claim(archive, record, overwrite)
         fabric.barrier()  # every process sees what the claim left before listing what is to do
-        task = load_fusion(run_dir, weights=weights).to(fabric.device)
         spec = archive.sources()["s2"]
         tags = {"RSGEE_GENERATED_BY": record["run"], "RSGEE_CHECKPOINT": ckpt.name, "RSGEE_MODEL": record["model"],
                 "RSGEE_SOURCES": record["sources"], "RSGEE_WEIGHTS": weights,
                 "RSGEE_SYNTHETIC_S2": "generated, not observed"}
-        todo = {split: [t["tile_id"] for t in archive.tiles(split) if not _done(archive, t["tile_id"])]
-                for split in SPLITS}
+        todo = {split: [t for t in listed.get(split, []) if not _done(archive, t)] for split in SPLITS}
         if main:  # the caches built under this process's lock: no other rank waits for it
             for split, tile_ids in todo.items():
                 if tile_ids:
@@ -96,14 +98,19 @@ def generate(run_dir: str | Path, archive_root: str | Path, *, batch_size: int =
         bar.close()
         written = int(fabric.all_reduce(torch.tensor(written, device=fabric.device), reduce_op="sum"))
         todo_total = sum(len(v) for v in todo.values())
-        return GenerateSummary(written=written, skipped=len(archive.tiles()) - todo_total, folder=archive.generated_dir)
+        return GenerateSummary(written=written, skipped=sum(map(len, listed.values())) - todo_total,
+                               folder=archive.generated_dir)
 
 
 def _claim(archive: Archive, record: dict, overwrite: bool) -> None:
     """gen/ belongs to one run and checkpoint; another run's tiles are replaced only with --overwrite."""
-    path = archive.generated_meta_path
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        previous = archive.generated_record()
+    except RsgeeError:
+        if not overwrite:
+            raise
+        previous = {}  # damaged: --overwrite replaces it and the tiles it would have named
+    if previous is not None:
         previous.setdefault("weights", "raw")  # gen/ folders written before EMA weights existed
         same = all(previous.get(k) == record[k] for k in ("run", "checkpoint_sha256", "weights"))
         if not same and not overwrite:
@@ -113,7 +120,7 @@ def _claim(archive: Archive, record: dict, overwrite: bool) -> None:
         if not same:
             for tif in archive.generated_dir.glob("*.tif"):
                 tif.unlink()
-    write_json_atomic(path, record)
+    write_json_atomic(archive.generated_meta_path, record)
 
 
 def _done(archive: Archive, tile_id: str) -> bool:

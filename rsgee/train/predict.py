@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rsgee.acquire.export import read_manifest
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import GDAL_READ_ENV, atomic_path
 from rsgee.grid import TILE_PX, Grid
 from rsgee.preprocess.tiling import export_paths, replace_nodata, terrain_window
@@ -98,6 +98,7 @@ def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probab
     """
     from rsgee.train.segmentation import load_segmentation
 
+    _check_windows(overlap, batch_size)
     info = _run_info(run, "segmentation")
     export = _open_export(exports, info, ("s2",))
     out = Path(out)
@@ -148,6 +149,7 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
     """
     from rsgee.train.fusion import load_fusion
 
+    _check_windows(overlap, batch_size)
     info = _run_info(run, "fusion")
     sources = tuple(info["config"]["sources"])
     needed = tuple(s for s in ("lulc", "s1", "dem", "s2") if s in {"dem" if x == "terrain" else x for x in sources}
@@ -305,6 +307,12 @@ def _read_strip(export: _Export, sources: tuple[str, ...], y0: int, rows: int) -
     return strip
 
 
+def _check_windows(overlap: int, batch_size: int) -> None:
+    """The window options, refused before the run or the export is read."""
+    check_number("--overlap", overlap, 0, TILE_PX // 2 - 1, whole=True)
+    check_number("--batch-size", batch_size, 1, whole=True)
+
+
 def _slide(export: _Export, sources, inputs, model, bands: int, overlap: int, batch_size: int, device: str,
            progress: bool):
     """Slide the model over the AOI; yields ``(y0, rows, observed, blended, windows so far)`` per final strip.
@@ -312,8 +320,6 @@ def _slide(export: _Export, sources, inputs, model, bands: int, overlap: int, ba
     Windows of one row are blended into a buffer one window tall; after each window row, the rows no
     later window reaches (up to the next row's start) are final and leave the buffer.
     """
-    if not 0 <= overlap < TILE_PX // 2:
-        raise RsgeeError(f"--overlap {overlap}: use 0 to {TILE_PX // 2 - 1} pixels")
     grid, size = export.grid, TILE_PX
     weight = torch.from_numpy(blend_weights(size, overlap)).to(device)
     ys, xs = window_starts(grid.height, size, size - overlap), window_starts(grid.width, size, size - overlap)

@@ -12,7 +12,6 @@ pixels whose label is nodata (255) or whose real Sentinel-2 is nodata are ignore
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.models.factory import NUM_CLASSES, build_segmenter
 from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
@@ -34,9 +33,9 @@ from rsgee.train.data import S2_SCALE, augment, check_augmentation, crop, draw_t
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
-from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_length, checkpoint_of, fit, make_trainer,
-                                 planned_steps, read_run, resolve_launch, run_inputs, scheduled, seed_everything,
-                                 start_run)
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_options, checkpoint_of, fit, load_checkpoint,
+                                 make_trainer, planned_steps, read_run, resolve_launch, restore_task, run_inputs,
+                                 scheduled, seed_everything, start_run)
 
 
 IGNORE = 255
@@ -73,7 +72,7 @@ def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int, world_size
 
 def image_stats(archive: Archive) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and std of train-split reflectance (stats.json), for standardising images."""
-    stats = json.loads(archive.stats_path.read_text(encoding="utf-8"))["sources"]["s2"]
+    stats = archive.stats["sources"]["s2"]
     bands = archive.sources()["s2"].band_names
     mean = np.array([stats[b]["mean"] for b in bands], np.float32) / S2_SCALE
     std = np.array([stats[b]["std"] for b in bands], np.float32) / S2_SCALE
@@ -202,14 +201,20 @@ class SegmentationConfig:
     clip_grad_norm: float | None = None  # clip the gradient norm to this
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mix, (tuple, list)) or len(self.mix) != 2:
+            raise RsgeeError(f"--mix {self.mix!r}: give REAL:GENERATED, two whole numbers such as 1:1 or 1:0")
+        for share in self.mix:
+            check_number("--mix", share, 0, whole=True)
+        if not any(self.mix):
+            raise RsgeeError("--mix 0:0: give real or generated tiles a share, e.g. 1:0 or 1:1")
         self.mix = tuple(int(v) for v in self.mix)
-        check_length(self)
+        check_options(self)
         check_augmentation(self.augment)
+        check_number("--lr", self.lr, 0.0, above=True)
+        check_number("--weight-decay", self.weight_decay, 0.0)
         if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
             raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
                              "(a run of --epochs validates after every epoch)")
-        if self.train_tiles is not None and self.train_tiles < 1:
-            raise RsgeeError(f"--train-tiles {self.train_tiles}: use a positive number of train tiles")
 
     @property
     def mix_label(self) -> str:
@@ -328,7 +333,7 @@ def check_generated(archive: Archive) -> dict:
     if missing:
         raise RsgeeError(f"{len(missing)} train tile(s) have no generated twin in {archive.generated_dir} "
                          f"(e.g. {missing[0]}); re-run `rsgee generate`")
-    return json.loads(archive.generated_meta_path.read_text(encoding="utf-8"))
+    return archive.generated_record()
 
 
 def train_segmentation(archive: str | Path, run_dir: str | Path, config: SegmentationConfig, *, resume: bool = False,
@@ -341,7 +346,7 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
     launch = resolve_launch(accelerator, devices, num_nodes)
-    ckpt = start_run(run_dir, asdict(config), resume=resume)
+    ckpt = start_run(run_dir, "segmentation", asdict(config), resume=resume)
     seed_everything(config.seed)
     data = SegmentationData(archive.root, config, progress=progress)
     data.prepare_data()
@@ -368,7 +373,8 @@ def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationT
     info = read_run(run_dir)
     if info.get("kind") != "segmentation":
         raise RsgeeError(f"{run_dir} is not a segmentation run")
-    return SegmentationTask.load_from_checkpoint(checkpoint_of(run_dir, which), map_location="cpu").eval()
+    path = checkpoint_of(run_dir, which)
+    return restore_task(SegmentationTask, load_checkpoint(path, "segmentation"), path).eval()
 
 
 def real_test_samples(archive: Archive, split: str = "test") -> SegmentationSamples:

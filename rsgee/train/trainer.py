@@ -28,6 +28,7 @@ import math
 import os
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,11 +38,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from rsgee import __version__
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import write_json_atomic
+from rsgee.models.factory import NUM_CLASSES, SIZES
 from rsgee.train.distributed import is_main_process
 
 RUN_FILE = "run.json"
+#: What a run trains, and a parameter-name prefix only that kind's checkpoints hold (the generator, RS-UNet).
+CHECKPOINT_PREFIXES = {"fusion": "generator.", "segmentation": "model."}
+#: The config entries each kind's readers take from run.json (generate, predict), with their JSON types.
+RUN_CONFIG_KEYS = {"fusion": {"model": str, "sources": list}, "segmentation": {"mix": list}}
 
 #: Learning-rate schedules over a run's optimiser steps (after ``warmup`` steps of linear warm-up):
 #: ``constant``; ``linear``, pix2pix's (constant for the first half, then linearly down to 0 at the last
@@ -85,6 +91,26 @@ def check_length(config) -> None:
         raise RsgeeError(f"--warmup {config.warmup}: use 0 or more optimiser steps")
 
 
+def check_options(config) -> None:
+    """Range-check the options both kinds of run share (after :func:`check_length`), for the configs'
+    ``__post_init__``: a value the optimiser, the loader or numpy's seeding would refuse only after
+    run.json is written is refused here, in one line, from the CLI and from Python alike."""
+    check_length(config)
+    if config.size not in SIZES:
+        raise RsgeeError(f"--size {config.size!r}: choose {', '.join(SIZES)}")
+    check_number("--batch-size", config.batch_size, 1, whole=True)
+    check_number("--seed", config.seed, 0, 2**32 - 1, whole=True)
+    check_number("--workers", config.num_workers, 0, whole=True)
+    for option, value in (("--steps-per-epoch", config.steps_per_epoch), ("--checkpoint-every", config.checkpoint_every),
+                          ("--train-tiles", config.train_tiles)):
+        if value is not None:
+            check_number(option, value, 1, whole=True)
+    if config.clip_grad_norm is not None:
+        check_number("--clip-grad-norm", config.clip_grad_norm, 0.0, above=True)
+    if config.crop is not None and (not isinstance(config.crop, int) or config.crop % 32 or not 32 <= config.crop <= 256):
+        raise RsgeeError(f"--crop {config.crop!r}: use a multiple of 32 between 32 and 256 pixels")
+
+
 def planned_steps(config, batches_per_epoch: int) -> int:
     """Optimiser steps a run takes: ``--steps``, or ``--epochs`` × the batches of an epoch on one device."""
     if config.steps:
@@ -98,11 +124,44 @@ def write_run(run_dir: Path, info: dict) -> None:
 
 
 def read_run(run_dir: str | Path) -> dict:
+    """A run's ``run.json``, checked where it is read: every reader may then take its keys as written."""
     path = Path(run_dir) / RUN_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RsgeeError(f"{run_dir} is not an rsgee run (no {RUN_FILE}); train one with rsgee train") from None
+    except (OSError, ValueError) as exc:
+        problem = str(exc).splitlines()[0]
+    else:
+        problem = _run_problem(info)
+    if problem:
+        raise RsgeeError(f"{path} is damaged ({problem}); restore it from a copy, or train the run again into a new "
+                         "--out")
+    return info
+
+
+def _run_problem(info) -> str | None:
+    """What makes a parsed run.json unusable, or None."""
+    if not isinstance(info, dict):
+        return f"a JSON {type(info).__name__}, not an object"
+    if info.get("kind") not in CHECKPOINT_PREFIXES:
+        return f"kind {info.get('kind')!r} is neither fusion nor segmentation"
+    if not isinstance(info.get("archive"), str) or not isinstance(info.get("config"), dict):
+        return "no archive path or no config"
+    wrong = [key for key, kind in RUN_CONFIG_KEYS[info["kind"]].items() if not isinstance(info["config"].get(key), kind)]
+    if wrong:
+        return f"the {info['kind']} config has no valid {' or '.join(wrong)}"
+    classes = info.get("classes", [])
+    if "classes" in info and not (isinstance(classes, list) and len(classes) == NUM_CLASSES
+                                  and all(isinstance(c, str) for c in classes)):
+        return f"classes must be the {NUM_CLASSES} land-cover class names the models predict"
+    for key in ("normalisation", "inputs"):
+        if key in info and not isinstance(info[key], dict):
+            return f"{key} is not an object"
+    best = info.get("best_checkpoint")
+    if best is not None and (not isinstance(best, str) or Path(best).name != best or best.startswith(".")):
+        return f"best_checkpoint {best!r} is not a file name in checkpoints/"
+    return None
 
 
 def checkpoint_of(run_dir: str | Path, which: str = "best") -> Path:
@@ -116,6 +175,53 @@ def checkpoint_of(run_dir: str | Path, which: str = "best") -> Path:
     if not last.exists():
         raise RsgeeError(f"{run_dir}: no checkpoint yet; train (or --resume) the run first")
     return last
+
+
+class CheckpointError(RsgeeError):
+    """A checkpoint that cannot be read, or holds another kind of model; the message says what to use instead."""
+
+    def __init__(self, path: Path, problem: str):
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p.name != path.name)
+        if path.name == "last.ckpt":
+            fix = (f"resume from {others[-1]} instead (copy it over last.ckpt) or retrain into a new --out" if others
+                   else "retrain into a new --out")
+        else:
+            fix = ("delete it to use last.ckpt instead, or retrain" if "last.ckpt" in others else "retrain the run")
+        super().__init__(f"checkpoint {path} {problem}; {fix}")
+
+
+def load_checkpoint(path: Path, kind: str, map_location: str | torch.device = "cpu") -> dict:
+    """A run's checkpoint, read and checked for ``kind`` ("fusion" or "segmentation") before torch or Lightning use it.
+
+    Without this an empty file ends ``torch.load`` with EOFError, which click reports as Ctrl-D ("aborted"),
+    and a fusion checkpoint in a segmentation run with a page of missing parameter names. Memory-mapped:
+    checking a checkpoint that Lightning then resumes from costs no second copy.
+    """
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive, whose directory comes last
+        raise CheckpointError(path, "is damaged (empty, cut short or not a checkpoint)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+    except Exception as exc:  # noqa: BLE001 — a damaged file fails torch.load in many ways (zip, unpickling)
+        raise CheckpointError(path, f"is damaged ({type(exc).__name__}: {str(exc).split('. ')[0][:160]})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
+        raise CheckpointError(path, "is damaged (not a Lightning checkpoint with weights and settings)")
+    if not any(name.startswith(CHECKPOINT_PREFIXES[kind]) for name in state):
+        other = next((k for k, prefix in CHECKPOINT_PREFIXES.items() if any(n.startswith(prefix) for n in state)), None)
+        raise CheckpointError(path, f"is a {other} checkpoint, not a {kind} one" if other and other != kind
+                              else f"holds no {kind} weights")
+    return checkpoint
+
+
+def restore_task(task_class: type, checkpoint: dict, path: Path, hyper_parameters: dict | None = None):
+    """The task a checkpoint (from :func:`load_checkpoint`) holds, with its weights and counters."""
+    task = task_class(**(hyper_parameters or checkpoint["hyper_parameters"]))
+    task.on_load_checkpoint(checkpoint)
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError:
+        raise CheckpointError(path, "is damaged (its weights do not fit the model its settings describe)") from None
+    return task
 
 
 @dataclass(frozen=True)
@@ -346,8 +452,8 @@ RESUMABLE_CHANGES = ("epochs", "steps", "num_workers", "checkpoint_every", "skip
                      "val_figures")
 
 
-def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
-    """Check that a run may start (or resume) in ``run_dir``; returns the checkpoint to resume from.
+def start_run(run_dir: Path, kind: str, config: dict, *, resume: bool) -> Path | None:
+    """Check that a ``kind`` run may start (or resume) in ``run_dir``; returns the checkpoint to resume from.
 
     Every process of a multi-device run calls this; only the main one checks and moves files, the
     others just learn which checkpoint to load.
@@ -355,7 +461,12 @@ def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
     if not is_main_process():
         return checkpoint_of(run_dir, "last") if resume else None
     if resume:
-        stored = read_run(run_dir)["config"]
+        info = read_run(run_dir)
+        if info["kind"] != kind:
+            command = "fusion" if info["kind"] == "fusion" else "seg"
+            raise RsgeeError(f"{run_dir} holds a {info['kind']} run; resume it with `rsgee train {command}`, or use "
+                             "another --out")
+        stored = info["config"]
         fresh = json.loads(json.dumps(config))  # tuples → lists, as stored
         changed = [k for k, v in fresh.items() if stored.get(k) != v and k not in RESUMABLE_CHANGES]
         if changed:
@@ -368,6 +479,7 @@ def start_run(run_dir: Path, config: dict, *, resume: bool) -> Path | None:
                              f"length; resume with the same {' and '.join('--' + k for k in longer)}, or train on "
                              "in a new run (a schedule decayed to 0 cannot be extended)")
         ckpt = checkpoint_of(run_dir, "last")
+        load_checkpoint(ckpt, kind)
         keep_logs_for_resume(run_dir)
         return ckpt
     if (run_dir / "checkpoints" / "last.ckpt").exists():

@@ -194,8 +194,8 @@ def test_bad_inputs_are_one_line(runs, export, tmp_path):
     partial.mkdir()
     manifest = json.loads((export / "manifest.json").read_text())
     del manifest["files"]["s1"]
-    for name in manifest["files"]:
-        manifest["files"][name]["path"] = str(export / f"{name}.tif")
+    for name in manifest["files"]:  # the files stay in the export: a manifest names files in its own folder
+        (partial / f"{name}.tif").symlink_to(export / f"{name}.tif")
     (partial / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RsgeeError, match="the export has no s1"):
         predict_fusion(runs["gan"], partial, tmp_path / "x.tif", progress=False)
