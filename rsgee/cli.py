@@ -1,21 +1,27 @@
 """The ``rsgee`` command line: thin wrappers that parse, validate and call one function each.
 
 Errors a user can cause are printed as one line on stderr with a non-zero exit; ``--debug`` (or
-``RSGEE_DEBUG=1``) shows the traceback instead.
+``RSGEE_DEBUG=1``) shows the traceback instead. SIGTERM (SLURM, Kubernetes, ``timeout``, a closed
+terminal) stops a command as Ctrl-C does: cleanup runs, workers stop, one line says how to carry on, and
+the exit status is 143 (130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import click
 
 from rsgee import __version__
-from rsgee.errors import RsgeeError, redact_urls
+from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, redact_urls, unwritable
 from rsgee.memory import keep_freed_memory
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -754,17 +760,17 @@ def experiment_archive_cmd(out, seed, workers, progress) -> None:
                    "mean val PSNR in Table 1; none = skip it.")
 @click.option("--ablation-sources", default="lulc;lulc,s1;lulc,dem;lulc,s1,dem", show_default=True, metavar="SETS",
               help="Source subsets of the ablation, separated by ';'.")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Optimiser steps of every run.")
+@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True,
+              help="Optimiser steps of every run (BENCHMARKS.md: what 4,000 reach on the experiment archive).")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Learning rate of G and D, every recipe.")
 @click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="cosine", show_default=True,
               help="Learning-rate schedule over the steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Samples per batch.")
 @click.option("--crop", type=click.IntRange(32, 256), default=64, show_default=True,
               help="Random square training crops (multiple of 32; 256 = whole tiles).")
-@click.option("--val-every-steps", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Validate every N steps and score each run's checkpoint with the best val PSNR (chosen on val).  "
-                   "[default: validate and score the last step only]")
+@click.option("--val-every-steps", type=click.IntRange(min=1), default=1000, show_default=True, metavar="N",
+              help="Validate every N steps and score each run's checkpoint with the best val PSNR (chosen on val; "
+                   "N ≥ --steps: the last step only).")
 @_with(experiment_options)
 def experiment_fusion_cmd(archive, models, recipes, ablation_model, ablation_sources, steps, lr, schedule, batch_size,
                           crop, val_every_steps, out_dir, seeds, size, progress) -> None:
@@ -895,12 +901,59 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+#: The process whose main() installed :func:`_on_sigterm` (forked children inherit the handler, not the role).
+_command_pid: int | None = None
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    """SIGTERM as Ctrl-C: raise :class:`Interrupted` where the command is, so that its cleanup runs.
+
+    A forked child (a DataLoader or pool worker, before its own set-up) ends as SIGTERM ends any
+    process. While Lightning trains, its own handler calls this one after setting its flag: it stops
+    at the next batch boundary and rsgee saves a checkpoint there (rsgee.train.trainer.fit), so this
+    one raises nothing then.
+    """
+    if os.getpid() != _command_pid:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    elif signal.getsignal(signum) is _on_sigterm:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """:func:`_on_sigterm` handles SIGTERM inside the block (on the main thread: Python allows handlers nowhere
+    else, so main() called from another thread leaves signals alone)."""
+    global _command_pid
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _command_pid = os.getpid()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupted(exc: Interrupted) -> int:
+    """Report an interrupt in one line; its exit status is the shell's for that signal, as if unhandled."""
+    click.echo(f"rsgee: {exc}", err=True)
+    return exc.status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RSGEE_DEBUG", "") not in ("", "0")
     _log_to_stderr()
     keep_freed_memory()  # the command is rsgee's own process: see rsgee.memory
+    with _sigterm_as_interrupt():
+        return _run(args, debug)
+
+
+def _run(args: list[str], debug: bool) -> int:
+    """The command ``args`` names, its errors and interrupts turned into one line and an exit status."""
     try:
         code = cli.main(args=args, prog_name="rsgee", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -908,12 +961,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's form of Ctrl-C, after a blank line that ends the ^C echo
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(Interrupted(signal.SIGINT))
         click.echo("rsgee: aborted", err=True)
         return 130
     except KeyboardInterrupt:
-        click.echo("rsgee: interrupted; re-run the same command to resume", err=True)
-        return 130
+        return _interrupted(Interrupted(signal.SIGINT))
+    except Interrupted as exc:
+        return _interrupted(exc)
     except RsgeeError as exc:
         if debug:
             raise
@@ -922,8 +978,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line unless debugging
         if debug:
             raise
-        click.echo(f"rsgee: internal error: {type(exc).__name__}: {redact_urls(exc)} (re-run with --debug for the "
-                   "traceback and please report it)", err=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ONLY_ERRNOS:  # a write rsgee does not wrap itself (a
+            # library's log file, say): still the disk's fault, not a bug
+            click.echo(f"rsgee: error: {unwritable(exc.filename2 or exc.filename, exc)}", err=True)
+        else:
+            click.echo(f"rsgee: internal error: {type(exc).__name__}: {redact_urls(exc)} (re-run with --debug for "
+                       "the traceback and please report it)", err=True)
         return 1
     finally:
         if "rsgee.train.distributed" in sys.modules:  # a train, evaluate or generate ran (maybe on several devices)

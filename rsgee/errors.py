@@ -5,11 +5,18 @@ Anything a user can cause (a bad AOI, a bad catalog, a missing file) raises a su
 exception is a bug and is reported as such. Messages, logs and manifests pass URLs through
 :func:`redact_urls` first: a URL may carry a user name and password. :func:`check_number` is the
 range check every numeric option goes through, from the command line and from Python alike.
+
+Two more ways a command stops are the environment's, not the data's: :class:`Interrupted` (Ctrl-C or
+SIGTERM, exit status 128 + the signal) and :class:`StorageError` (a full disk or an output folder that
+takes no writes, from :func:`unwritable`); both name what to do next.
 """
 
+import errno
 import math
 import numbers
 import re
+import signal
+from pathlib import Path
 
 
 class RsgeeError(Exception):
@@ -26,6 +33,69 @@ class AOIError(RsgeeError):
 
 class GridError(RsgeeError):
     """No valid UTM grid exists for an AOI (antimeridian, poles, too wide)."""
+
+
+#: How to carry on after an interrupt or a full disk, unless the command knows better (training: --resume).
+RERUN = "re-run the same command to resume"
+
+
+class Interrupted(BaseException):
+    """A command stopped by SIGTERM (or, from training, by either signal) after cleaning up.
+
+    SIGTERM is what SLURM, Kubernetes, ``timeout`` and a closed terminal send; ``rsgee`` raises this
+    from its handler so that every ``finally`` runs, as for Ctrl-C. It is not a KeyboardInterrupt,
+    which click would turn into "Aborted" and Lightning into ``sys.exit(1)``: both would lose which
+    signal it was and what to do next.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM, advice: str = RERUN):
+        super().__init__(signum, advice)
+        self.signum, self.advice = signum, advice
+
+    @property
+    def status(self) -> int:
+        """The exit status a shell reports for this signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}; {self.advice}"
+
+
+class StorageError(RsgeeError):
+    """A write failed for want of room or permission: the fix is on that disk, not in the data."""
+
+    def resumed(self, advice: str) -> "StorageError":
+        """The same error, saying how this command carries on (training: with --resume) instead of :data:`RERUN`."""
+        return StorageError(str(self).replace(RERUN, advice))
+
+
+#: What a failed write says about where it wrote, by errno. ENOSPC, EDQUOT and EROFS only ever come from
+#: writes; the others may come from reads too, so callers pass only errors of their own writes.
+_UNWRITABLE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "not writable (read-only file system)", errno.EACCES: "not writable (permission denied)",
+               errno.EPERM: "not writable (operation not permitted)"}
+WRITE_ONLY_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def unwritable(path: str | Path | None, exc: BaseException, advice: str = RERUN) -> StorageError | None:
+    """The one-line error for a failed write to ``path``, or None when ``exc`` says nothing about the disk.
+
+    A full disk wants space, a read-only or foreign folder another ``--out``; a file where a folder
+    should be is named, since mkdir only says "not a directory". ``advice`` says how to carry on.
+    """
+    code = getattr(exc, "errno", None)
+    failed = f"cannot write {path}" if path else "a write failed"
+    if code in (errno.ENOTDIR, errno.EEXIST) and path:
+        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            return None
+        return StorageError(f"{failed}: {blocker} is a file, not a folder; choose another --out")
+    problem = _UNWRITABLE.get(code)
+    if problem is None:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"{failed}: {problem}; free space {'there' if path else 'on its disk'}, then {advice}")
+    return StorageError(f"{failed}: {problem}; choose another --out or make it writable")
 
 
 #: ``scheme://userinfo@`` — the authority's user part ends at its last ``@`` (passwords may hold one).

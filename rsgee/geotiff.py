@@ -1,12 +1,15 @@
 """GeoTIFF reading and atomic writing: the only place that sets creation options and tags.
 
 Writes go to a hidden temporary file beside the target and are renamed into place only when
-complete, so a killed process never leaves a file that looks finished.
+complete, so a killed process never leaves a file that looks finished; a rerun removes what a
+killed one left (:func:`remove_temporaries`). A write that fails for want of space or permission
+ends in one :class:`~rsgee.errors.StorageError` line naming the folder, with no temporary left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import tempfile
@@ -20,7 +23,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rsgee.catalog import SourceSpec
-from rsgee.errors import RsgeeError
+from rsgee.errors import WRITE_ONLY_ERRNOS, RsgeeError, StorageError, unwritable
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -82,20 +85,94 @@ def creation_profile(spec: SourceSpec, grid: RasterGrid, *, compress: str = "zst
     return profile
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) unless it exists; a one-line error where it cannot be
+    (a file in the way, a read-only file system, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(path, exc) or exc
+    return path
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporaries (``.*.tmp``) a killed writer left in ``folder``.
+
+    Only for a folder whose writer holds it alone (an export's AOI folder, a run's folders): another
+    writer's temporary would go too.
+    """
+    for stale in Path(folder).glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary goes whatever happens. A write the block could not finish for want of room or
+    permission becomes a :class:`~rsgee.errors.StorageError` naming the folder.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise unwritable(path.parent, exc) or exc
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any new file
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise disk_error(path.parent, exc) or exc
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise unwritable(path, exc) or exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def disk_error(folder: Path, exc: BaseException) -> StorageError | None:
+    """``exc``, raised while writing into ``folder``, as the disk's fault when it was: an OSError that only a
+    write raises (ENOSPC, EDQUOT, EROFS), or a GDAL write error while ``folder`` takes no more bytes (GDAL
+    says "Write failed" and drops the reason). None for anything else, such as an input that failed to read."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return unwritable(folder, exc) if exc.errno in WRITE_ONLY_ERRNOS else None
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(2**20))
+            probe.flush()
+    except OSError as refused:
+        return unwritable(folder, refused)
+    return None
+
+
+_libtiff_quiet = False
+
+
+def _quiet_libtiff_io() -> None:
+    """Stop libtiff printing "_tiffWriteProc: No space left on device." on stderr for every failed write.
+
+    GDAL's TIFF I/O callbacks report through libtiff's process-wide error handler, which prints; GDAL
+    then raises the same failure, which rsgee reports in one line. Clearing that handler (Linux, where
+    the loaded library is found in /proc/self/maps; elsewhere nothing) silences only those callbacks:
+    every other TIFF error goes through GDAL's own per-file handlers.
+    """
+    global _libtiff_quiet
+    if _libtiff_quiet:
+        return
+    _libtiff_quiet = True
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            libraries = {line.split()[-1] for line in maps if Path(line.split()[-1]).name.startswith("libtiff")}
+        for library in libraries:
+            ctypes.CDLL(library).TIFFSetErrorHandler(None)
+    except (OSError, AttributeError):  # no /proc, or a libtiff without the symbol: keep its messages
+        pass
 
 
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
@@ -117,6 +194,7 @@ def open_for_writing(
     """
     names = spec.band_names
     units = list(units or [spec.units] * len(names))
+    _quiet_libtiff_io()
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **creation_profile(spec, grid, compress=compress, max_z_error=max_z_error)) as dst:
             for i, (name, unit) in enumerate(zip(names, units), start=1):

@@ -1,14 +1,19 @@
-"""GeoTIFF writing: lossless zstd at rsgee's level, atomic, values read back exactly."""
+"""GeoTIFF writing: lossless zstd at rsgee's level, atomic, values read back exactly; a full disk is one line."""
 
 from __future__ import annotations
+
+import errno
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.io
 from affine import Affine
 
 from rsgee.catalog import load_catalog
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, StorageError
 from rsgee.geotiff import ZSTD_LEVEL, RasterGrid, creation_profile, write_array
 
 GRID = RasterGrid("EPSG:32632", Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5100000.0), 256, 256)
@@ -66,3 +71,25 @@ def test_a_max_z_error_makes_floats_bounded_lossy_and_leaves_integers_exact(tmp_
         np.testing.assert_array_equal(src.read(), labels)
     with pytest.raises(RsgeeError, match=r"max_z_error must be within 0…0.01, got 0.5"):
         creation_profile(catalog.sources["s1"], GRID, max_z_error=0.5)
+
+
+def test_gdals_write_failed_is_a_full_disk_only_when_the_folder_takes_no_more_bytes(tmp_path, monkeypatch):
+    """GDAL says "Write failed" without the reason: a write into the folder tells a full disk from anything else."""
+    spec = load_catalog().sources["s1"]
+
+    def write_failed(*args, **kwargs):
+        raise rasterio.errors.RasterioIOError("Write failed. See previous exception for details.")
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", write_failed)
+    with pytest.raises(rasterio.errors.RasterioIOError):  # the disk has room: not blamed on it
+        write_array(tmp_path / "s1.tif", _speckle_db(0), spec, GRID)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with pytest.raises(StorageError) as info:
+        write_array(tmp_path / "s1.tif", _speckle_db(0), spec, GRID)
+    assert str(info.value) == (f"cannot write {tmp_path}: no space left on device; free space there, then re-run the "
+                               "same command to resume")
+    assert not list(tmp_path.iterdir())  # no temporary left

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import shutil
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -29,8 +29,8 @@ from tqdm import tqdm
 from rsgee import __version__
 from rsgee.acquire.aoi import AOI, safe_name
 from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
-from rsgee.errors import GridError, RsgeeError
-from rsgee.geotiff import RasterGrid, open_for_writing, write_json_atomic
+from rsgee.errors import GridError, RsgeeError, StorageError
+from rsgee.geotiff import RasterGrid, make_folder, open_for_writing, remove_temporaries, write_json_atomic
 from rsgee.grid import TILE_PX, Grid, Tile
 
 MANIFEST = "manifest.json"
@@ -89,7 +89,8 @@ def export_aois(
     source_names: Sequence[str] | None = None, overwrite: bool = False, retry_failed: bool = False,
     progress: bool = True,
 ) -> list[ExportResult]:
-    """Export every AOI. An AOI that fails (no images, bad request…) is reported and the run goes on."""
+    """Export every AOI. An AOI that fails (no images, bad request…) is reported and the run goes on; a full or
+    read-only disk stops it, since every AOI after would fail the same way."""
     names = list(source_names or catalog.sources)
     specs = [catalog[n] for n in names]
     results = []
@@ -97,6 +98,8 @@ def export_aois(
         try:
             results.append(export_aoi(aoi, Path(out_dir), source, catalog, specs, overwrite=overwrite,
                                       retry_failed=retry_failed, progress=progress))
+        except StorageError:
+            raise
         except RsgeeError as exc:
             results.append(ExportResult(aoi.name, Path(out_dir) / aoi.name, "failed", 0, error=str(exc)))
     return results
@@ -124,7 +127,8 @@ def export_aoi(
         failed = existing.get("failed_blocks", {})
         if not (failed and retry_failed):
             return ExportResult(aoi.name, folder, "up to date", len(tiles), failed_blocks=failed)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
+    remove_temporaries(folder)  # files a killed run of this AOI was writing
     if overwrite and existing is not None and not _same_request(existing, manifest):
         shutil.rmtree(folder / WORKDIR, ignore_errors=True)  # blocks of another request
     (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
@@ -143,7 +147,8 @@ def export_aoi(
             writer(spec.name, spec, 0)
         bar = tqdm(total=len(tiles), desc=f"export {aoi.name}", unit="tile", disable=not progress, file=sys.stderr)
         seen = 0
-        for tile, arrays in source.blocks(grid, specs, folder / WORKDIR):
+        blocks = stack.enter_context(closing(source.blocks(grid, specs, folder / WORKDIR)))  # its workers stop first
+        for tile, arrays in blocks:
             window = grid.window(tile)
             for spec in specs:
                 writer(spec.name, spec, 0).write(_checked_block(arrays, spec, tile, TILE_PX), window=window)

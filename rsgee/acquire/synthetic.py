@@ -284,13 +284,13 @@ class SyntheticSource:
             for tile in tiles:
                 yield tile, _tile_arrays(job, tile)
             return
-        import concurrent.futures
         import multiprocessing
+
+        from rsgee.workers import process_pool
 
         ahead = 4 * self.workers  # tiles computed ahead of the writer: memory stays bounded
         spawn = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
-        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=spawn,
-                                                    initializer=keep_freed_memory) as pool:
+        with process_pool(self.workers, mp_context=spawn, initializer=keep_freed_memory) as pool:
             pending = [pool.submit(_tile_arrays, job, tile) for tile in tiles[:ahead]]
             for i, tile in enumerate(tiles):
                 arrays = pending[i].result()

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rsgee.catalog import BandSpec, Catalog, CatalogError, SourceSpec, load_catalog
-from rsgee.errors import GridError, RsgeeError
-from rsgee.geotiff import atomic_path, write_json_atomic
+from rsgee.errors import GridError, RsgeeError, unwritable
+from rsgee.geotiff import atomic_path, make_folder, write_json_atomic
 from rsgee.grid import Tile
 from rsgee.preprocess.split import SPLITS, SplitConfig
 
@@ -214,10 +214,8 @@ class Archive:
     def save_catalog(self, catalog: Catalog) -> None:
         """Copy the catalog file byte for byte (once: an archive keeps the catalog it started with)."""
         if not self.catalog_path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.catalog_path.with_name(".catalog.yaml.tmp")
-            shutil.copyfile(catalog.path, tmp)
-            os.replace(tmp, self.catalog_path)
+            with atomic_path(self.catalog_path) as tmp:
+                shutil.copyfile(catalog.path, tmp)
 
     # -- index ------------------------------------------------------------------------------
     def read_index(self) -> dict[str, dict]:
@@ -362,8 +360,12 @@ class Archive:
         if self._locked:
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "w") as handle:
+        make_folder(self.root)
+        try:
+            handle = open(self.lock_path, "w")
+        except OSError as exc:
+            raise unwritable(self.root, exc) or exc
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -430,10 +432,13 @@ class Journal:
         self._handle = handle
 
     def append(self, features: Iterable[dict]) -> None:
-        for feature in features:
-            self._handle.write(json.dumps(feature, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            for feature in features:
+                self._handle.write(json.dumps(feature, separators=(",", ":"), sort_keys=True, allow_nan=False) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise unwritable(self._handle.name, exc) or exc
 
 
 class CorruptIndex(RsgeeError):

@@ -48,7 +48,6 @@ import math
 import os
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -56,12 +55,13 @@ import numpy as np
 import rasterio
 from tqdm import tqdm
 
-from rsgee.errors import RsgeeError
+from rsgee.errors import RsgeeError, unwritable
 from rsgee.geotiff import GDAL_READ_ENV, write_json_atomic
 from rsgee.grid import TILE_PX
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.radiometry import s1_db_range
 from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
+from rsgee.workers import process_pool
 
 #: Bumped whenever the layout or an encoding changes: older caches are then stale and rebuilt.
 CACHE_FORMAT = 3
@@ -384,6 +384,7 @@ def _write_arrays(archive: Archive, split: str, tiles: list[str], work: Path, wo
         for file, (dtype, bands) in codec.files.items():
             np.lib.format.open_memmap(work / f"{file}.npy", mode="w+", dtype=dtype,
                                       shape=(len(tiles), bands, TILE_PX, TILE_PX)).flush()
+            _reserve(work / f"{file}.npy")
             row_digests[file] = []
     runs = [(start, tiles[start:start + _RUN]) for start in range(0, len(tiles), _RUN)]
     bar = tqdm(total=len(tiles), desc=f"cache {split}", unit="tile", disable=not progress, file=sys.stderr)
@@ -391,7 +392,7 @@ def _write_arrays(archive: Archive, split: str, tiles: list[str], work: Path, wo
         if workers <= 1 or len(runs) < 2:
             filled = (_fill(str(archive.root), str(work), *run) for run in runs)
         else:
-            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(runs))))
+            pool = stack.enter_context(process_pool(min(workers, len(runs))))
             filled = pool.map(_fill, [str(archive.root)] * len(runs), [str(work)] * len(runs), *zip(*runs))
         for (_, run), digests in zip(runs, filled):  # in row order, whatever the scheduling
             for file, rows in digests.items():
@@ -399,6 +400,21 @@ def _write_arrays(archive: Archive, split: str, tiles: list[str], work: Path, wo
             bar.update(len(run))
     return {file: {"bytes": (work / f"{file}.npy").stat().st_size, "rows_sha256": _rows_sha256(rows)}
             for file, rows in row_digests.items()}
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of the (sparse) array file ``path`` now: on a full disk a write through its memory
+    map would kill the process with SIGBUS, where this fails in one line."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the writes find out, as before
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            error = unwritable(path.parent, exc)
+            if error is not None:
+                raise error from None
+            # a file system without fallocate: the writes find out, as before
 
 
 def _fill(root: str, work: str, start: int, tile_ids: Sequence[str]) -> dict[str, list[bytes]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import math
 import sys
 import warnings
@@ -20,6 +20,7 @@ from rsgee.preprocess.archive import Archive, CorruptIndex, recorded_float_error
 from rsgee.preprocess.cache import MANIFEST, cache_dir, damage, is_current, verify_cache, verify_hashes
 from rsgee.preprocess.split import SPLITS, SplitConfig
 from rsgee.preprocess.stats import compute_stats
+from rsgee.workers import process_pool
 
 
 @dataclass
@@ -60,17 +61,15 @@ def check_archive(root, *, workers: int = 1, progress: bool = True) -> CheckRepo
     lossy = recorded_float_error(meta) > 0
     jobs = [(archive.root, tile_id, specs, lossy) for tile_id in sorted(index)]
     bar = tqdm(total=len(jobs), desc="check", unit="tile", disable=not progress, file=sys.stderr)
-    if workers <= 1:
-        results = map(_check_tile, jobs)
-    else:
-        pool = cf.ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_check_tile, jobs, chunksize=16)
     tile_problems = []
-    for problems in results:
-        tile_problems.extend(problems)
-        bar.update(1)
-    if workers > 1:
-        pool.shutdown()
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            results = map(_check_tile, jobs)
+        else:
+            results = stack.enter_context(process_pool(workers)).map(_check_tile, jobs, chunksize=16)
+        for problems in results:
+            tile_problems.extend(problems)
+            bar.update(1)
     bar.close()
     report.problems.extend(tile_problems)
     _check_orphans(archive, index, specs, report)

@@ -8,7 +8,7 @@ Categorical sources (land cover) get class pixel counts instead.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import hashlib
 import sys
 from typing import Sequence
@@ -21,6 +21,7 @@ from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV, write_json_atomic
 from rsgee.preprocess.archive import Archive
+from rsgee.workers import process_pool
 
 #: Percentiles come from every SAMPLE_STEP-th pixel in both directions of every tile.
 SAMPLE_STEP = 16
@@ -48,17 +49,15 @@ def compute_stats(archive: Archive, *, workers: int = 1, progress: bool = True, 
     jobs = [(archive.root, tile_id, specs) for tile_id in tile_ids]
     bar = tqdm(total=len(jobs), desc="stats", unit="tile", disable=not progress, file=sys.stderr)
     acc = {name: _Accumulator(spec) for name, spec in specs.items()}
-    if workers <= 1:
-        parts = map(_tile_parts, jobs)
-    else:
-        pool = cf.ProcessPoolExecutor(max_workers=workers)
-        parts = pool.map(_tile_parts, jobs, chunksize=16)
-    for part in parts:  # in tile-id order whatever the scheduling
-        for name, values in part.items():
-            acc[name].add(values)
-        bar.update(1)
-    if workers > 1:
-        pool.shutdown()
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            parts = map(_tile_parts, jobs)
+        else:
+            parts = stack.enter_context(process_pool(workers)).map(_tile_parts, jobs, chunksize=16)
+        for part in parts:  # in tile-id order whatever the scheduling
+            for name, values in part.items():
+                acc[name].add(values)
+            bar.update(1)
     bar.close()
     stats = {
         "split": "train",

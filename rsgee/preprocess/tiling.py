@@ -38,6 +38,7 @@ from rsgee.preprocess.radiometry import linear_to_db, looks_linear
 from rsgee.preprocess.split import SplitConfig, split_warning
 from rsgee.preprocess.stats import compute_stats, stats_are_current
 from rsgee.preprocess.terrain import terrain
+from rsgee.workers import process_pool
 
 log = logging.getLogger("rsgee")
 
@@ -514,12 +515,8 @@ def _run(archive, tasks, pending, meta, summary, workers, progress) -> None:
             for task in tasks:
                 record(task, build_strip(task))
         else:
-            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 futures = {pool.submit(build_strip, task): task for task in tasks}
-                try:
-                    for future in cf.as_completed(futures):
-                        record(futures[future], future.result())
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+                for future in cf.as_completed(futures):
+                    record(futures[future], future.result())
     bar.close()

@@ -13,6 +13,12 @@ figures. Both models use manual optimisation, so every optimiser step passes the
 non-finite loss stops the run (or, with ``--skip-nonfinite``, skips the batch on every rank), and
 ``--clip-grad-norm`` clips each optimiser's gradients after mixed-precision unscaling.
 
+Interrupts: on SIGTERM (SLURM, Kubernetes) Lightning stops at the next batch boundary, on every rank
+together, and ``last.ckpt`` is saved there; Ctrl-C stops at once, ``last.ckpt`` keeping the last epoch
+(or ``--checkpoint-every`` step). Either way run.json records how far ``last.ckpt`` got and the run
+ends with :class:`~rsgee.errors.Interrupted`, saying how to resume. A full disk ends in one line too,
+and a rerun removes the temporaries a killed run left in ``checkpoints/``.
+
 Length and learning rate: a run trains ``--epochs`` over the train split or exactly ``--steps`` optimiser
 steps (one per batch; for the GAN, one generator and one discriminator step), and every optimiser's
 learning rate follows one schedule over those steps (:data:`SCHEDULES`, after an optional linear warm-up).
@@ -26,20 +32,23 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rsgee import __version__
-from rsgee.errors import RsgeeError, check_number
-from rsgee.geotiff import write_json_atomic
+from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, StorageError, check_number, unwritable
+from rsgee.geotiff import make_folder, remove_temporaries, write_json_atomic
 from rsgee.models.factory import NUM_CLASSES, SIZES
 from rsgee.train.distributed import is_main_process
 
@@ -119,7 +128,7 @@ def planned_steps(config, batches_per_epoch: int) -> int:
 
 
 def write_run(run_dir: Path, info: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     write_json_atomic(run_dir / RUN_FILE, dict(info, rsgee_version=__version__))
 
 
@@ -320,16 +329,59 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore which checkpoint is best, and its score, from the checkpoint resumed from, or from the newest
+        best checkpoint in the folder when that one is newer.
 
-class LastCheckpoint(L.Callback):
-    """``last.ckpt`` after every training epoch and, optionally, every ``every_n_batches`` batches.
+        A best checkpoint can postdate ``last.ckpt``: an interrupt between the two saves, or a validation right
+        after a mid-epoch ``last.ckpt``. Its own copy of this state is then the current one; the stale one would
+        forget the best (another epoch would become "best" with a lower score). Paths are taken as file names in
+        this folder, so a moved run keeps its best and score (Lightning would keep neither).
+        """
+        newest = max(self._best_files(), default=None)
+        if newest is not None and Path(newest[1]).name != Path(state_dict.get("best_model_path") or "").name:
+            state_dict = newest[2]
+        super().load_state_dict(self._here(state_dict))
+
+    def _best_files(self) -> Iterator[tuple[int, str, dict]]:
+        """(global step, path, this callback's state in it) for each readable best checkpoint in the folder."""
+        for path in Path(self.dirpath).glob("*.ckpt"):
+            if path.name == "last.ckpt":
+                continue
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+                state = saved["callbacks"][self.state_key]
+            except Exception:  # noqa: BLE001 — damaged, or saved with other settings: not this callback's record
+                continue
+            yield int(saved.get("global_step", -1)), str(path), state
+
+    def _here(self, state: dict) -> dict:
+        """``state`` with every checkpoint path in this callback's folder."""
+        def here(path):
+            return os.path.join(self.dirpath, os.path.basename(path)) if path else path
+
+        return dict(state, dirpath=self.dirpath, best_model_path=here(state.get("best_model_path")),
+                    kth_best_model_path=here(state.get("kth_best_model_path")),
+                    last_model_path=here(state.get("last_model_path")),
+                    best_k_models={here(k): v for k, v in state.get("best_k_models", {}).items()})
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` after every training epoch and, optionally, every ``every_n_batches`` batches, and where
+    Lightning stops on SIGTERM (between batches, every rank together; not within a validation, whose partial
+    scores a resume could not finish).
 
     Lightning ≥ 2.6 writes its own ``last.ckpt`` only when the monitored metric improves, so
-    ``--resume`` would go back to the best epoch; this one always holds where training stopped.
+    ``--resume`` would go back to the best epoch; this one always holds where training stopped. It is a
+    :class:`Checkpoint` so that, at an epoch's end, Lightning calls it after the best-model checkpoint:
+    ``last.ckpt`` then records the best that epoch chose. ``saved`` is how far the last save got;
+    ``stopped_by`` the exception that ended training, if one did.
     """
 
     def __init__(self, folder: Path, every_n_batches: int | None = None):
         self.path, self.every = Path(folder) / "last.ckpt", every_n_batches
+        self.saved: dict | None = None
+        self.stopped_by: BaseException | None = None
 
     @property
     def state_key(self) -> str:
@@ -343,6 +395,11 @@ class LastCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save(trainer, module)
 
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.stopped_by = exception
+        if isinstance(exception, SIGTERMException) and not trainer.validating:
+            self.save(trainer, module)
+
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         bad = [name for name, value in module.state_dict().items()
                if value.is_floating_point() and not torch.isfinite(value).all()]
@@ -351,14 +408,30 @@ class LastCheckpoint(L.Callback):
                                  f"{trainer.fit_loop.epoch_loop.batch_progress.total.processed}; {self.path} keeps "
                                  "the last good state — lower the learning rate or use --clip-grad-norm")
         save_atomically(trainer, self.path)
+        self.saved = {"global_step": int(trainer.global_step), "steps_done": int(getattr(module, "steps_done", 0)),
+                      "epochs_done": int(trainer.fit_loop.epoch_progress.current.processed)}
+
+
+#: How a training stopped by an interrupt or a full disk carries on.
+RESUME = "resume with the same command and --resume"
 
 
 def save_atomically(trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
-    """``trainer.save_checkpoint`` (a collective: every rank calls it) into a temporary file, then rename."""
+    """``trainer.save_checkpoint`` (a collective: every rank calls it) into a temporary file, then rename.
+
+    A save that fails (a full disk, an interrupt) leaves no temporary; the file it would replace stays.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp, weights_only)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(tmp, weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ONLY_ERRNOS:
+            raise unwritable(path, exc) from None
+        raise
     trainer.strategy.barrier("rsgee.save_atomically")
 
 
@@ -460,6 +533,8 @@ def start_run(run_dir: Path, kind: str, config: dict, *, resume: bool) -> Path |
     """
     if not is_main_process():
         return checkpoint_of(run_dir, "last") if resume else None
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "val"):
+        remove_temporaries(folder)  # what a killed save left (run.json, checkpoints, figures), never a finished file
     if resume:
         info = read_run(run_dir)
         if info["kind"] != kind:
@@ -487,22 +562,60 @@ def start_run(run_dir: Path, kind: str, config: dict, *, resume: bool) -> Path |
     return None
 
 
+#: What run.json records of how far a run got (kept across a resume until it gets further).
+PROGRESS_KEYS = ("best_checkpoint", "global_step", "epochs_done", "steps_done")
+
+
 def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, trainer: L.Trainer,
         ckpt: Path | None, info: dict) -> Path:
-    """Write run.json, train (resuming from ``ckpt``), then record how far training got (main process only)."""
+    """Write run.json, train (resuming from ``ckpt``), then record how far training got (main process only).
+
+    Stopped by Ctrl-C or SIGTERM, it records how far ``last.ckpt`` got and raises :class:`Interrupted` saying
+    how to resume: Lightning alone would end Ctrl-C with ``sys.exit(1)`` and SIGTERM with ``SystemExit`` (status
+    0, which a scheduler takes for success). A full disk raises a :class:`StorageError` saying the same.
+    """
     launch = {"accelerator": trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
               "devices": trainer.num_devices, "num_nodes": trainer.num_nodes, "world_size": trainer.world_size,
               "precision": trainer.precision}
     if is_main_process():
-        write_run(run_dir, dict(info, launch=launch))
-    trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    if trainer.is_global_zero:
-        stored = read_run(run_dir)
-        best = trainer.checkpoint_callback.best_model_path
-        stored.update(best_checkpoint=Path(best).name if best else None, global_step=int(trainer.global_step),
-                      epochs_done=int(trainer.current_epoch), steps_done=int(task.steps_done), launch=launch)
-        write_run(run_dir, stored)
+        earlier = {k: v for k, v in read_run(run_dir).items() if k in PROGRESS_KEYS} if ckpt else {}
+        write_run(run_dir, dict(info, **earlier, launch=launch))
+    last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
+    try:
+        trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    except (SystemExit, Interrupted) as exc:
+        signum = (signal.SIGTERM if isinstance(exc, SIGTERMException) else exc.signum if isinstance(exc, Interrupted)
+                  else signal.SIGINT if isinstance(last.stopped_by, KeyboardInterrupt) else None)
+        if signum is None:
+            raise
+        _record_progress(run_dir, trainer, launch, last.saved or {})
+        where = f"step {last.saved['steps_done']} of {task.planned_steps} ({last.path})" if last.saved else last.path
+        advice = f"resume from {where} with the same command and --resume" if last.path.exists() else \
+            "no checkpoint was saved yet: re-run the same command to start again"
+        raise Interrupted(signum, advice) from None
+    except (StorageError, OSError) as exc:  # OSError: a write of Lightning's own (metrics.csv, hparams.yaml)
+        if isinstance(exc, OSError):
+            if exc.errno not in WRITE_ONLY_ERRNOS:
+                raise
+            exc = unwritable(exc.filename2 or exc.filename or run_dir, exc)
+        raise (exc.resumed(RESUME) if last.path.exists() else exc) from None  # else: re-run starts afresh
+    _record_progress(run_dir, trainer, launch, {"global_step": int(trainer.global_step),
+                                                "steps_done": int(task.steps_done),
+                                                "epochs_done": int(trainer.current_epoch)})
     return run_dir
+
+
+def _record_progress(run_dir: Path, trainer: L.Trainer, launch: dict, progress: dict) -> None:
+    """Write how far the run got, and its best checkpoint, into run.json (on the main process)."""
+    if not trainer.is_global_zero:
+        return
+    stored = read_run(run_dir)
+    best = trainer.checkpoint_callback.best_model_path
+    if best and Path(best).exists():  # not one whose save was interrupted
+        stored["best_checkpoint"] = Path(best).name
+    stored.setdefault("best_checkpoint", None)
+    stored.update(progress, launch=launch)
+    write_run(run_dir, stored)
 
 
 def run_inputs(archive) -> dict:

@@ -81,7 +81,7 @@ from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
 from rsgee.acquire.earthengine.session import SessionConfig, refused
 from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, _tags, read_manifest
 from rsgee.catalog import Catalog, SourceSpec
-from rsgee.errors import RsgeeError, redact_urls
+from rsgee.errors import Interrupted, RsgeeError, redact_urls
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, open_for_writing, write_json_atomic
 from rsgee.grid import Grid
 
@@ -294,7 +294,7 @@ def export_batch(
             job.bar = tqdm(total=len(job.tasks), desc=f"batch {job.aoi.name}", unit="task", position=i,
                            disable=not progress, file=sys.stderr)
         _run(jobs, queue, source, specs, max_pending, poll_s, sleep)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C or SIGTERM
         for job in jobs:
             if job.bar is not None:
                 job.bar.close()  # before the message, so that it is not drawn over
@@ -323,8 +323,13 @@ def _prepare(aoi: AOI, out: Path, source: BatchSource, catalog: Catalog, specs: 
     for name, entry in manifest["files"].items():
         entry["path"] = "dem.tif" if name == "dem" else dest.manifest_path(aoi.name, name)  # cut from dem_halo
     keys = [HALO if s.name == "dem" else s.name for s in specs]
-    if (folder / MANIFEST).exists():
-        existing = read_manifest(folder)
+    try:
+        existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    except RsgeeError:
+        if not overwrite:
+            raise
+        existing = None  # damaged: --overwrite replaces it, as export_aoi does
+    if existing is not None:
         if _same_request(existing, manifest):
             if HALO in keys and not (folder / "dem.tif").exists():  # a Drive file downloaded since
                 _cut_dem(aoi, folder, grid, catalog["dem"], source)

@@ -254,6 +254,17 @@ def test_an_interrupted_run_resumes_polling_without_starting_tasks(tmp_path, cap
     ee.Reset()
 
 
+def test_a_damaged_manifest_is_replaced_with_overwrite_as_its_error_says(fake, tmp_path):
+    export(fake, tmp_path)
+    (tmp_path / "v" / MANIFEST).write_text("[1, 2]")
+    (refused,) = export(fake, tmp_path)
+    assert refused.status == "failed" and "manifest.json is damaged" in refused.error, refused.line()
+    assert "--overwrite" in refused.error and len(fake.export_requests()) == 4
+    (replaced,) = export(fake, tmp_path, overwrite=True)
+    assert replaced.ok and replaced.status == "written", replaced.line()
+    assert len(fake.export_requests()) == 8 and read_manifest(tmp_path / "v")["request"]["via"] == "batch"
+
+
 def test_an_empty_collection_fails_that_aoi_before_anything_starts(tmp_path):
     with serving(empty=lambda source, expression: source == "s2" and "622080" in expression) as server:
         first, second = export(server, tmp_path, aois=(AOI, OTHER))
