@@ -31,7 +31,8 @@ import torch
 from rsgee.preprocess.archive import Archive
 from rsgee.train.baselines import fusion_baselines
 from rsgee.train.evaluate import evaluate_fusion
-from rsgee.train.fusion import MODELS, FusionConfig, train_fusion
+from rsgee.configs import FusionConfig, MODELS
+from rsgee.train.fusion import train_fusion
 from rsgee.train.trainer import read_run, write_run
 
 

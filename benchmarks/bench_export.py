@@ -31,7 +31,7 @@ from rsgee.grid import TILE_M
 
 
 def serve(latency: float, cap: int, queue, cpus: set[int] | None) -> None:
-    from rsgee.acquire.earthengine.fake import FakeEarthEngine
+    from rsgee.testing.earthengine import FakeEarthEngine
 
     if cpus:
         os.sched_setaffinity(0, cpus)

@@ -30,8 +30,10 @@ def build(work: Path) -> dict[str, Path]:
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.split import SplitConfig
     from rsgee.preprocess.tiling import TileFilters, build_archive
-    from rsgee.train.fusion import FusionConfig, train_fusion
-    from rsgee.train.segmentation import SegmentationConfig, train_segmentation
+    from rsgee.configs import FusionConfig
+    from rsgee.train.fusion import train_fusion
+    from rsgee.configs import SegmentationConfig
+    from rsgee.train.segmentation import train_segmentation
 
     archive = work / "archive"
     if not (archive / "stats.json").exists():

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsgee.train.data import FusionData, collate
-from rsgee.train.fusion import MODELS, FusionConfig, FusionTask
+from rsgee.configs import FusionConfig, MODELS
+from rsgee.train.fusion import FusionTask
 
 
 class Timer(L.Callback):

@@ -32,8 +32,9 @@ import torch
 
 from rsgee.preprocess.archive import Archive
 from rsgee.train.baselines import fusion_baselines, segmentation_baselines
-from rsgee.train.fusion import FusionConfig, train_fusion
-from rsgee.train.segmentation import SegmentationConfig, train_segmentation
+from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.train.fusion import train_fusion
+from rsgee.train.segmentation import train_segmentation
 from rsgee.train.trainer import read_metrics, read_run
 
 

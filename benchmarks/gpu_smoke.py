@@ -33,8 +33,9 @@ import torch
 
 from rsgee.train.distributed import is_main_process
 from rsgee.train.data import FusionData
-from rsgee.train.fusion import FusionConfig, FusionTask
-from rsgee.train.segmentation import SegmentationConfig, SegmentationData, SegmentationTask
+from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.train.fusion import FusionTask
+from rsgee.train.segmentation import SegmentationData, SegmentationTask
 from rsgee.train.trainer import default_precision, make_trainer, resolve_launch, seed_everything
 
 AOI = "smoke=10.60,46.60,10.72,46.66"  # ~30 tiles of synthetic Alpine valley

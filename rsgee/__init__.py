@@ -4,8 +4,9 @@ __version__ = "0.1.0"
 
 #: Public names imported on first use (attribute → module), so that ``import rsgee`` loads no xarray.
 _LAZY = {"open_export": "rsgee.views", **{name: "rsgee.api" for name in (
-    "Archive", "cache", "check", "evaluate_fusion", "evaluate_seg", "experiment_archive", "export", "generate",
-    "predict_fusion", "predict_seg", "tile", "train_fusion", "train_seg")}}
+    "Archive", "cache", "check", "evaluate_fusion", "evaluate_seg", "experiment_archive", "experiment_fusion",
+    "experiment_seg", "export", "generate", "predict_fusion", "predict_seg", "source_catalog", "stac", "tile",
+    "train_fusion", "train_seg")}}
 #: Optional submodules imported on first use (``rsgee.maps`` needs the ``maps`` extra).
 _SUBMODULES = ("maps",)
 

@@ -9,7 +9,6 @@ not the paper's numbers.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +65,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, aois: 
     require("train")  # before minutes of export and tiling, not after
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
+    from rsgee.acquire import WINDOW
     from rsgee.acquire.synthetic import SyntheticSource
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.check import check_archive
@@ -73,15 +73,17 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, aois: 
     from rsgee.preprocess.tiling import build_archive
     from rsgee.train.evaluate import (FUSION_COLUMNS, FUSION_HEADERS, SEG_COLUMNS, SEG_HEADERS, evaluate_fusion,
                                       evaluate_segmentation, write_table)
-    from rsgee.train.fusion import FusionConfig, train_fusion
+    from rsgee.configs import FusionConfig
+    from rsgee.train.fusion import train_fusion
     from rsgee.train.generate import generate
-    from rsgee.train.segmentation import SegmentationConfig, train_segmentation
+    from rsgee.configs import SegmentationConfig
+    from rsgee.train.segmentation import train_segmentation
     from rsgee.train.trainer import train_or_reuse
 
     out, s, result = Path(out), settings, DemoResult()
     catalog = load_catalog()
     say("1/7 export: synthetic AOIs (offline stand-in for Earth Engine)")
-    source = SyntheticSource(seed=s.seed, cloud_cover=s.cloud_cover, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
+    source = SyntheticSource(seed=s.seed, cloud_cover=s.cloud_cover, start=WINDOW[0], end=WINDOW[1])
     for r in export_aois(parse_aois([str(aois)]), out / "exports", source, catalog, progress=progress):
         if not r.ok:
             raise RsgeeError(r.line())

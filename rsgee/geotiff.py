@@ -1,4 +1,4 @@
-"""GeoTIFF reading and atomic writing: the only place that sets creation options and tags.
+"""GeoTIFF read settings and atomic writing: the only place that sets creation options and tags.
 
 Writes go to a hidden temporary file beside the target and are renamed into place only when
 complete, so a killed process never leaves a file that looks finished; a rerun removes what a
@@ -20,7 +20,6 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.windows import Window
 
 from rsgee.catalog import SourceSpec
 from rsgee.errors import WRITE_ONLY_ERRNOS, RsgeeError, StorageError, unwritable
@@ -212,9 +211,3 @@ def write_array(
     """Write a whole (bands, height, width) array as one GeoTIFF, atomically."""
     with open_for_writing(path, spec, grid, tags=tags, units=units, compress=compress, max_z_error=max_z_error) as dst:
         dst.write(array.astype(spec.numpy_dtype, copy=False))
-
-
-def read_array(path: str | os.PathLike, window: Window | None = None) -> np.ndarray:
-    """Read all bands of a GeoTIFF (or a window of it) as a (bands, height, width) array."""
-    with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src:
-        return src.read(window=window)

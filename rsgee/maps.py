@@ -4,7 +4,8 @@
 GeoJSON layers and PNG image overlays rendered here, so it needs neither Earth Engine credentials
 (``geemap.Map(ee_initialize=False)``) nor a tile server (geemap's own ``add_raster`` would need
 ``localtileserver``). :func:`preview_recipe` adds the composite ``rsgee export`` would download, built by
-the same recipe code, as an Earth Engine tile layer; that one needs an initialised ``ee`` session.
+the same recipe code, as an Earth Engine tile layer; that one needs an initialised ``ee`` session. Export
+folders are read through :mod:`rsgee.exports`, archives through :class:`~rsgee.preprocess.archive.Archive`.
 
 Needs the ``maps`` extra: ``pip install 'rsgee[maps]'``.
 """
@@ -38,13 +39,12 @@ from shapely.geometry import mapping, shape  # noqa: E402
 from rsgee.acquire.aoi import AOI, parse_aois  # noqa: E402
 from rsgee.acquire.earthengine.download import search_region  # noqa: E402
 from rsgee.acquire.earthengine.recipes import RecipeOptions, Window, build_recipe, collection_size  # noqa: E402
-from rsgee.acquire.export import read_manifest  # noqa: E402
 from rsgee.catalog import Catalog, load_catalog  # noqa: E402
 from rsgee.errors import RsgeeError  # noqa: E402
+from rsgee.exports import export_folders, read_export  # noqa: E402
 from rsgee.grid import Grid  # noqa: E402
 from rsgee.preprocess.archive import Archive  # noqa: E402
 from rsgee.preprocess.split import SPLITS  # noqa: E402
-from rsgee.preprocess.tiling import export_paths  # noqa: E402
 
 #: Tile footprints and split blocks are drawn in their split's colour.
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
@@ -194,8 +194,7 @@ def _add_aois(m: geemap.Map, aois: Sequence[AOI]) -> tuple[float, float, float, 
 def _add_folder(m: geemap.Map, folder: Path, overlay_max_px: int) -> tuple[float, float, float, float]:
     if Archive(folder).exists():
         return _add_archive(m, Archive(folder))
-    exports = [folder] if (folder / "manifest.json").exists() else sorted(
-        p for p in folder.iterdir() if (p / "manifest.json").exists())
+    exports = export_folders(folder)
     if not exports:
         raise RsgeeError(f"{folder} is neither an archive (archive.json) nor an export (manifest.json in it or its "
                          "subfolders); pass an archive, an export folder or AOIs")
@@ -204,16 +203,16 @@ def _add_folder(m: geemap.Map, folder: Path, overlay_max_px: int) -> tuple[float
 
 def _add_export(m: geemap.Map, folder: Path, overlay_max_px: int) -> tuple[float, float, float, float]:
     """One export folder: overlays first (under the outlines), then its AOI and grid."""
-    manifest = read_manifest(folder)
-    name = manifest["aoi"]["name"]
-    for source, path in export_paths(folder, manifest).items():
-        # the DEM's one-pixel halo (Earth Engine downloads) is the DEM again; batch files in Cloud Storage are skipped
-        if source in manifest["files"] and not source.endswith("_halo") and not path.startswith("/vsi"):
-            m.add(_overlay(Path(path), f"{name}: {source}", manifest["files"][source]["bands"], overlay_max_px))
-    geometry = shape(manifest["aoi"]["geometry"])
+    export = read_export(folder)
+    name = export.name
+    for source in export.layers:  # halo files are their source again; batch files in Cloud Storage are skipped
+        if not export.paths[source].startswith("/vsi"):
+            m.add(_overlay(Path(export.paths[source]), f"{name}: {source}", export.files[source]["bands"],
+                           overlay_max_px))
+    geometry = export.geometry
     _add(m, f"{name}: AOI", [{"type": "Feature", "properties": {"name": name}, "geometry": mapping(geometry)}],
          {"color": AOI_COLOUR, "weight": 2, "fillOpacity": 0})
-    _add(m, f"{name}: grid", _grid_features(Grid.from_dict(manifest["grid"]), name),
+    _add(m, f"{name}: grid", _grid_features(export.grid, name),
          {"color": GRID_COLOUR, "weight": 1, "fillOpacity": 0})
     return geometry.bounds
 

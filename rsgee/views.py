@@ -7,8 +7,9 @@ dimension, named ``<source>_band`` (``ds.s2.sel(s2_band="B4")``).
 
 Nodata: float sources and Sentinel-2 are masked to NaN (Sentinel-2 becomes float32); class labels
 stay integers with their nodata in ``_FillValue`` (NaN would force floats onto categories). Every
-variable keeps the file's nodata as its ``nodata`` attribute. This module imports xarray, so it is
-imported only where a view is asked for (``import rsgee`` stays fast).
+variable keeps the file's nodata as its ``nodata`` attribute. Export folders are read through
+:mod:`rsgee.exports`, archives through :class:`~rsgee.preprocess.archive.Archive`. This module imports
+xarray, so it is imported only where a view is asked for (``import rsgee`` stays fast).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from rsgee.errors import RsgeeError
+from rsgee.exports import read_export
 from rsgee.grid import PIXEL_M, TILE_PX, Tile
 
 #: Dask chunk shape of export views: 8×8 of the files' 256-px blocks (~64 MB of float32 Sentinel-2).
@@ -51,22 +53,13 @@ def open_export(folder: str | os.PathLike, *, chunks: bool | Mapping[str, int] |
         ds.s2.sel(s2_band="B4").plot()      # reflectance × 10000, clouds NaN
         ds.rio.crs                          # EPSG:326zz of the AOI's grid
     """
-    from rsgee.acquire.export import read_manifest
-    from rsgee.preprocess.tiling import export_paths
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    paths = export_paths(folder, manifest)
-    specs = manifest.get("catalog", {}).get("sources", {})
-    layers = {}
-    for name, entry in manifest["files"].items():
-        if name.endswith("_halo"):  # one pixel larger than the grid: terrain input, not a layer
-            continue
-        classes = specs.get(name, {}).get("classes")
-        layers[name] = (paths[name], list(entry["bands"]), classes)
+    export = read_export(folder)
+    specs = export.manifest.get("catalog", {}).get("sources", {})
+    layers = {name: (export.paths[name], list(export.files[name]["bands"]), specs.get(name, {}).get("classes"))
+              for name in export.layers}
     default = {"band": -1, "y": EXPORT_CHUNK_PX, "x": EXPORT_CHUNK_PX}
-    ds = _open_layers(layers, _dask_chunks(chunks, default), where=str(folder))
-    ds.attrs.update(aoi=manifest["aoi"]["name"], source=manifest["source"], synthetic=int(manifest["synthetic"]))
+    ds = _open_layers(layers, _dask_chunks(chunks, default), where=str(export.folder))
+    ds.attrs.update(aoi=export.name, source=export.source, synthetic=int(export.synthetic))
     return ds
 
 

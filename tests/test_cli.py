@@ -69,7 +69,7 @@ def test_usage_errors_exit_2(capsys):
     code, _, err = run(["export", "--aoi", "1,2,3,4", "--start", "2023-13-01"], capsys)
     assert code == 2 and "is not a date; use YYYY-MM-DD" in err
     code, _, err = run(["export", "--aoi", "1,2,3,4", "--start", "2023-09-01", "--end", "2023-06-01"], capsys)
-    assert code == 2 and "must be before --end" in err
+    assert code == 1 and "must be before --end" in err  # checked by rsgee.api, for Python users too
     code, _, err = run(["export"], capsys)
     assert code == 2 and "Missing option '--aoi'" in err
 

@@ -35,8 +35,8 @@ from rsgee.errors import RsgeeError
 from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.tiling import TileFilters
 from rsgee.train import trainer
-from rsgee.train.fusion import FusionConfig
-from rsgee.train.segmentation import SegmentationConfig, SegmentationTask
+from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.train.segmentation import SegmentationTask
 
 AOI = "valley=10.60,46.60,10.66,46.64"
 TRAIN = ["--size", "tiny", "--steps", "1", "--batch-size", "2", "--accelerator", "cpu", "--no-progress"]

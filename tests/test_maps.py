@@ -24,7 +24,6 @@ import httplib2  # noqa: E402
 
 import rsgee.maps as maps  # noqa: E402
 from rsgee.acquire.aoi import parse_aois  # noqa: E402
-from rsgee.acquire.earthengine.fake import FakeEarthEngine  # noqa: E402
 from rsgee.acquire.earthengine.recipes import Window, build_recipe  # noqa: E402
 from rsgee.acquire.export import export_aois  # noqa: E402
 from rsgee.acquire.synthetic import SyntheticSource  # noqa: E402
@@ -33,6 +32,7 @@ from rsgee.errors import RsgeeError  # noqa: E402
 from rsgee.preprocess.archive import Archive  # noqa: E402
 from rsgee.preprocess.split import SplitConfig  # noqa: E402
 from rsgee.preprocess.tiling import TileFilters, build_archive  # noqa: E402
+from rsgee.testing.earthengine import FakeEarthEngine  # noqa: E402
 
 VALLEY = "valley=10.60,46.60,10.66,46.64"  # 2×3 tiles of EPSG:32632
 SLOPE = "slope=10.675,46.60,10.70,46.64"  # 2×3 tiles just east of it

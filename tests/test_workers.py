@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import pytest
 
+from rsgee.errors import RsgeeError
 from rsgee.workers import process_pool
 
 
@@ -26,3 +28,9 @@ def test_a_pool_left_by_an_exception_terminates_its_busy_workers_at_once():
     assert time.monotonic() - started < 30  # not the 120 s of sleeps the workers had queued
     assert len(workers) == 2 and not any(worker.is_alive() for worker in workers)
     assert all(future.done() for future in futures)
+
+
+def test_a_worker_that_dies_is_one_line_naming_the_likely_causes():
+    with pytest.raises(RsgeeError, match=r"a worker process ended abruptly: .*`if __name__ == \"__main__\":` guard"):
+        with process_pool(1) as pool:
+            pool.submit(os._exit, 1).result()

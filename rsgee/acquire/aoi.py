@@ -1,7 +1,7 @@
 """Areas of interest from GeoJSON files, bboxes or WKT, validated and safely named.
 
 Every AOI is a lon/lat (EPSG:4326) Polygon or MultiPolygon with a name that is safe as a single
-path component (it becomes ``exports/<name>/``). Anything unusable — an unreadable file, a point, a
+path component (it becomes ``exports/<name>/``; the rule is :func:`rsgee.exports.safe_name`). Anything unusable — an unreadable file, a point, a
 self-intersecting ring, projected coordinates, an absurdly large area — is a one-line
 :class:`~rsgee.errors.AOIError` that says what is wrong.
 """
@@ -23,13 +23,12 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from rsgee.errors import AOIError, GridError
+from rsgee.exports import safe_name
 from rsgee.grid import Grid, grid_for_geometry
 
 #: Larger AOIs are refused as a likely mistake (50 000 km² ≈ 7 600 tiles of 6.55 km², one raster of
 #: 0.5 gigapixels per band); split them, or raise the limit with ``max_area_km2`` / ``--max-area``.
 MAX_AREA_KM2 = 50_000.0
-NAME_MAX_LEN = 64
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _NAMED_SPEC = re.compile(r"^([A-Za-z0-9._-]+)=(.+)$", re.S)
 _WGS84 = Geod(ellps="WGS84")
 _LONLAT_CRS = ("urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84", "EPSG:4326", "urn:ogc:def:crs:EPSG::4326")
@@ -60,17 +59,6 @@ class AOI:
 def geodesic_area_km2(geometry: BaseGeometry) -> float:
     """Area on the WGS84 ellipsoid in km² (orientation-independent)."""
     return abs(_WGS84.geometry_area_perimeter(geometry)[0]) / 1e6
-
-
-def safe_name(raw: str) -> str:
-    """A name usable as one path component: ``[A-Za-z0-9._-]``, no leading dot, at most 64 chars.
-
-    Path separators, ``..`` and other characters collapse to ``_``, so a name can never point
-    outside the output folder.
-    """
-    name = _SAFE_NAME.sub("_", raw.strip()).strip("._-")
-    name = re.sub(r"\.{2,}", ".", name)[:NAME_MAX_LEN].rstrip("._-")
-    return name
 
 
 def parse_aois(specs: Iterable[str | Path | AOI | dict | BaseGeometry], *,

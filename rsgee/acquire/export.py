@@ -1,9 +1,9 @@
-"""Per-AOI exports: ``<out>/<aoi>/{s1,s2,lulc,dem}.tif`` plus ``manifest.json``.
+"""Writing per-AOI exports: ``<out>/<aoi>/{s1,s2,lulc,dem}.tif`` plus ``manifest.json``.
 
 A *block source* (synthetic, Earth Engine, local files) yields 256×256 blocks of every requested
 catalog source on the AOI's lattice grid; this module writes them into one tiled, compressed
-GeoTIFF per source and finishes with the manifest. The manifest is written last and atomically:
-an AOI folder without ``manifest.json`` is incomplete, whatever else it holds.
+GeoTIFF per source and finishes with the manifest. The folder's layout and manifest are the
+contract of :mod:`rsgee.exports`, which every reader goes through.
 
 A source may also deliver ``<name>_halo`` blocks with a ring of extra pixels (the Earth Engine
 DEM does); they are assembled into ``<name>_halo.tif``, one pixel larger on every side, so that
@@ -12,8 +12,6 @@ terrain at the AOI border can use real neighbours.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import shutil
 import sys
 from contextlib import ExitStack, closing
@@ -26,15 +24,13 @@ from affine import Affine
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from rsgee import __version__
-from rsgee.acquire.aoi import AOI, safe_name
-from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
-from rsgee.errors import GridError, RsgeeError, StorageError
-from rsgee.geotiff import RasterGrid, make_folder, open_for_writing, remove_temporaries, write_json_atomic
+from rsgee.acquire.aoi import AOI
+from rsgee.catalog import Catalog, SourceSpec
+from rsgee.errors import RsgeeError, StorageError
+from rsgee.exports import (WORKDIR, add_halo, existing_manifest, file_tags, mark_incomplete, new_manifest,
+                           same_request, write_manifest)
+from rsgee.geotiff import RasterGrid, make_folder, open_for_writing, remove_temporaries
 from rsgee.grid import TILE_PX, Grid, Tile
-
-MANIFEST = "manifest.json"
-WORKDIR = ".partial"
 
 
 class BlockSource(Protocol):
@@ -113,15 +109,15 @@ def export_aoi(
     grid = aoi.grid()
     tiles = list(grid.tiles())
     folder = out_dir / aoi.name
-    manifest = _manifest(aoi, grid, source, catalog, specs)
+    manifest = new_manifest(aoi, grid, source.name, source.request(), catalog, specs)
     try:
-        existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
+        existing = existing_manifest(folder)
     except RsgeeError:
         if not overwrite:
             raise
         existing = {}  # damaged: --overwrite replaces it, and any blocks of whatever request it was
     if existing is not None and not overwrite:
-        if not _same_request(existing, manifest):
+        if not same_request(existing, manifest):
             raise RsgeeError(f"{folder} already holds an export made with different parameters; pass --overwrite "
                              "to replace it or choose another --out")
         failed = existing.get("failed_blocks", {})
@@ -129,9 +125,9 @@ def export_aoi(
             return ExportResult(aoi.name, folder, "up to date", len(tiles), failed_blocks=failed)
     make_folder(folder)
     remove_temporaries(folder)  # files a killed run of this AOI was writing
-    if overwrite and existing is not None and not _same_request(existing, manifest):
+    if overwrite and existing is not None and not same_request(existing, manifest):
         shutil.rmtree(folder / WORKDIR, ignore_errors=True)  # blocks of another request
-    (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
+    mark_incomplete(folder)
     with ExitStack() as stack:
         writers: dict[str, object] = {}
 
@@ -140,7 +136,7 @@ def export_aoi(
                 grown = RasterGrid(grid.crs, grid.transform @ Affine.translation(-halo, -halo),
                                    grid.width + 2 * halo, grid.height + 2 * halo)
                 writers[key] = stack.enter_context(
-                    open_for_writing(folder / f"{key}.tif", spec, grown, tags=_tags(source, aoi, spec)))
+                    open_for_writing(folder / f"{key}.tif", spec, grown, tags=file_tags(source.name, aoi.name, spec)))
             return writers[key]
 
         for spec in specs:
@@ -165,83 +161,19 @@ def export_aoi(
             raise RsgeeError(f"source {source.name} delivered {seen} of {len(tiles)} blocks")
         halos = sorted(k for k in writers if k.endswith("_halo"))
     failed = dict(sorted(getattr(source, "failures", {}).items()))
-    manifest["files"].update({k: dict(manifest["files"][k[: -len("_halo")]], path=f"{k}.tif", halo_px=1) for k in halos})
+    for key in halos:
+        add_halo(manifest, key.removesuffix("_halo"), 1)
     if failed:
         manifest["failed_blocks"] = failed
     provenance = getattr(source, "provenance", None)
     if provenance is not None:
         manifest["provenance"].update(provenance())
-    write_json_atomic(folder / MANIFEST, manifest)
+    write_manifest(folder, manifest)
     if not failed:
         shutil.rmtree(folder / WORKDIR, ignore_errors=True)
     counts = getattr(source, "counts", None)
     return ExportResult(aoi.name, folder, "written", len(tiles), failed_blocks=failed,
                         counts=counts.to_dict() if counts is not None else {})
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a complete export folder, checked where it is read (error if the export is missing,
-    unfinished or damaged): every reader may then take its AOI name, grid and file paths as written."""
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RsgeeError(f"{folder}: no {MANIFEST}, so this export is missing or unfinished; re-run rsgee export") from None
-    except (OSError, ValueError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    else:
-        problem = _manifest_problem(manifest)
-    if problem:
-        raise RsgeeError(f"{path} is damaged ({problem}); re-run rsgee export with --overwrite") from None
-    return manifest
-
-
-def _manifest_problem(manifest: object) -> str | None:
-    """What makes a parsed manifest unusable, or None.
-
-    The AOI name becomes an archive's AOI and folder names, so it must be a safe name; every file must lie
-    in the export folder (a relative path without ``..``) or in a Cloud Storage bucket (``/vsigs/``, a batch
-    export's): a manifest never makes rsgee read files elsewhere.
-    """
-    if not isinstance(manifest, dict):
-        return f"a JSON {type(manifest).__name__}, not an object"
-    aoi = manifest.get("aoi")
-    name = aoi.get("name") if isinstance(aoi, dict) else None
-    if not isinstance(name, str) or not name or safe_name(name) != name:
-        return f"AOI name {name!r} is not a safe name ([A-Za-z0-9._-], no leading dot)"
-    if not isinstance(aoi.get("geometry"), dict) or not isinstance(manifest.get("source"), str):
-        return "no AOI geometry or no source"
-    for key in ("request", "catalog", "provenance", "failed_blocks"):
-        if not isinstance(manifest.get(key, {}), dict):
-            return f"{key} is not an object"
-    try:
-        Grid.from_dict(manifest.get("grid"))
-    except (GridError, KeyError, TypeError, ValueError):
-        return "no valid grid"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
-        return "no file list"
-    for key, entry in files.items():
-        where = entry.get("path", f"{key}.tif")
-        inside = isinstance(where, str) and where and not Path(where).is_absolute() and ".." not in Path(where).parts
-        if not (inside or (isinstance(where, str) and where.startswith("/vsigs/"))):
-            return f"file {key} is at {where!r}, outside the export folder"
-    return None
-
-
-def export_windows(manifest: dict) -> dict[str, list[str]] | None:
-    """Date windows ``[start, end)`` (ISO dates, end excluded) per exported source, from the request.
-
-    Earth Engine records one window per source, the synthetic source one for all; local files carry
-    no dates, so their exports give None.
-    """
-    request = manifest.get("request", {})
-    if "windows" in request:
-        return {name: list(window) for name, window in sorted(request["windows"].items())}
-    if "start" in request and "end" in request:
-        names = [name for name in manifest.get("files", {}) if not name.endswith("_halo")]
-        return {name: [request["start"], request["end"]] for name in sorted(names)}
-    return None
 
 
 def _checked_block(arrays: dict[str, np.ndarray], spec: SourceSpec, tile: Tile, size: int, key: str | None = None) -> np.ndarray:
@@ -253,48 +185,3 @@ def _checked_block(arrays: dict[str, np.ndarray], spec: SourceSpec, tile: Tile, 
     if block.dtype != spec.numpy_dtype:
         raise RsgeeError(f"block {tile.id} of source {spec.name} is {block.dtype}, the catalog says {spec.dtype}")
     return block
-
-
-def _tags(source: BlockSource, aoi: AOI, spec: SourceSpec) -> dict[str, str]:
-    synthetic = source.name == "synthetic"
-    return {
-        "RSGEE_VERSION": __version__,
-        "RSGEE_SOURCE": source.name,
-        "RSGEE_SYNTHETIC": "yes" if synthetic else "no",
-        "RSGEE_AOI": aoi.name,
-        "RSGEE_CATALOG_SOURCE": spec.name,
-        "RSGEE_COLLECTION": spec.collection,
-        "TIFFTAG_IMAGEDESCRIPTION": (
-            f"rsgee {'SYNTHETIC ' if synthetic else ''}{spec.name}: {spec.description} ({spec.units})"
-        ),
-    }
-
-
-def _manifest(aoi: AOI, grid: Grid, source: BlockSource, catalog: Catalog, specs: Sequence[SourceSpec]) -> dict:
-    return {
-        "rsgee_version": __version__,
-        "aoi": {"name": aoi.name, "area_km2": round(aoi.area_km2, 6), "geometry": aoi.to_geojson()["geometry"]},
-        "source": source.name,
-        "synthetic": source.name == "synthetic",
-        "request": source.request(),
-        "grid": grid.to_dict(),
-        "catalog": {"path": str(catalog.path), "sources": {s.name: s.to_dict() for s in specs}},
-        "files": {
-            s.name: {"path": f"{s.name}.tif", "bands": list(s.band_names), "dtype": s.dtype,
-                     "nodata": "nan" if s.nodata_is_nan else s.nodata, "units": s.units}
-            for s in specs
-        },
-        "provenance": {
-            "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "python": sys.version.split()[0],
-        },
-    }
-
-
-def _same_request(old: dict, new: dict) -> bool:
-    files = {k: v for k, v in old.get("files", {}).items() if not k.endswith("_halo")}
-    old_sources, new_sources = old.get("catalog", {}).get("sources", {}), new["catalog"]["sources"]
-    if new.get("source") != "earthengine":  # recipe-only keys change nothing the offline sources deliver
-        old_sources, new_sources = without_recipe_keys(old_sources), without_recipe_keys(new_sources)
-    return (all(old.get(k) == new.get(k) for k in ("source", "request", "grid")) and files == new["files"]
-            and old_sources == new_sources)

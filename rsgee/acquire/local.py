@@ -9,7 +9,7 @@ catalog nodata where there is no data).
 catalog's bands in the catalog's order, already in the archive's units: Sentinel-2 as reflectance
 × 10000 (rsgee never rescales 0–1 reflectance on a guess; it warns when a float input looks like
 it), land cover as the catalog's class ids. Sentinel-1 (a source with ``to_db``) may come in dB or
-in linear power: linear power is recognised (:func:`~rsgee.preprocess.radiometry.looks_linear`),
+in linear power: linear power is recognised (:func:`~rsgee.radiometry.looks_linear`),
 converted and reported with a warning, never silently trusted. The input's nodata (its nodata
 value or mask, and NaN/±inf for floats) becomes the catalog's nodata.
 
@@ -63,7 +63,7 @@ from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import GDAL_READ_ENV
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
-from rsgee.preprocess.radiometry import db_to_linear, linear_to_db, looks_linear
+from rsgee.radiometry import db_to_linear, linear_to_db, looks_linear
 
 log = logging.getLogger("rsgee")
 

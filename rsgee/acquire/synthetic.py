@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from affine import Affine
 
+from rsgee.acquire import WINDOW
 from rsgee.errors import RsgeeError
 from rsgee.grid import PIXEL_M, TILE_PX, Grid, Tile
 from rsgee.memory import keep_freed_memory
@@ -227,8 +228,8 @@ class SyntheticSource:
 
     seed: int = 0
     cloud_cover: float = 0.0
-    start: dt.date = dt.date(2023, 6, 1)
-    end: dt.date = dt.date(2023, 9, 1)
+    start: dt.date = WINDOW[0]
+    end: dt.date = WINDOW[1]
     workers: int = 1  # processes computing tiles; the pixels never depend on it
 
     name = "synthetic"

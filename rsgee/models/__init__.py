@@ -17,10 +17,10 @@ from rsgee.models.discriminator import (
     PatchDiscriminator,
     Pix2PixPatchDiscriminator,
 )
+from rsgee.configs import SIZES
 from rsgee.models.factory import (
     IMAGE_CHANNELS,
     NUM_CLASSES,
-    SIZES,
     SOURCE_CHANNELS,
     build_discriminator,
     build_generator,

@@ -41,7 +41,6 @@ IMAGE_CHANNELS = 4
 #: Land-cover classes RS-UNet predicts (Dynamic World).
 NUM_CLASSES = 9
 
-SIZES = ("tiny", "small", "paper")
 
 GENERATOR_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # num_downs: the bottleneck must stay ≥ 1 px, so tiny (5 levels) runs on any multiple of 32,

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsgee.configs import GAN_LOSSES
 from rsgee.errors import RsgeeError
 
 #: What a discriminator returns: patch logits, or per-scale lists of features ending with logits.
 DiscriminatorOutput = Union[Tensor, Sequence[Sequence[Tensor]]]
 
-GAN_MODES = ("hinge", "vanilla")
 
 
 def _scale_predictions(output: DiscriminatorOutput) -> list[Tensor]:
@@ -92,8 +92,8 @@ class AdversarialLoss:
     """
 
     def __init__(self, mode: str = "hinge") -> None:
-        if mode not in GAN_MODES:
-            raise RsgeeError(f"unknown GAN loss {mode!r}; valid: {', '.join(GAN_MODES)}")
+        if mode not in GAN_LOSSES:
+            raise RsgeeError(f"unknown GAN loss {mode!r}; valid: {', '.join(GAN_LOSSES)}")
         self.mode = mode
 
     def discriminator(self, real: DiscriminatorOutput, fake: DiscriminatorOutput) -> Tensor:

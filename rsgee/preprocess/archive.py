@@ -26,7 +26,6 @@ the end, or at the start of the next run if the process was killed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -37,6 +36,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import filelock
 
 from rsgee.catalog import BandSpec, Catalog, CatalogError, SourceSpec, load_catalog
 from rsgee.errors import GridError, RsgeeError, unwritable
@@ -361,24 +362,22 @@ class Archive:
             yield
             return
         make_folder(self.root)
+        lock = filelock.FileLock(self.lock_path)
         try:
-            handle = open(self.lock_path, "w")
-        except OSError as exc:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if not wait:
+                raise RsgeeError(f"another rsgee process is writing to {self.root}; wait for it to finish") from None
+            log.info("waiting for another rsgee process to finish writing to %s", self.root)
+            lock.acquire()
+        except OSError as exc:  # after Timeout, which is one too
             raise unwritable(self.root, exc) or exc
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise RsgeeError(f"another rsgee process is writing to {self.root}; wait for it to finish") from None
-                log.info("waiting for another rsgee process to finish writing to %s", self.root)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            self._locked = True
-            try:
-                yield
-            finally:
-                self._locked = False
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        self._locked = True
+        try:
+            yield
+        finally:
+            self._locked = False
+            lock.release()
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a killed run (call only under :meth:`lock`)."""

@@ -59,8 +59,8 @@ from rsgee.errors import RsgeeError, unwritable
 from rsgee.geotiff import GDAL_READ_ENV, write_json_atomic
 from rsgee.grid import TILE_PX
 from rsgee.preprocess.archive import Archive
-from rsgee.preprocess.radiometry import s1_db_range
 from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
+from rsgee.radiometry import s1_db_range
 from rsgee.workers import process_pool
 
 #: Bumped whenever the layout or an encoding changes: older caches are then stale and rebuilt.

@@ -4,7 +4,8 @@ The work is cut into *strips* (one row of tiles of one AOI): each strip reads it
 source, derives terrain from the DEM with a one-pixel halo (so tile edges use their true
 neighbours, and the AOI border behaves like ``gdaldem -compute_edges``), filters the tiles and
 writes the survivors. Strips run in parallel processes; the main process journals finished tiles,
-so a killed run loses nothing and a re-run only does what is missing.
+so a killed run loses nothing and a re-run only does what is missing. Exports are found and read
+through :mod:`rsgee.exports`, the archive written through :mod:`rsgee.preprocess.archive`.
 """
 
 from __future__ import annotations
@@ -22,22 +23,20 @@ from typing import Sequence
 import numpy as np
 import rasterio
 import shapely
-from affine import Affine
 from pyproj import Transformer
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from rsgee.acquire.export import MANIFEST, export_windows, read_manifest
 from rsgee.catalog import Catalog, SourceSpec, without_recipe_keys
 from rsgee.errors import RsgeeError, check_number
+from rsgee.exports import find_exports, grid_problem, read_export
 from rsgee.geotiff import GDAL_READ_ENV, MAX_Z_ERROR_LIMIT, RasterGrid, write_array
 from rsgee.grid import TILE_PX, Grid, Tile, to_utm
-from rsgee.preprocess.archive import (FORMAT, FORMAT_VERSION, Archive, file_sha256, recorded_float_error, terrain_units,
-                                      tile_sources)
-from rsgee.preprocess.radiometry import linear_to_db, looks_linear
+from rsgee.preprocess.archive import FORMAT, FORMAT_VERSION, Archive, recorded_float_error, terrain_units, tile_sources
 from rsgee.preprocess.split import SplitConfig, split_warning
 from rsgee.preprocess.stats import compute_stats, stats_are_current
 from rsgee.preprocess.terrain import terrain
+from rsgee.radiometry import linear_to_db, looks_linear
 from rsgee.workers import process_pool
 
 log = logging.getLogger("rsgee")
@@ -109,65 +108,32 @@ class TileSummary:
         return out
 
 
-def find_exports(paths: Sequence[str | Path]) -> list[Path]:
-    """Export folders from the command line: each path is an AOI folder or a folder of them."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if (path / MANIFEST).exists():
-            found.append(path)
-        elif path.is_dir():
-            children = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
-            if not children:
-                raise RsgeeError(f"{path}: no complete AOI export here (no */{MANIFEST}); run rsgee export first")
-            found.extend(children)
-        else:
-            raise RsgeeError(f"{path}: no such export folder")
-    return found
-
-
-def export_paths(folder: Path, manifest: dict) -> dict[str, str]:
-    """Where each file of an export is: manifest paths (checked by ``read_manifest``) are relative to the
-    folder, or GDAL ``/vsigs/bucket/…`` paths of a batch export, used as they are."""
-    out = {}
-    for name, entry in manifest["files"].items():
-        path = entry.get("path", f"{name}.tif")
-        out[name] = path if path.startswith("/vsigs/") else str(folder / path)
-    return out
-
-
 def open_export(folder: Path, specs: dict[str, SourceSpec]) -> ExportedAOI:
     """Read an export's manifest and check that every source shares its CRS, transform and shape."""
-    manifest = read_manifest(folder)
-    name = manifest["aoi"]["name"]
-    grid = Grid.from_dict(manifest["grid"])
-    paths = export_paths(folder, manifest)
+    export = read_export(folder)
+    name, grid = export.name, export.grid
     s1_linear = False
     for source in [n for n in specs if n != "terrain"] + ["dem"]:
         spec = specs["terrain"] if source == "dem" else specs[source]
-        path = paths.get(source)
+        path = export.paths.get(source)
         if path is None or (not path.startswith("/vsi") and not os.path.exists(path)):
             raise RsgeeError(f"AOI '{name}': {source}.tif is missing from {folder}; export source '{source}' first")
-        try:
-            with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src:
-                problem = _registration_problem(src, grid, spec, source)
-                if source == "s1" and not problem:
-                    s1_linear = looks_linear(to_catalog_nodata(_spread_sample(src), src.nodata, spec))
-        except rasterio.errors.RasterioIOError as exc:
-            raise RsgeeError(f"AOI '{name}': cannot open {path} ({str(exc).splitlines()[0]}); re-export it") from None
+        with export.open_file(source) as src:
+            problem = grid_problem(src, grid) or _catalog_problem(src, spec, source)
+            if source == "s1" and not problem:
+                s1_linear = looks_linear(to_catalog_nodata(_spread_sample(src), src.nodata, spec))
         if problem:
             raise RsgeeError(f"AOI '{name}', source '{source}': {problem}")
-    if "dem_halo" in paths:
-        with rasterio.Env(**GDAL_READ_ENV), rasterio.open(paths["dem_halo"]) as src:
-            expected = grid.transform @ Affine.translation(-1, -1)
-            if src.transform != expected or (src.width, src.height) != (grid.width + 2, grid.height + 2):
-                raise RsgeeError(f"AOI '{name}', source 'dem_halo': not the AOI grid grown by one pixel; re-export it")
+    if "dem_halo" in export.paths:
+        with export.open_file("dem_halo") as src:
+            problem = grid_problem(src, grid, halo=1)
+        if problem:
+            raise RsgeeError(f"AOI '{name}', source 'dem_halo': {problem}; re-export it")
     if s1_linear:
         log.warning("AOI '%s': s1.tif looks like linear power, not dB (no negative values); converting with "
                     "10·log10", name)
-    geometry = shapely.geometry.shape(manifest["aoi"]["geometry"])
-    return ExportedAOI(name, folder, file_sha256(folder / MANIFEST), grid, geometry, manifest["source"], s1_linear,
-                       paths, export_windows(manifest))
+    return ExportedAOI(name, export.folder, export.manifest_sha256, grid, export.geometry, export.source, s1_linear,
+                       export.paths, export.windows)
 
 
 def _spread_sample(src, windows: int = 8, size: int = 64) -> np.ndarray:
@@ -187,13 +153,8 @@ def _spread_sample(src, windows: int = 8, size: int = 64) -> np.ndarray:
                            for r in starts(src.height) for c in starts(src.width)], axis=1)
 
 
-def _registration_problem(src, grid: Grid, spec: SourceSpec, source: str) -> str | None:
-    if src.crs is None or src.crs.to_epsg() != grid.epsg:
-        return f"CRS {src.crs} differs from the AOI grid's EPSG:{grid.epsg}"
-    if src.transform != grid.transform:
-        return f"transform {tuple(src.transform)[:6]} differs from the AOI grid's {tuple(grid.transform)[:6]}"
-    if (src.width, src.height) != (grid.width, grid.height):
-        return f"shape {src.width}×{src.height} differs from the AOI grid's {grid.width}×{grid.height}"
+def _catalog_problem(src, spec: SourceSpec, source: str) -> str | None:
+    """Why a file's bands do not match the catalog source, or None."""
     expected = 1 if source == "dem" else len(spec.bands)
     if src.count != expected:
         return f"{src.count} bands, the catalog says {expected}"

@@ -30,28 +30,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import TILE_PX
-from rsgee.models.factory import NUM_CLASSES, SOURCE_CHANNELS
+from rsgee.models.factory import NUM_CLASSES
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import PackedSplit, open_split
-from rsgee.preprocess.radiometry import s1_db_range
 from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
+from rsgee.radiometry import s1_db_range
 from rsgee.train.distributed import EvenShards, ResumableLoader, ShuffledSampler
 
 S2_SCALE = 10000.0
-#: Command-line names of conditioning sources (the paper calls terrain "dem").
-SOURCE_ALIASES = {"lulc": "lulc", "s1": "s1", "sar": "s1", "dem": "terrain", "terrain": "terrain"}
-
-
-def parse_sources(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'lulc,s1,dem' → ('lulc', 's1', 'terrain') in canonical order; unknown names are an error."""
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in SOURCE_ALIASES]
-    if unknown or not names:
-        raise RsgeeError(f"--sources {text!r}: choose a non-empty subset of lulc, s1, dem")
-    chosen = {SOURCE_ALIASES[n] for n in names}
-    return tuple(s for s in SOURCE_CHANNELS if s in chosen)
-
-
 # -- normalisation -----------------------------------------------------------------------------
 
 def s2_to_model(s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

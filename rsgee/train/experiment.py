@@ -36,39 +36,33 @@ from rsgee.geotiff import atomic_path
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
 from rsgee.train.baselines import LINEAR_REFERENCES, fusion_baselines, segmentation_baselines
-from rsgee.train.data import parse_sources, train_subset
+from rsgee.configs import DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, SegmentationConfig, parse_sources
+from rsgee.train.data import train_subset
 from rsgee.train.evaluate import evaluate_fusion, evaluate_segmentation
-from rsgee.train.fusion import DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, sources_label, train_fusion
+from rsgee.train.fusion import sources_label, train_fusion
 from rsgee.train.generate import generate
-from rsgee.train.segmentation import SegmentationConfig, train_segmentation
+from rsgee.train.segmentation import train_segmentation
 from rsgee.train.trainer import read_metrics, read_run, train_or_reuse
 
-#: The source subsets of the ablation (Table 2): land cover alone, with SAR, with terrain, and all three.
-ABLATION_SOURCES = (("lulc",), ("lulc", "s1"), ("lulc", "terrain"), ("lulc", "s1", "terrain"))
 #: The reference each source set of the ablation is read against.
 SOURCE_REFERENCE = {"lulc": "class-mean", "lulc+s1": "class-sar", "lulc+dem": "class-illumination",
                     "lulc+s1+dem": "class-illumination-sar"}
 
 
-def fusion_budget() -> FusionConfig:
-    """Every fusion run's settings but model, recipe, sources and seed: the demo's, which learn (BENCHMARKS.md)."""
-    return FusionConfig(size="tiny", batch_size=4, steps=2000, crop=64, lr_g=2e-3, lr_d=2e-3, val_every=10**6,
-                        val_figures=0)
-
-
 @dataclass
 class FusionExperiment:
-    """What a fusion experiment trains: ``base`` (one budget for every run) varied by the grid.
+    """What a fusion experiment trains: ``base`` (one budget for every run) varied by the grid (the defaults of
+    every field: :func:`rsgee.api.experiment_fusion`).
 
     ``ablation_model`` ``"best"`` takes the Table 1 generator with the highest mean val PSNR (default recipe).
     """
 
-    base: FusionConfig = field(default_factory=fusion_budget)
-    models: tuple[str, ...] = MODELS
-    recipes: tuple[str, ...] = (DEFAULT_RECIPE,)
-    ablation_model: str | None = "best"  # a model name, "best", or None: no ablation
-    ablation_sources: tuple[tuple[str, ...], ...] = ABLATION_SOURCES
-    seeds: int = 3
+    base: FusionConfig
+    models: tuple[str, ...]
+    recipes: tuple[str, ...]
+    ablation_model: str | None  # a model name, "best", or None: no ablation
+    ablation_sources: tuple[tuple[str, ...], ...]
+    seeds: int
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in MODELS]
@@ -256,12 +250,6 @@ def _pairs_table(pairs: list[dict], unit: str) -> str:
 
 # -- segmentation ------------------------------------------------------------------------------
 
-def seg_budget() -> SegmentationConfig:
-    """Every RS-UNet run's settings but mix, tiles and seed (the demo's, which learn), validated every 100 steps."""
-    return SegmentationConfig(size="tiny", batch_size=8, steps=600, crop=128, lr=2e-3, schedule="constant",
-                              val_every_steps=100)
-
-
 @dataclass
 class SegExperiment:
     """What a segmentation experiment trains: RS-UNet runs at ``base``'s budget, generators at ``generator``'s.
@@ -269,10 +257,10 @@ class SegExperiment:
     ``labelled``: the k of the low-label protocol (real labelled tiles per run); empty for the paper's protocol only.
     """
 
-    base: SegmentationConfig = field(default_factory=seg_budget)
-    generator: FusionConfig = field(default_factory=fusion_budget)
-    labelled: tuple[int, ...] = (4, 8)
-    seeds: int = 3
+    base: SegmentationConfig
+    generator: FusionConfig
+    labelled: tuple[int, ...]
+    seeds: int
 
     def __post_init__(self) -> None:
         if self.seeds < 2:

@@ -17,7 +17,7 @@ a generator whose output depends on its input size shows the gap there. It write
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -25,115 +25,19 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from rsgee.errors import RsgeeError, check_number
+from rsgee.configs import FusionConfig
+from rsgee.errors import RsgeeError
 from rsgee.grid import TILE_PX
 from rsgee.models import losses
 from rsgee.models.layers import count_parameters
 from rsgee.models.factory import build_discriminator, build_generator, discriminator_in_channels
 from rsgee.preprocess.archive import Archive
-from rsgee.train.data import FusionData, check_augmentation, condition_tensor, model_to_reflectance, parse_sources
+from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
-from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_options, checkpoint_of, fit, load_checkpoint,
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, checkpoint_of, fit, load_checkpoint,
                                  make_trainer, planned_steps, read_run, resolve_launch, restore_task, run_inputs,
                                  scheduled, seed_everything, start_run)
-
-#: Generators: the paper's RS-SPADE (pix2pix's U-Net + multi-source modulation), the pix2pix baseline, and
-#: SPADE's decoder-only generator with the same modulation (an ablation).
-MODELS = ("rs-spade", "pix2pix", "spade-decoder")
-#: Training recipes, apart from architectures. ``pix2pix``: Isola et al.'s (vanilla GAN + L1 ×100, Adam
-#: 2e-4 (0.5, 0.999), 70×70 PatchGAN). ``spade``: NVlabs/SPADE's (hinge + feature matching ×10 (+ VGG ×10
-#: with --vgg-weights), no L1, TTUR 1e-4/4e-4, betas (0, 0.999), 2-scale D). ``hybrid``: SPADE's with an L1
-#: ×10 term added — what rsgee trained RS-SPADE with before recipes were separate.
-RECIPES = {
-    "pix2pix": {"gan_loss": "vanilla", "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "l1_weight": 100.0,
-                "fm_weight": 0.0, "discriminator": "patchgan70"},
-    "spade": {"gan_loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "l1_weight": 0.0,
-              "fm_weight": 10.0, "discriminator": "multiscale"},
-    "hybrid": {"gan_loss": "hinge", "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "l1_weight": 10.0,
-               "fm_weight": 10.0, "discriminator": "multiscale"},
-}
-#: The recipe every generator trains with unless told otherwise: on the demo's val split each of the three
-#: learned most with it (BENCHMARKS.md, "Convergence"), and one recipe for all keeps comparisons fair.
-DEFAULT_RECIPE = "pix2pix"
-
-
-@dataclass
-class FusionConfig:
-    """Everything that defines a fusion run (stored in run.json)."""
-
-    model: str = "rs-spade"
-    sources: tuple[str, ...] = ("lulc", "s1", "terrain")
-    recipe: str | None = None  # pix2pix | spade | hybrid; None = DEFAULT_RECIPE
-    gan_loss: str | None = None  # hinge | vanilla (None = the recipe's)
-    discriminator: str | None = None  # multiscale | patchgan70 (None = the recipe's)
-    size: str = "small"
-    batch_size: int = 4
-    epochs: int | None = None  # passes over the train split (DEFAULT_EPOCHS when steps is None too)
-    steps: int | None = None  # or exactly this many optimiser steps (GAN iterations)
-    steps_per_epoch: int | None = None  # batches per epoch; None = the whole train split
-    schedule: str = "cosine"  # learning-rate schedule over the run's steps (trainer.SCHEDULES)
-    warmup: int = 0  # optimiser steps of linear learning-rate warm-up
-    augment: str = "none"  # none | flip | dihedral: the sun does not turn (rsgee.train.data)
-    crop: int | None = None  # train on random crops of this size (pixels); None = whole tiles
-    train_tiles: int | None = None  # train on only this many train tiles (seeded choice, data.train_subset)
-    lr_g: float | None = None
-    lr_d: float | None = None
-    betas: tuple[float, float] | None = None
-    l1_weight: float | None = None
-    fm_weight: float | None = None
-    vgg_weights: str | None = None
-    vgg_weight: float = 10.0
-    seed: int = 0
-    num_workers: int = 0
-    val_figures: int = 4
-    checkpoint_every: int | None = None  # also write last.ckpt every N batches
-    skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
-    clip_grad_norm: float | None = None  # clip each optimiser's gradient norm to this
-    start_at_band_means: bool = True  # output bias so that an untrained generator paints the train band means
-    ema_decay: float = 0.999  # EMA of the generator weights (warmed up: min(decay, (1+n)/(10+n))); 0 = none
-    val_every: int = 1  # validate every N epochs
-    val_every_steps: int | None = None  # or every N optimiser steps (with steps)
-    overrides: dict = field(default_factory=dict)  # architecture overrides (ngf, …)
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise RsgeeError(f"unknown fusion model '{self.model}'; choose {', '.join(MODELS)}")
-        self.sources = parse_sources(self.sources)
-        check_options(self)
-        check_augmentation(self.augment)
-        check_number("--val-figures", self.val_figures, 0, whole=True)
-        check_number("--val-every", self.val_every, 1, whole=True)
-        if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
-            raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
-                             "(a run of --epochs validates every --val-every epochs)")
-        self.recipe = self.recipe or DEFAULT_RECIPE
-        if self.recipe not in RECIPES:
-            raise RsgeeError(f"unknown recipe '{self.recipe}'; choose {', '.join(RECIPES)}")
-        for key, value in RECIPES[self.recipe].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        for option, value in (("--lr-g", self.lr_g), ("--lr-d", self.lr_d)):
-            check_number(option, value, 0.0, above=True)
-        for option, value in (("--l1-weight", self.l1_weight), ("--fm-weight", self.fm_weight),
-                              ("--vgg-weight", self.vgg_weight)):
-            check_number(option, value, 0.0)
-        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            raise RsgeeError(f"--betas {self.betas!r}: give two numbers like 0.5,0.999")
-        for beta in self.betas:
-            check_number("--betas", beta, 0.0, 1.0, below=True)
-        self.betas = tuple(float(b) for b in self.betas)  # torch 2.13 Adam wants both floats
-        check_number("--ema-decay", self.ema_decay, 0.0, 1.0, below=True)
-        if self.fm_weight and self.discriminator != "multiscale":
-            raise RsgeeError(f"feature matching (--fm-weight {self.fm_weight:g}) needs the multiscale discriminator, "
-                             f"whose intermediate features it compares; the {self.discriminator} discriminator returns "
-                             "only patch logits — use --discriminator multiscale or --fm-weight 0")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FusionConfig":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
 
 class FusionTask(GuardedTask):
     """Generator + conditional discriminator trained as a GAN (manual optimisation)."""

@@ -12,8 +12,8 @@ observation) with class names and a colour table, optionally per-class probabili
 writes a pseudo-Sentinel-2 (uint16 reflectance × 10000); ``fill_clouds`` keeps every valid real pixel
 and fills only the cloud-masked or missing ones, with a band that says which.
 
-The inputs are an export folder, or one AOI exported first from any ``rsgee export`` source
-(:func:`export_inputs`, which exports only the sources the run reads).
+The inputs are an export folder (read through :mod:`rsgee.exports`); exporting an AOI first is
+:func:`rsgee.api.predict_seg`'s and :func:`rsgee.api.predict_fusion`'s job.
 
 A run carries what predict needs in its ``run.json``: the weights' normalisation, the sources with
 their bands and types (``inputs``), and the class names; exports that do not match are refused.
@@ -35,11 +35,11 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from rsgee.acquire.export import read_manifest
 from rsgee.errors import RsgeeError, check_number
+from rsgee.exports import grid_problem, read_export
 from rsgee.geotiff import GDAL_READ_ENV, atomic_path
 from rsgee.grid import TILE_PX, Grid
-from rsgee.preprocess.tiling import export_paths, replace_nodata, terrain_window
+from rsgee.preprocess.tiling import replace_nodata, terrain_window
 from rsgee.train.data import S2_SCALE, lulc_to_model, reflectance_to_s2, s1_to_model, terrain_to_model
 from rsgee.train.figures import DW_COLOURS
 from rsgee.train.trainer import read_run
@@ -99,7 +99,7 @@ def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probab
     from rsgee.train.segmentation import load_segmentation
 
     _check_windows(overlap, batch_size)
-    info = _run_info(run, "segmentation")
+    info = run_info(run, "segmentation")
     export = _open_export(exports, info, ("s2",))
     out = Path(out)
     request = _request(run, export, kind="seg", probabilities=probabilities, overlap=overlap)
@@ -150,7 +150,7 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
     from rsgee.train.fusion import load_fusion
 
     _check_windows(overlap, batch_size)
-    info = _run_info(run, "fusion")
+    info = run_info(run, "fusion")
     sources = tuple(info["config"]["sources"])
     needed = tuple(s for s in ("lulc", "s1", "dem", "s2") if s in {"dem" if x == "terrain" else x for x in sources}
                    or (s == "s2" and fill_clouds))
@@ -200,41 +200,6 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
     return PredictResult(out, "written", windows, filled)
 
 
-def export_inputs(aoi: str, folder: str | Path, *, kind: str, run: str | Path, source: str = "synthetic",
-                  catalog_path: str | Path | None = None, start=None, end=None, max_area_km2: float = 50_000.0,
-                  progress: bool = True, **source_options) -> Path:
-    """Export what ``run`` needs for one AOI into ``folder`` (skipped when complete); returns the AOI's folder.
-
-    ``source`` and ``source_options`` are those of ``rsgee export`` (see
-    :func:`rsgee.acquire.sources.make_block_source`: Earth Engine project, credentials, endpoint …).
-    """
-    import datetime as dt
-
-    from rsgee.acquire.aoi import parse_aois
-    from rsgee.acquire.export import export_aois
-    from rsgee.acquire.sources import make_block_source
-    from rsgee.catalog import load_catalog
-
-    info = _run_info(run, kind)
-    aois = parse_aois([aoi], max_area_km2=max_area_km2)
-    if len(aois) != 1:
-        raise RsgeeError(f"--aoi {aoi!r} holds {len(aois)} areas; predict one AOI at a time")
-    if kind == "segmentation":
-        names = ["s2"]
-    else:
-        names = sorted({"terrain": "dem"}.get(s, s) for s in info["config"]["sources"]) + ["s2"]
-    block_source = make_block_source(source, names, start=start or dt.date(2023, 6, 1), end=end or dt.date(2023, 9, 1),
-                                     progress=progress, **source_options)
-    (result,) = export_aois(aois, Path(folder), block_source, load_catalog(catalog_path), source_names=names,
-                            progress=progress)
-    if not result.ok:
-        for empty in (result.path, Path(folder)):  # a refused AOI leaves no empty folders behind
-            if empty.is_dir() and not any(empty.iterdir()):
-                empty.rmdir()
-        raise RsgeeError(result.line())
-    return result.path
-
-
 # -- reading the export --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -248,7 +213,8 @@ class _Export:
     run_nodata: dict[str, float]  # what the run's inputs use
 
 
-def _run_info(run: str | Path, kind: str) -> dict:
+def run_info(run: str | Path, kind: str) -> dict:
+    """run.json of a ``kind`` run that records what predict needs (its inputs and normalisation), or one line."""
     info = read_run(run)
     if info.get("kind") != kind:
         wanted = "predict seg" if kind == "segmentation" else "predict fusion"
@@ -263,12 +229,8 @@ def _run_info(run: str | Path, kind: str) -> dict:
 
 def _open_export(folder: str | Path, info: dict, sources: tuple[str, ...]) -> _Export:
     """The export folder's grid and files, checked against the sources and bands the run was trained on."""
-    from rsgee.preprocess.archive import file_sha256
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    name = manifest["aoi"]["name"]
-    files = manifest.get("files", {})
+    export = read_export(folder)
+    folder, files = export.folder, export.files
     missing = [s for s in sources if s not in files]
     if missing:
         raise RsgeeError(f"{folder}: the export has no {', '.join(missing)} (the run needs {', '.join(sources)}); "
@@ -279,18 +241,15 @@ def _open_export(folder: str | Path, info: dict, sources: tuple[str, ...]) -> _E
             raise RsgeeError(f"{folder}: {source} has bands {given.get('bands')} ({given.get('dtype')}), the run was "
                              f"trained on {trained['bands']} ({trained['dtype']}); export with the catalog the run "
                              "was trained with")
-    grid = Grid.from_dict(manifest["grid"])
-    paths = export_paths(folder, manifest)
     nodata = {}
-    with rasterio.Env(**GDAL_READ_ENV):
-        for source in sources:
-            with rasterio.open(paths[source]) as src:
-                if src.crs is None or src.crs.to_epsg() != grid.epsg or src.transform != grid.transform or \
-                        (src.width, src.height) != (grid.width, grid.height):
-                    raise RsgeeError(f"{paths[source]} is not on the AOI's grid (manifest.json); re-export AOI '{name}'")
-                nodata[source] = src.nodata
+    for source in sources:
+        with export.open_file(source) as src:
+            problem = grid_problem(src, export.grid)
+            nodata[source] = src.nodata
+        if problem:
+            raise RsgeeError(f"{export.paths[source]}: {problem}; re-export AOI '{export.name}'")
     run_nodata = {s: float(info["inputs"][s]["nodata"]) for s in sources}
-    return _Export(folder, name, grid, paths, file_sha256(folder / "manifest.json"), nodata, run_nodata)
+    return _Export(folder, export.name, export.grid, export.paths, export.manifest_sha256, nodata, run_nodata)
 
 
 def _read_strip(export: _Export, sources: tuple[str, ...], y0: int, rows: int) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -24,32 +24,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 
-from rsgee.errors import RsgeeError, check_number
+from rsgee.configs import SegmentationConfig, check_augmentation
+from rsgee.errors import RsgeeError
 from rsgee.models.factory import NUM_CLASSES, build_segmenter
 from rsgee.models.layers import count_parameters
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
-from rsgee.train.data import S2_SCALE, augment, check_augmentation, crop, draw_transform, train_subset
+from rsgee.train.data import S2_SCALE, augment, crop, draw_transform, train_subset
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
-from rsgee.train.trainer import (GuardedTask, batches_per_epoch, check_options, checkpoint_of, fit, load_checkpoint,
+from rsgee.train.trainer import (GuardedTask, batches_per_epoch, checkpoint_of, fit, load_checkpoint,
                                  make_trainer, planned_steps, read_run, resolve_launch, restore_task, run_inputs,
                                  scheduled, seed_everything, start_run)
 
 
 IGNORE = 255
-
-
-def parse_mix(text: str) -> tuple[int, int]:
-    """'1:1' → (1, 1); a, b non-negative integers, not both zero."""
-    try:
-        a, b = (int(p) for p in text.split(":"))
-    except ValueError:
-        raise RsgeeError(f"--mix '{text}': expected REAL:GENERATED with whole numbers, e.g. 1:1 or 1:0") from None
-    if a < 0 or b < 0 or a + b == 0:
-        raise RsgeeError(f"--mix '{text}': use non-negative numbers, not both zero")
-    return a, b
 
 
 def epoch_counts(mix: tuple[int, int], n_real: int, n_generated: int, world_size: int = 1) -> tuple[int, int]:
@@ -172,54 +162,6 @@ def collate_segmentation(samples: list[dict]) -> dict:
     if "counted" in samples[0]:
         batch["counted"] = torch.tensor([s["counted"] for s in samples])
     return batch
-
-
-@dataclass
-class SegmentationConfig:
-    """Everything that defines a segmentation run (stored in run.json)."""
-
-    mix: tuple[int, int] = (1, 0)
-    size: str = "small"
-    batch_size: int = 8
-    epochs: int | None = None  # passes over the (mixed) train epoch (DEFAULT_EPOCHS when steps is None too)
-    steps: int | None = None  # or exactly this many optimiser steps
-    steps_per_epoch: int | None = None
-    schedule: str = "constant"  # learning-rate schedule over the run's steps (trainer.SCHEDULES)
-    warmup: int = 0  # optimiser steps of linear learning-rate warm-up
-    augment: str = "dihedral"  # none | flip | dihedral (segmentation reads only Sentinel-2)
-    crop: int | None = None
-    # only this many train tiles with their real image (seeded, data.train_subset); a mix with generated
-    # tiles then takes the other tiles' generated twins (the low-label protocol)
-    train_tiles: int | None = None
-    val_every_steps: int | None = None  # validate every N optimiser steps instead of every epoch
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int | None = None  # also write last.ckpt every N batches
-    skip_nonfinite: bool = False  # skip batches with a non-finite loss instead of stopping
-    clip_grad_norm: float | None = None  # clip the gradient norm to this
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mix, (tuple, list)) or len(self.mix) != 2:
-            raise RsgeeError(f"--mix {self.mix!r}: give REAL:GENERATED, two whole numbers such as 1:1 or 1:0")
-        for share in self.mix:
-            check_number("--mix", share, 0, whole=True)
-        if not any(self.mix):
-            raise RsgeeError("--mix 0:0: give real or generated tiles a share, e.g. 1:0 or 1:1")
-        self.mix = tuple(int(v) for v in self.mix)
-        check_options(self)
-        check_augmentation(self.augment)
-        check_number("--lr", self.lr, 0.0, above=True)
-        check_number("--weight-decay", self.weight_decay, 0.0)
-        if self.val_every_steps is not None and (self.val_every_steps < 1 or not self.steps):
-            raise RsgeeError(f"--val-every-steps {self.val_every_steps}: give a positive number, with --steps "
-                             "(a run of --epochs validates after every epoch)")
-
-    @property
-    def mix_label(self) -> str:
-        a, b = self.mix
-        return "real only (True Data)" if b == 0 else ("generated only" if a == 0 else f"real:generated {a}:{b}")
 
 
 class SegmentationTask(GuardedTask):

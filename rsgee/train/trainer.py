@@ -47,9 +47,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rsgee import __version__
-from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, StorageError, check_number, unwritable
+from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, StorageError, unwritable
 from rsgee.geotiff import make_folder, remove_temporaries, write_json_atomic
-from rsgee.models.factory import NUM_CLASSES, SIZES
+from rsgee.configs import SCHEDULES
+from rsgee.models.factory import NUM_CLASSES
 from rsgee.train.distributed import is_main_process
 
 RUN_FILE = "run.json"
@@ -57,14 +58,6 @@ RUN_FILE = "run.json"
 CHECKPOINT_PREFIXES = {"fusion": "generator.", "segmentation": "model."}
 #: The config entries each kind's readers take from run.json (generate, predict), with their JSON types.
 RUN_CONFIG_KEYS = {"fusion": {"model": str, "sources": list}, "segmentation": {"mix": list}}
-
-#: Learning-rate schedules over a run's optimiser steps (after ``warmup`` steps of linear warm-up):
-#: ``constant``; ``linear``, pix2pix's (constant for the first half, then linearly down to 0 at the last
-#: step); ``cosine`` (half a cosine from the base rate down to 0).
-SCHEDULES = ("constant", "linear", "cosine")
-#: Epochs a run trains when neither ``epochs`` nor ``steps`` is given.
-DEFAULT_EPOCHS = 50
-
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     """The factor on the base learning rate for optimiser step ``step`` (0-based) of ``total``."""
@@ -78,46 +71,6 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise RsgeeError(f"--schedule {schedule!r}: choose {', '.join(SCHEDULES)}")
-
-
-def check_length(config) -> None:
-    """Validate and complete a config's run length: ``epochs`` or ``steps`` (not both), schedule and warm-up.
-
-    Called by the configs' ``__post_init__``: fills in :data:`DEFAULT_EPOCHS` when neither is given.
-    """
-    if config.steps is not None and config.epochs is not None:
-        raise RsgeeError(f"give --epochs ({config.epochs}) or --steps ({config.steps}), not both: --steps trains "
-                         "exactly that many optimiser steps, --epochs whole passes over the train split")
-    if config.steps is None and config.epochs is None:
-        config.epochs = DEFAULT_EPOCHS
-    for name in ("epochs", "steps"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise RsgeeError(f"--{name} {value}: use a positive number")
-    if config.schedule not in SCHEDULES:
-        raise RsgeeError(f"--schedule {config.schedule!r}: choose {', '.join(SCHEDULES)}")
-    if config.warmup < 0:
-        raise RsgeeError(f"--warmup {config.warmup}: use 0 or more optimiser steps")
-
-
-def check_options(config) -> None:
-    """Range-check the options both kinds of run share (after :func:`check_length`), for the configs'
-    ``__post_init__``: a value the optimiser, the loader or numpy's seeding would refuse only after
-    run.json is written is refused here, in one line, from the CLI and from Python alike."""
-    check_length(config)
-    if config.size not in SIZES:
-        raise RsgeeError(f"--size {config.size!r}: choose {', '.join(SIZES)}")
-    check_number("--batch-size", config.batch_size, 1, whole=True)
-    check_number("--seed", config.seed, 0, 2**32 - 1, whole=True)
-    check_number("--workers", config.num_workers, 0, whole=True)
-    for option, value in (("--steps-per-epoch", config.steps_per_epoch), ("--checkpoint-every", config.checkpoint_every),
-                          ("--train-tiles", config.train_tiles)):
-        if value is not None:
-            check_number(option, value, 1, whole=True)
-    if config.clip_grad_norm is not None:
-        check_number("--clip-grad-norm", config.clip_grad_norm, 0.0, above=True)
-    if config.crop is not None and (not isinstance(config.crop, int) or config.crop % 32 or not 32 <= config.crop <= 256):
-        raise RsgeeError(f"--crop {config.crop!r}: use a multiple of 32 between 32 and 256 pixels")
 
 
 def planned_steps(config, batches_per_epoch: int) -> int:

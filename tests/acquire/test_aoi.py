@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rsgee.acquire.aoi import parse_aois, safe_name
+from rsgee.acquire.aoi import parse_aois
 from rsgee.errors import AOIError
+from rsgee.exports import safe_name
 
 SQUARE = [[10.50, 46.50], [10.55, 46.50], [10.55, 46.55], [10.50, 46.55], [10.50, 46.50]]
 

@@ -11,10 +11,11 @@ import pytest
 import rasterio
 
 from rsgee.acquire.aoi import parse_aois
-from rsgee.acquire.export import MANIFEST, export_aois, read_manifest
+from rsgee.acquire.export import export_aois
 from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
+from rsgee.exports import MANIFEST, read_manifest
 
 AOI = "valley=10.60,46.60,10.63,46.62"  # 2.3 km × 2.2 km in the Alps → 2×2 tiles in EPSG:32632
 

@@ -22,12 +22,13 @@ from rasterio.warp import transform
 from shapely.geometry import Polygon, box
 
 from rsgee.acquire.aoi import AOI
-from rsgee.acquire.export import export_aois, read_manifest
+from rsgee.acquire.export import export_aois
 from rsgee.acquire.local import LocalSource, parse_inputs
 from rsgee.catalog import load_catalog, parse_catalog
 from rsgee.errors import RsgeeError
+from rsgee.exports import read_manifest
 from rsgee.grid import TILE_PX
-from rsgee.preprocess.radiometry import db_to_linear
+from rsgee.radiometry import db_to_linear
 
 CATALOG = load_catalog()
 S1, S2, LULC, DEM = (CATALOG[n] for n in ("s1", "s2", "lulc", "dem"))

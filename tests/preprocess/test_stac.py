@@ -17,10 +17,11 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 
 from rsgee.acquire.aoi import parse_aois
-from rsgee.acquire.export import export_aois, export_windows
+from rsgee.acquire.export import export_aois
 from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.cli import main
+from rsgee.exports import export_windows
 from rsgee.preprocess import stac
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.split import SplitConfig

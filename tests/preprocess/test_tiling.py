@@ -23,15 +23,16 @@ from rsgee.acquire.export import export_aois
 from rsgee.acquire.synthetic import SyntheticSource
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
-from rsgee.grid import Grid, Tile
+from rsgee.exports import read_export
+from rsgee.grid import Tile
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.check import check_archive
-from rsgee.preprocess.radiometry import db_to_linear
 from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.stats import SAMPLE_STEP
 from rsgee.preprocess.terrain import terrain
-from rsgee.preprocess.tiling import TileFilters, build_archive, _spread_sample, candidate_tiles, find_exports, open_export, strip_runs
+from rsgee.preprocess.tiling import TileFilters, build_archive, _spread_sample, candidate_tiles, open_export, strip_runs
 from rsgee.preprocess.archive import tile_sources
+from rsgee.radiometry import db_to_linear
 
 VALLEY = "valley=10.60,46.60,10.66,46.64"  # 2×3 tiles of EPSG:32632
 SLOPE = "slope=10.675,46.60,10.70,46.64"  # 2×3 tiles just east of it
@@ -96,7 +97,7 @@ def test_tiles_equal_the_export_windows_and_terrain_uses_true_neighbours(archive
     root, _ = archive
     arch = Archive(root)
     folder = exports / "valley"
-    grid = Grid.from_dict(json.loads((folder / "manifest.json").read_text())["grid"])
+    grid = read_export(folder).grid
     with rasterio.open(folder / "dem.tif") as src:
         whole_dem = src.read(1)
     whole = terrain(whole_dem, 10.0, 10.0)  # terrain of the whole AOI raster
@@ -285,14 +286,6 @@ def test_mismatched_grid_is_a_one_line_error_naming_aoi_and_source(exports, tmp_
         build_archive([bad], tmp_path / "a", load_catalog(), progress=False)
 
 
-def test_unfinished_exports_are_refused(tmp_path):
-    (tmp_path / "e" / "half").mkdir(parents=True)
-    with pytest.raises(RsgeeError, match="no complete AOI export here"):
-        find_exports([tmp_path / "e"])
-    with pytest.raises(RsgeeError, match="no such export folder"):
-        find_exports([tmp_path / "missing"])
-
-
 def test_corrupt_export_fails_that_aoi_only_and_leaves_no_partial_tiles(exports, tmp_path):
     src = tmp_path / "e"
     shutil.copytree(exports, src)
@@ -304,7 +297,7 @@ def test_corrupt_export_fails_that_aoi_only_and_leaves_no_partial_tiles(exports,
     arch = Archive(tmp_path / "a")
     slope_tiles = [p["tile_id"] for p in arch.tiles() if p["aoi"] == "slope"]
     assert len(slope_tiles) < 6 and summary.written == 6 + len(slope_tiles)
-    grid = Grid.from_dict(json.loads((src / "slope" / "manifest.json").read_text())["grid"])
+    grid = read_export(src / "slope").grid
     for tile_id in slope_tiles:  # strips read before the damage are intact, not garbage
         with rasterio.open(exports / "slope" / "s2.tif") as f:
             expected = f.read(window=grid.window(Tile.from_id(tile_id)))
@@ -337,7 +330,7 @@ def test_linear_s1_is_converted_with_a_warning(exports, tmp_path, caplog):
     assert "looks like linear power" in caplog.text
     arch = Archive(tmp_path / "a")
     tile = Tile.from_id(arch.tiles()[0]["tile_id"])
-    window = Grid.from_dict(json.loads((src / "valley" / "manifest.json").read_text())["grid"]).window(tile)
+    window = read_export(src / "valley").grid.window(tile)
     with rasterio.open(arch.tile_path("s1", tile.id)) as f:
         np.testing.assert_allclose(f.read(), db[:, window.toslices()[0], window.toslices()[1]], atol=1e-4)
 

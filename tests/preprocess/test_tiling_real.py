@@ -17,7 +17,8 @@ import rasterio
 
 from rsgee.acquire.aoi import parse_aois
 from rsgee.catalog import load_catalog
-from rsgee.geotiff import RasterGrid, write_array, write_json_atomic
+from rsgee.exports import write_manifest
+from rsgee.geotiff import RasterGrid, write_array
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.check import check_archive
 from rsgee.preprocess.split import SplitConfig
@@ -60,7 +61,7 @@ def write_export(folder, real, *, halo: bool) -> dict:
         files["dem_halo"] = {"path": "dem_halo.tif", "halo_px": 1}
     manifest = {"aoi": {"name": "rome", "geometry": aoi.to_geojson()["geometry"]}, "source": "local",
                 "grid": grid.to_dict(), "files": files}
-    write_json_atomic(folder / "manifest.json", manifest)
+    write_manifest(folder, manifest)
     return {"s1": s1, "s2": s2, "lulc": lulc, "dem": dem, "tile": next(grid.tiles()).id}
 
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from rsgee.models import losses
-from rsgee.train.fusion import FusionConfig, FusionTask, train_fusion
-from rsgee.train.segmentation import SegmentationConfig, SegmentationTask, train_segmentation
+from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.train.fusion import FusionTask, train_fusion
+from rsgee.train.segmentation import SegmentationTask, train_segmentation
 from rsgee.train.trainer import NonFiniteError, lr_factor, read_metrics, read_run
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,8 @@ def test_last_ckpt_holds_the_last_epoch_when_the_best_is_earlier(ddp_archive, tm
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from rsgee.train import trainer
-    from rsgee.train.segmentation import SegmentationConfig, train_segmentation
+    from rsgee.configs import SegmentationConfig
+    from rsgee.train.segmentation import train_segmentation
 
     kill_at = int(sys.argv[3])
     original = trainer.LastCheckpoint.on_train_batch_end
@@ -100,7 +102,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_steps_and_weights(ddp_archiv
 GAN_KILLER = textwrap.dedent("""
     import os, signal, sys
     from rsgee.train import trainer
-    from rsgee.train.fusion import FusionConfig, train_fusion
+    from rsgee.configs import FusionConfig
+    from rsgee.train.fusion import train_fusion
 
     kill_at = int(sys.argv[3])
     original = trainer.LastCheckpoint.on_train_batch_end

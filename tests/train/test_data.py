@@ -11,22 +11,21 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.terrain import terrain
+from rsgee.configs import SegmentationConfig, check_augmentation, parse_sources
 from rsgee.train.data import (
     FusionSamples,
     archive_normalisation,
     augment,
-    check_augmentation,
     dihedral,
     draw_transform,
     lulc_to_model,
     model_to_reflectance,
-    parse_sources,
     reflectance_to_s2,
     s1_to_model,
     s2_to_model,
     terrain_to_model,
 )
-from rsgee.train.segmentation import SegmentationConfig, SegmentationSamples
+from rsgee.train.segmentation import SegmentationSamples
 
 
 def test_s2_normalisation_round_trips_and_masks_nodata():
@@ -150,7 +149,7 @@ def test_augmentations_draw_from_their_groups_only():
 
 def test_fusion_trains_on_tiles_as_they_lie_unless_told_otherwise(small_archive):
     """The sun does not turn: fusion's default keeps every sample's orientation (crops still move)."""
-    from rsgee.train.fusion import FusionConfig
+    from rsgee.configs import FusionConfig
 
     assert FusionConfig().augment == "none" and SegmentationConfig().augment == "dihedral"
     norm = archive_normalisation(small_archive)

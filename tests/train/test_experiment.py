@@ -9,8 +9,7 @@ import pytest
 
 from rsgee.errors import RsgeeError
 from rsgee.train.experiment import FusionExperiment, SegExperiment, _paired, run_fusion_experiment, run_seg_experiment
-from rsgee.train.fusion import DEFAULT_RECIPE, RECIPES, FusionConfig
-from rsgee.train.segmentation import SegmentationConfig
+from rsgee.configs import ABLATION_SOURCES, DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, SegmentationConfig
 
 
 def base(**changes) -> FusionConfig:
@@ -18,8 +17,20 @@ def base(**changes) -> FusionConfig:
     return FusionConfig(**dict(settings, **changes))
 
 
+def fusion_experiment(**changes) -> FusionExperiment:
+    settings = dict(base=base(), models=MODELS, recipes=(DEFAULT_RECIPE,), ablation_model="best",
+                    ablation_sources=ABLATION_SOURCES, seeds=2)
+    return FusionExperiment(**dict(settings, **changes))
+
+
+def seg_experiment(**changes) -> SegExperiment:
+    settings = dict(base=SegmentationConfig(size="tiny", batch_size=2, steps=2, crop=64, val_every_steps=1),
+                    generator=base(), labelled=(2,), seeds=2)
+    return SegExperiment(**dict(settings, **changes))
+
+
 def test_the_grid_gives_every_run_the_same_budget_and_each_recipe_its_own_parts():
-    experiment = FusionExperiment(base=base(steps=30), recipes=("pix2pix", "hybrid"),
+    experiment = fusion_experiment(base=base(steps=30), recipes=("pix2pix", "hybrid"),
                                   ablation_sources=("lulc", "lulc,dem", "lulc,s1,dem"), seeds=2)
     runs = experiment.table1()
     assert len(runs) == 2 * 3 * 2  # recipes × the three generators × seeds
@@ -33,11 +44,11 @@ def test_the_grid_gives_every_run_the_same_budget_and_each_recipe_its_own_parts(
     assert len(ablation) == 3 * 2 and ablation[f"pix2pix_{DEFAULT_RECIPE}_lulc+dem_seed0"].sources == ("lulc", "terrain")
     assert f"pix2pix_{DEFAULT_RECIPE}_lulc+s1+dem_seed1" in runs  # the all-sources arm is Table 1's run
     with pytest.raises(RsgeeError, match="at least 2 seeds"):
-        FusionExperiment(seeds=1)
+        fusion_experiment(seeds=1)
     with pytest.raises(RsgeeError, match="unknown model or recipe cyclegan"):
-        FusionExperiment(recipes=("cyclegan",))
+        fusion_experiment(recipes=("cyclegan",))
     with pytest.raises(RsgeeError, match="give its base --steps"):
-        SegExperiment(base=SegmentationConfig(epochs=2))
+        seg_experiment(base=SegmentationConfig(epochs=2))
 
 
 def test_a_winner_needs_a_mean_beyond_two_sd_and_both_arms_learned_on_val_and_test():
@@ -59,7 +70,7 @@ def test_a_winner_needs_a_mean_beyond_two_sd_and_both_arms_learned_on_val_and_te
 
 @pytest.mark.slow
 def test_a_fusion_experiment_writes_its_tables_from_its_runs_and_resumes(small_archive, tmp_path):
-    experiment = FusionExperiment(base=base(val_every_steps=1), models=("rs-spade", "pix2pix"),
+    experiment = fusion_experiment(base=base(val_every_steps=1), models=("rs-spade", "pix2pix"),
                                   ablation_sources=("lulc", "lulc,s1,dem"), seeds=2)
     out = tmp_path / "experiment"
     messages = []
@@ -113,10 +124,10 @@ def test_a_fusion_experiment_writes_its_tables_from_its_runs_and_resumes(small_a
 @pytest.mark.slow
 def test_the_seg_protocols_match_steps_and_the_low_label_arms_see_only_their_tiles(small_archive, tmp_path):
     config = SegmentationConfig(size="tiny", batch_size=2, steps=2, crop=64, val_every_steps=1)
-    experiment = SegExperiment(base=config, generator=base(), labelled=(2,), seeds=2)
+    experiment = seg_experiment(base=config)
     with pytest.raises(RsgeeError, match="--labelled 4: the train split has 4 tiles"):
-        run_seg_experiment(small_archive.root, tmp_path / "bad", SegExperiment(base=config, generator=base(),
-                                                                               labelled=(4,)), progress=False)
+        run_seg_experiment(small_archive.root, tmp_path / "bad", seg_experiment(base=config, labelled=(4,)),
+                           progress=False)
     out = tmp_path / "seg"
     result = run_seg_experiment(small_archive.root, out, experiment, progress=False, say=lambda _: None)
     with open(out / "seg_runs.csv", newline="") as f:

@@ -14,7 +14,8 @@ from rsgee.errors import RsgeeError
 from rsgee.grid import Tile
 from rsgee.train.data import FusionData, FusionSamples, collate, model_to_reflectance
 from rsgee.train.evaluate import evaluate_fusion
-from rsgee.train.fusion import DEFAULT_RECIPE, RECIPES, FusionConfig, FusionTask, load_fusion, train_fusion
+from rsgee.configs import DEFAULT_RECIPE, FusionConfig, RECIPES
+from rsgee.train.fusion import FusionTask, load_fusion, train_fusion
 from rsgee.train.generate import generate
 from rsgee.train.trainer import lr_factor, read_metrics, read_run
 
@@ -269,7 +270,7 @@ def test_cloud_gaps_never_reach_the_discriminator(ddp_archive, tmp_path, monkeyp
 @pytest.mark.parametrize("model", ["rs-spade", "pix2pix"])
 @pytest.mark.parametrize("recipe", ["pix2pix", "spade", "hybrid"])
 def test_any_generator_trains_with_any_recipe(small_archive, tmp_path, model, recipe):
-    from rsgee.train.fusion import RECIPES
+    from rsgee.configs import RECIPES
 
     run = train_fusion(small_archive.root, tmp_path / "run", tiny(model=model, recipe=recipe, steps_per_epoch=1),
                        progress=False)

@@ -115,7 +115,8 @@ def test_evaluate_and_generate_on_two_processes_score_and_write_each_tile_once(d
     import numpy as np
     import rasterio
 
-    from rsgee.train.fusion import FusionConfig, train_fusion
+    from rsgee.configs import FusionConfig
+    from rsgee.train.fusion import train_fusion
     from rsgee.train.generate import generate
 
     run = train_fusion(ddp_archive.root, tmp_path / "gan", FusionConfig(size="tiny", batch_size=2, epochs=1,

@@ -13,9 +13,10 @@ from rsgee.errors import RsgeeError
 from rsgee.grid import TILE_PX, Grid, Tile
 from rsgee.train.data import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
                               terrain_to_model)
-from rsgee.train.fusion import FusionConfig, load_fusion, train_fusion
+from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.train.fusion import load_fusion, train_fusion
 from rsgee.train.predict import blend_weights, predict_fusion, predict_seg, window_starts
-from rsgee.train.segmentation import SegmentationConfig, load_segmentation, real_test_samples, train_segmentation
+from rsgee.train.segmentation import load_segmentation, real_test_samples, train_segmentation
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +222,7 @@ def test_the_cli_exports_a_new_aoi_and_predicts_it(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "is a segmentation run" in err
     code = main(["predict", "seg", str(runs["seg"]), "--out", str(out)])
-    assert code == 2 and "either --exports DIR" in capsys.readouterr().err
+    assert code == 1 and "either exports (--exports DIR" in capsys.readouterr().err
     far = tmp_path / "far.tif"  # an AOI the given sources do not cover
     code = main(["predict", "seg", str(runs["seg"]), "--aoi", "far=11.50,46.60,11.53,46.62", "--source", "local",
                  "--input", f"s2={tmp_path / 'lake_inputs' / 'lake' / 's2.tif'}", "--out", str(far), "--no-progress"])
@@ -233,7 +234,7 @@ def test_the_cli_exports_a_new_aoi_and_predicts_it(runs, tmp_path, capsys):
 def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsys, monkeypatch):
     import ee
 
-    from rsgee.acquire.earthengine.fake import FakeEarthEngine
+    from rsgee.testing.earthengine import FakeEarthEngine
     from rsgee.cli import main
 
     out = tmp_path / "v.tif"

@@ -11,16 +11,10 @@ import pytest
 from rsgee.errors import RsgeeError
 from rsgee.train.data import train_subset
 from rsgee.train.evaluate import evaluate_segmentation
-from rsgee.train.fusion import FusionConfig, train_fusion
+from rsgee.configs import FusionConfig, SegmentationConfig, parse_mix
+from rsgee.train.fusion import train_fusion
 from rsgee.train.generate import generate
-from rsgee.train.segmentation import (
-    MixSampler,
-    SegmentationConfig,
-    SegmentationData,
-    epoch_counts,
-    parse_mix,
-    train_segmentation,
-)
+from rsgee.train.segmentation import MixSampler, SegmentationData, epoch_counts, train_segmentation
 from rsgee.train.trainer import read_metrics, read_run
 
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from rsgee.errors import RsgeeError
-from rsgee.train.trainer import DEFAULT_EPOCHS, check_length, lr_factor, planned_steps
+from rsgee.configs import DEFAULT_EPOCHS, check_length
+from rsgee.train.trainer import lr_factor, planned_steps
 
 
 def test_constant_linear_and_cosine_schedules():

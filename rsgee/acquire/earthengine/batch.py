@@ -39,8 +39,8 @@ dimensions are too large …"). Both are checked before anything starts: a run w
 them is refused in one line (split the AOI, or use ``--via download``), since splitting a file
 would give Earth Engine's tiled file names, which ``rsgee tile`` does not read.
 
-When all of an AOI's tasks succeeded, ``OUT/<aoi>/manifest.json`` is written in the contract of
-the download path (:mod:`rsgee.acquire.export`), with ``request.via = "batch"``, the destination,
+When all of an AOI's tasks succeeded, ``OUT/<aoi>/manifest.json`` is written in the export folder's
+contract (:mod:`rsgee.exports`), with ``request.via = "batch"``, the destination,
 and the task ids in ``provenance.tasks``. Its file paths are GDAL ``/vsigs/<bucket>/<object>``
 paths for Cloud Storage: ``rsgee tile`` reads them in place, and GDAL needs Google Cloud
 credentials for that (see GDAL's /vsigs/ documentation): ``GOOGLE_APPLICATION_CREDENTIALS`` naming
@@ -79,9 +79,11 @@ from rsgee.acquire.aoi import AOI
 from rsgee.acquire.earthengine.download import DEM_HALO, EarthEngineSource, classify
 from rsgee.acquire.earthengine.recipes import Recipe, RecipeOptions, Window
 from rsgee.acquire.earthengine.session import SessionConfig, refused
-from rsgee.acquire.export import MANIFEST, WORKDIR, ExportResult, _manifest, _same_request, _tags, read_manifest
+from rsgee.acquire.export import ExportResult
 from rsgee.catalog import Catalog, SourceSpec
 from rsgee.errors import Interrupted, RsgeeError, redact_urls
+from rsgee.exports import (WORKDIR, add_halo, existing_manifest, file_tags, mark_incomplete, new_manifest,
+                           same_request, write_manifest)
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, open_for_writing, write_json_atomic
 from rsgee.grid import Grid
 
@@ -319,18 +321,18 @@ def _prepare(aoi: AOI, out: Path, source: BatchSource, catalog: Catalog, specs: 
     grid = aoi.grid()
     folder = out / aoi.name
     dest = source.destination
-    manifest = _manifest(aoi, grid, source, catalog, specs)
+    manifest = new_manifest(aoi, grid, source.name, source.request(), catalog, specs)
     for name, entry in manifest["files"].items():
         entry["path"] = "dem.tif" if name == "dem" else dest.manifest_path(aoi.name, name)  # cut from dem_halo
     keys = [HALO if s.name == "dem" else s.name for s in specs]
     try:
-        existing = read_manifest(folder) if (folder / MANIFEST).exists() else None
+        existing = existing_manifest(folder)
     except RsgeeError:
         if not overwrite:
             raise
         existing = None  # damaged: --overwrite replaces it, as export_aoi does
     if existing is not None:
-        if _same_request(existing, manifest):
+        if same_request(existing, manifest):
             if HALO in keys and not (folder / "dem.tif").exists():  # a Drive file downloaded since
                 _cut_dem(aoi, folder, grid, catalog["dem"], source)
             return BatchResult(aoi.name, folder, "up to date", len(list(grid.tiles())), tasks=len(keys),
@@ -345,13 +347,13 @@ def _prepare(aoi: AOI, out: Path, source: BatchSource, catalog: Catalog, specs: 
         except (OSError, ValueError) as exc:
             raise RsgeeError(f"{job.tasks_path}: unreadable ({exc}); it lists Earth Engine tasks already started — "
                              "check them in the Code Editor's Tasks tab before deleting it") from None
-        if _same_request(recorded["manifest"], manifest):
+        if same_request(recorded["manifest"], manifest):
             job.tasks = recorded["tasks"]
         elif not overwrite:
             raise RsgeeError(f"{folder} has Earth Engine tasks started with different parameters "
                              f"({job.tasks_path}); pass --overwrite to start new ones (the old ones keep running "
                              "unless you cancel them) or choose another --out")
-    (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
+    mark_incomplete(folder)
     job.tasks = {k: job.tasks.get(k) for k in keys}
     return job
 
@@ -469,7 +471,7 @@ def _cut_dem(aoi: AOI, folder: Path, grid: Grid, spec: SourceSpec, source: Batch
     raster = RasterGrid(grid.crs, grid.transform, grid.width, grid.height)
     try:
         with rasterio.Env(**GDAL_READ_ENV), rasterio.open(path) as src, \
-                open_for_writing(folder / "dem.tif", spec, raster, tags=_tags(source, aoi, spec)) as dst:
+                open_for_writing(folder / "dem.tif", spec, raster, tags=file_tags(source.name, aoi.name, spec)) as dst:
             for tile in grid.tiles():
                 window = grid.window(tile)
                 block = src.read(window=RasterWindow(window.col_off + DEM_HALO, window.row_off + DEM_HALO,
@@ -625,7 +627,7 @@ def _finish(job: _Job, source: BatchSource, specs: Sequence[SourceSpec]) -> Batc
         except RsgeeError as exc:  # the tasks are done and recorded: a re-run only cuts again
             return BatchResult(name, job.folder, "failed", tiles, error=str(exc), tasks=len(job.tasks),
                                where=dest.where(name))
-        manifest["files"][HALO] = dict(manifest["files"]["dem"], path=dest.manifest_path(name, HALO), halo_px=DEM_HALO)
+        add_halo(manifest, "dem", DEM_HALO, dest.manifest_path(name, HALO))
     manifest["provenance"] = {
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "python": sys.version.split()[0],
@@ -634,7 +636,7 @@ def _finish(job: _Job, source: BatchSource, specs: Sequence[SourceSpec]) -> Batc
                   for k, t in job.tasks.items()},
     }
     manifest["provenance"].pop("blocks", None)  # the download path's counters mean nothing here
-    write_json_atomic(job.folder / MANIFEST, manifest)
+    write_manifest(job.folder, manifest)
     shutil.rmtree(job.folder / WORKDIR, ignore_errors=True)  # the manifest now holds the task ids
     return BatchResult(name, job.folder, "written", tiles, tasks=len(job.tasks), where=dest.where(name),
                        todo=_drive_todo(dest, name, job.folder, list(job.tasks)))

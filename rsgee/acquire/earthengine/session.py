@@ -6,8 +6,8 @@ queries", which cost more EECU-time on the high-volume endpoint (it caches fewer
 so they go to the standard one; the high-volume endpoint is for many small queries of stored data
 without aggregation, such as a mosaic of DEM tiles. Both allow 40 concurrent requests per project.
 ``--endpoint`` picks one, ``--ee-url`` points the real client at any base URL, and ``--no-auth``
-sends no credentials (private endpoints and the loopback fake used by the tests). Credentials come
-from a JSON file (``--service-account`` or ``GOOGLE_APPLICATION_CREDENTIALS``) or from
+sends no credentials (private endpoints and the offline Earth Engine of :mod:`rsgee.testing.earthengine`).
+Credentials come from a JSON file (``--service-account`` or ``GOOGLE_APPLICATION_CREDENTIALS``) or from
 ``earthengine authenticate``; key material is never printed or logged. The file may be a
 service-account key, or — the usual content of ``GOOGLE_APPLICATION_CREDENTIALS`` — the
 ``authorized_user`` file of ``gcloud auth application-default login`` or an ``external_account``
@@ -52,6 +52,8 @@ ENDPOINTS = {"standard": STANDARD_URL, "highvolume": HIGH_VOLUME_URL}
 _AGGREGATING = ("mean", "median", "mode")
 #: Earth Engine's default limit of concurrent requests per project.
 MAX_WORKERS = 40
+#: Concurrent requests when none are asked for: room for the project's other work within its limit.
+DEFAULT_WORKERS = 16
 #: Interactive requests (computePixels) are cut off by the server after about 5 minutes; the client
 #: waits longer, so that an answer arriving near that limit is received instead of paid for twice.
 DEFAULT_TIMEOUT_S = 330.0
@@ -94,7 +96,7 @@ class SessionConfig:
     service_account: Path | None = None
     url: str | None = None
     auth: bool = True
-    workers: int = 16
+    workers: int = DEFAULT_WORKERS
     timeout_s: float = DEFAULT_TIMEOUT_S
     workload_tag: str | None = None
     endpoint: str = "standard"
@@ -106,7 +108,7 @@ class SessionConfig:
             raise RsgeeError(f"--endpoint {self.endpoint!r} is not one of {', '.join(ENDPOINTS)}")
 
     @classmethod
-    def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=16,
+    def from_env(cls, project=None, service_account=None, url=None, auth=True, workers=DEFAULT_WORKERS,
                  timeout_s=DEFAULT_TIMEOUT_S, workload_tag=None, endpoint="standard"):
         """Fill unset values from EE_PROJECT, GOOGLE_APPLICATION_CREDENTIALS and RSGEE_EE_URL."""
         key = service_account or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None

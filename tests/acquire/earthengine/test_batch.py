@@ -34,17 +34,18 @@ from rsgee.acquire.earthengine.batch import (
     export_request,
 )
 from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
-from rsgee.acquire.earthengine.fake import FakeEarthEngine, PollFault, TaskFault, export_grid, fake_pixels
 from rsgee.acquire.earthengine.session import SessionConfig
-from rsgee.acquire.export import MANIFEST, WORKDIR, export_aois, read_manifest
+from rsgee.acquire.export import export_aois
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
+from rsgee.exports import MANIFEST, WORKDIR, read_manifest
 from rsgee.grid import Grid, Tile
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.check import check_archive
 from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.terrain import terrain
 from rsgee.preprocess.tiling import build_archive, to_catalog_nodata
+from rsgee.testing.earthengine import FakeEarthEngine, PollFault, TaskFault, export_grid, fake_pixels
 
 AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles of EPSG:32632
 OTHER = "w=10.70,46.60,10.73,46.62"

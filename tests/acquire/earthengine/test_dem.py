@@ -1,4 +1,4 @@
-"""The DEM recipe against a fake GLO30 (see :class:`~rsgee.acquire.earthengine.fake.Glo30`): tiles that change grid
+"""The DEM recipe against a fake GLO30 (see :class:`~rsgee.testing.earthengine.Glo30`): tiles that change grid
 at 50°N, that are missing over open ocean and over land (Armenia, Azerbaijan: the fallback DEM fills it), and whose
 edges come back masked after per-tile resampling (seams)."""
 
@@ -18,11 +18,11 @@ from pyproj import Transformer
 from rsgee.acquire.aoi import parse_aois
 from rsgee.acquire.earthengine.batch import BatchSource, Destination, export_batch
 from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, compute_pixels, parse_windows
-from rsgee.acquire.earthengine.fake import FALLBACK_OFFSET_M, FakeEarthEngine, Glo30
 from rsgee.acquire.earthengine.recipes import FLOAT_FILL, build_recipe
 from rsgee.acquire.earthengine.session import SessionConfig
 from rsgee.acquire.export import export_aois
 from rsgee.catalog import load_catalog
+from rsgee.testing.earthengine import FALLBACK_OFFSET_M, FakeEarthEngine, Glo30
 
 CATALOG = load_catalog()
 WINDOWS = parse_windows(dt.date(2023, 6, 1), dt.date(2023, 9, 1), [], ["dem"])

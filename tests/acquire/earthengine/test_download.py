@@ -28,12 +28,13 @@ from rsgee.acquire.earthengine.download import (
     classify,
     parse_windows,
 )
-from rsgee.acquire.earthengine.fake import QUOTA_EXCEEDED, FakeClock, FakeEarthEngine, Fault, fake_pixels
 from rsgee.acquire.earthengine.session import SessionConfig, initialize
-from rsgee.acquire.export import MANIFEST, export_aois, read_manifest
+from rsgee.acquire.export import export_aois
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
+from rsgee.exports import MANIFEST, read_manifest
 from rsgee.grid import Grid
+from rsgee.testing.earthengine import QUOTA_EXCEEDED, FakeClock, FakeEarthEngine, Fault, fake_pixels
 
 AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles of EPSG:32632
 CATALOG = load_catalog()

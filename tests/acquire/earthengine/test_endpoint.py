@@ -4,7 +4,7 @@ to the standard endpoint, mosaics of stored images to the high-volume one), ``--
 
 from __future__ import annotations
 
-import datetime as dt
+import inspect
 from unittest import mock
 
 import ee
@@ -19,13 +19,19 @@ from rsgee.acquire.earthengine.session import (
     default_endpoint,
     initialize,
 )
+from rsgee.acquire import WINDOW
 from rsgee.acquire.sources import make_block_source
+from rsgee.api import export
 from rsgee.catalog import load_catalog, parse_catalog
 from rsgee.cli import cli, main
 from rsgee.errors import RsgeeError
 
 CATALOG = load_catalog()
 AOI = "v=10.60,46.60,10.63,46.62"
+#: make_block_source takes every option explicitly: rsgee.api.export's defaults are the only ones.
+EXPORT_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(export).parameters.items()
+                   if name in inspect.signature(make_block_source).parameters and name != "source"}
+EXPORT_DEFAULTS.update(start=WINDOW[0], end=WINDOW[1], destination=None, catalog=None)
 
 
 @pytest.mark.parametrize(
@@ -77,8 +83,7 @@ def test_the_client_is_initialised_on_the_endpoint(endpoint, url):
 def test_export_sources_choose_the_endpoint(names, options, url, monkeypatch):
     monkeypatch.delenv("RSGEE_EE_URL", raising=False)
     with mock.patch("rsgee.acquire.earthengine.download.initialize"):
-        source = make_block_source("earthengine", names, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1),
-                                   project="p", auth=False, **options)
+        source = make_block_source("earthengine", names, **dict(EXPORT_DEFAULTS, project="p", auth=False, **options))
     assert source.session.base_url() == url
     assert source.provenance()["earthengine"]["endpoint"] == url  # what manifest.json records
 

@@ -14,11 +14,11 @@ import rasterio
 
 from rsgee.acquire.aoi import parse_aois
 from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
-from rsgee.acquire.earthengine.fake import BORDER_NOISE_DB, FakeEarthEngine, fake_pixels, scene_passes
 from rsgee.acquire.earthengine.recipes import RecipeOptions, Window, build_recipe, collection_size
 from rsgee.acquire.earthengine.session import SessionConfig, initialize
 from rsgee.acquire.export import export_aois
 from rsgee.catalog import load_catalog, parse_catalog
+from rsgee.testing.earthengine import BORDER_NOISE_DB, FakeEarthEngine, fake_pixels, scene_passes
 
 AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles of EPSG:32632
 CATALOG = load_catalog()

@@ -11,7 +11,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rsgee.acquire.earthengine.fake import TOKEN_PATH, FakeEarthEngine
 from rsgee.acquire.earthengine.session import (
     CLOUD_PLATFORM_SCOPE,
     EARTHENGINE_SCOPE,
@@ -20,6 +19,7 @@ from rsgee.acquire.earthengine.session import (
     SessionConfig,
     initialize,
 )
+from rsgee.testing.earthengine import TOKEN_PATH, FakeEarthEngine
 
 
 @pytest.fixture()

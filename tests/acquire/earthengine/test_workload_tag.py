@@ -13,11 +13,12 @@ import pytest
 from rsgee.acquire.aoi import parse_aois
 from rsgee.acquire.earthengine.batch import BatchSource, Destination, export_batch
 from rsgee.acquire.earthengine.download import EarthEngineSource, RetryPolicy, parse_windows
-from rsgee.acquire.earthengine.fake import FakeEarthEngine
 from rsgee.acquire.earthengine.session import SessionConfig, check_workload_tag
-from rsgee.acquire.export import export_aois, read_manifest
+from rsgee.acquire.export import export_aois
 from rsgee.catalog import load_catalog
 from rsgee.errors import RsgeeError
+from rsgee.exports import read_manifest
+from rsgee.testing.earthengine import FakeEarthEngine
 
 AOI = "v=10.60,46.60,10.63,46.62"  # 2×2 tiles: 16 computePixels requests, 4 batch tasks
 CATALOG = load_catalog()

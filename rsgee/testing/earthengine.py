@@ -1,6 +1,26 @@
-"""A loopback Earth Engine REST server, so that the real ``ee`` client can be exercised offline.
+"""The offline Earth Engine: a loopback REST server that the real ``ee`` client talks to, for rsgee's tests and
+for yours.
 
-It answers what rsgee uses — discovery, algorithms (for ``ee.Initialize``), ``value:compute``,
+Start it as a context manager and point rsgee at its ``url``; it needs no credentials and no network::
+
+    import ee
+    import rsgee
+    from rsgee.testing.earthengine import FakeEarthEngine
+
+    def test_my_export(tmp_path):
+        try:
+            with FakeEarthEngine() as server:
+                (result,) = rsgee.export(["valley=10.60,46.60,10.63,46.62"], tmp_path, source="earthengine",
+                                         ee_url=server.url, auth=False, project="fake", progress=False)
+                assert result.ok and len(server.pixel_requests()) == 16  # 2×2 blocks of 4 sources
+        finally:
+            ee.Reset()  # the ee client's session is global: forget the fake's
+
+On the command line the same is ``rsgee export ... --source earthengine --ee-url URL --no-auth --project fake``.
+The server records every request (``requests``, :meth:`FakeEarthEngine.pixel_requests`,
+:meth:`FakeEarthEngine.export_requests`), so a test can assert on expression graphs and request bodies.
+
+What it models. It answers what rsgee uses — discovery, algorithms (for ``ee.Initialize``), ``value:compute``,
 ``image:computePixels`` (NPY), ``image:export`` and operations — from the discovery document and
 ``algorithms.json`` shipped in the earthengine-api wheel. Pixels are a deterministic function of
 the requested grid (:func:`fake_pixels`), so a test can check that every block lands where it
@@ -36,8 +56,8 @@ otherwise); a refresh that asks for any other gets Google's ``invalid_scope``, o
 none gets them all. Every request records its ``Authorization`` header and workload tag, every
 token request the scopes it asked for.
 
-Used by the test suite and ``benchmarks/bench_export.py``; point rsgee at it with
-``--ee-url URL --no-auth --project fake``.
+Used by the test suite and ``benchmarks/bench_export.py``. It imports the Earth Engine recipes
+(:mod:`rsgee.acquire.earthengine.recipes`) for their fill values; rsgee's own code never imports it.
 """
 
 from __future__ import annotations
@@ -482,7 +502,7 @@ class FakeEarthEngine:
         if self._bucket_url is None:
             gcs = self.storage / "gcs"
             gcs.mkdir(parents=True, exist_ok=True)
-            package_root = str(Path(__file__).resolve().parents[3])
+            package_root = str(Path(__file__).resolve().parents[2])
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
             self._bucket_server = subprocess.Popen(
                 [sys.executable, "-m", __name__, "serve-bucket", str(gcs), str(os.getpid())],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from rsgee.preprocess.radiometry import db_to_linear, linear_to_db, looks_linear
+from rsgee.radiometry import db_to_linear, linear_to_db, looks_linear
 
 
 @pytest.mark.parametrize("linear, db", [(1.0, 0.0), (0.1, -10.0), (0.01, -20.0), (0.5, -3.0103), (2.0, 3.0103)])

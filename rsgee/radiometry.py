@@ -3,6 +3,9 @@
 Sentinel-1 is composited in linear power and only then converted, ``dB = 10·log10(linear)``; a
 composite of dB values would be a different (biased) quantity. Rasters that arrive in linear power
 are recognised and converted, with a warning, never silently trusted.
+
+Shared numerics below both ``rsgee.acquire`` (local files in linear power) and ``rsgee.preprocess``
+(tiling, the packed cache), which do not import each other.
 """
 
 from __future__ import annotations
