@@ -77,7 +77,7 @@ def timed_predict(kind: str, run: Path, export: Path, out: Path, device: str) ->
     parent's peak over exec)."""
     code = (
         "import json, time\n"
-        "from rsgee.train.predict import predict_fusion, predict_seg\n"
+        "from rsgee.predict import predict_fusion, predict_seg\n"
         "t = time.perf_counter()\n"
         f"r = predict_{kind}({str(run)!r}, {str(export)!r}, {str(out)!r}, device={device!r}, progress=False"
         + (", fill_clouds=True" if kind == "fusion" else "") + ")\n"

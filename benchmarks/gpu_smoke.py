@@ -115,7 +115,7 @@ def smoke(model: str, archive: Path, run: Path, args, launch) -> dict:
 def predict_smoke(archive: Path, args) -> list[dict]:
     """One-step runs of RS-UNet and RS-SPADE, then predict over the archive's AOI on one device, timed."""
     from rsgee.train.fusion import train_fusion
-    from rsgee.train.predict import predict_fusion, predict_seg
+    from rsgee.predict import predict_fusion, predict_seg
     from rsgee.train.segmentation import train_segmentation
 
     accelerator, device = ("cpu", "cpu") if args.cpu else ("gpu", "cuda")

@@ -34,9 +34,11 @@ from rsgee.preprocess.split import SplitConfig
 from rsgee.preprocess.tiling import TileFilters
 
 __all__ = ["Archive", "cache", "check", "demo", "evaluate_fusion", "evaluate_seg", "experiment_archive",
-           "experiment_fusion", "experiment_seg", "export", "generate", "predict_fusion", "predict_seg", "source_catalog",
-           "stac", "tile", "train_fusion", "train_seg"]
+           "experiment_fusion", "experiment_seg", "export", "export_model", "generate", "load_model", "predict_fusion",
+           "predict_seg", "source_catalog", "stac", "tile", "train_fusion", "train_seg"]
 
+#: How Earth Engine pixels arrive: downloaded here, or written by batch export tasks.
+VIAS = ("download", "batch")
 #: The experiment's AOIs: four synthetic landscapes (mountains, hills, lowland, lakes), four AOIs each,
 #: two of every kind pinned to train, one to val, one to test (their ``split`` property).
 EXPERIMENT_AOIS = Path(__file__).resolve().parent / "experiment_aois.geojson"
@@ -68,7 +70,7 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
             dicts, shapely Polygons in lon/lat, or :class:`~rsgee.acquire.aoi.AOI` objects.
         source: ``earthengine``, ``local`` or ``synthetic``.
         via: ``download`` or ``batch`` (Earth Engine tasks to ``bucket``/``prefix`` or ``drive_folder``).
-        dry_run: write nothing; return the plan's lines (grid, tiles, requests and bytes) instead.
+        dry_run: write nothing; return the plan (grid, tiles, requests and bytes) instead.
         project, service_account, endpoint, ee_url, auth, workload_tag, timeout_s, attempts, s1_orbit: the Earth
             Engine session's (see ``rsgee export --help``); without ``workload_tag``, the tag set with
             ``ee.data.setWorkloadTag`` labels the requests; without ``endpoint``, the one Earth Engine
@@ -78,8 +80,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
         inputs: ``SOURCE=PATH`` GeoTIFFs of the local source; seed, cloud_cover: the synthetic scene's.
 
     Returns:
-        :class:`~rsgee.acquire.export.ExportResult` per AOI (``.ok``, ``.status``, ``.line()``), or the dry
-        run's lines.
+        :class:`~rsgee.acquire.export.ExportResult` per AOI (``.ok``, ``.status``, ``.line()``), or with
+        ``dry_run`` the :class:`~rsgee.acquire.plan.Plan` (``.aois``, ``.total``, ``.lines()``, ``.as_dict()``).
     """
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
@@ -99,8 +101,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
         check_number("--poll", poll_s, 0.0)
         check_number("--max-pending", max_pending, 1, 3000, whole=True)
         destination = Destination.parse(bucket, prefix, drive_folder)
-    elif via != "download":
-        raise RsgeeError(f"unknown via '{via}'; choose download or batch")
+    elif via not in VIAS:
+        raise RsgeeError(f"unknown via '{via}'; choose {' or '.join(VIAS)}")
     elif bucket or prefix or drive_folder:
         raise RsgeeError("--bucket, --prefix and --drive-folder apply to --via batch only")
     loaded = load_catalog(catalog)
@@ -113,8 +115,8 @@ def export(aois: Any, out: str | Path = "exports", *, source: str = "earthengine
     if dry_run:
         from rsgee.acquire.plan import dry_run as plan
 
-        return list(plan(parsed, [loaded[n] for n in names], out, source, via, ee_url=ee_url,
-                         workload_tag=workload_tag, endpoint=endpoint))
+        return plan(parsed, [loaded[n] for n in names], out, source, via, ee_url=ee_url, workload_tag=workload_tag,
+                    endpoint=endpoint)
     block_source = make_block_source(source, names, start=start, end=end, windows=windows, retry_failed=retry_failed,
                                      destination=destination, progress=progress, catalog=loaded, project=project,
                                      service_account=service_account, ee_url=ee_url, auth=auth, workers=workers,
@@ -230,19 +232,21 @@ def source_catalog(catalog: str | Path | None = None):
 
 def train_fusion(archive: str | Path, out: str | Path, *, resume: bool = False, accelerator: str = "auto",
                  devices: int | str = "auto", num_nodes: int | str = "auto", precision: str | None = None,
-                 progress: bool = True, **options) -> Path:
+                 loggers: Sequence[str] = ("csv",), progress: bool = True, **options) -> Path:
     """Train RS-SPADE, pix2pix or the SPADE decoder as ``rsgee train fusion`` does; ``options`` are
     :class:`~rsgee.configs.FusionConfig` fields (``model``, ``sources``, ``recipe``, ``steps``, ``schedule`` …),
-    whose defaults are the command's. Returns the run folder."""
+    whose defaults are the command's; ``loggers``: any of :data:`~rsgee.configs.LOGGERS` (metrics.csv is always
+    written). Returns the run folder."""
     from rsgee.train.fusion import train_fusion as run
 
     return run(archive, out, FusionConfig(**options), resume=resume, accelerator=accelerator, devices=devices,
-               num_nodes=num_nodes, precision=precision, progress=progress)
+               num_nodes=num_nodes, precision=precision, progress=progress, loggers=loggers,
+               score=_logged_scores("fusion", loggers))
 
 
 def train_seg(archive: str | Path, out: str | Path, *, resume: bool = False, accelerator: str = "auto",
               devices: int | str = "auto", num_nodes: int | str = "auto", precision: str | None = None,
-              progress: bool = True, **options) -> Path:
+              loggers: Sequence[str] = ("csv",), progress: bool = True, **options) -> Path:
     """Train RS-UNet as ``rsgee train seg`` does; ``options`` are :class:`~rsgee.configs.SegmentationConfig`
     fields (``mix`` as (1, 1) or "1:1" real:generated, ``steps`` …). Returns the run folder."""
     from rsgee.train.segmentation import train_segmentation as run
@@ -250,7 +254,19 @@ def train_seg(archive: str | Path, out: str | Path, *, resume: bool = False, acc
     if isinstance(options.get("mix"), str):
         options["mix"] = parse_mix(options["mix"])
     return run(archive, out, SegmentationConfig(**options), resume=resume, accelerator=accelerator, devices=devices,
-               num_nodes=num_nodes, precision=precision, progress=progress)
+               num_nodes=num_nodes, precision=precision, progress=progress, loggers=loggers,
+               score=_logged_scores("segmentation", loggers))
+
+
+def _logged_scores(kind: str, loggers: Sequence[str]):
+    """What scores a finished run for its loggers other than CSV (none: nothing to score for)."""
+    if not set(loggers) - {"csv"}:
+        return None
+    from functools import partial
+
+    from rsgee.train.evaluate import logged_test_scores
+
+    return partial(logged_test_scores, kind=kind)
 
 
 def evaluate_fusion(runs: str | Path | Sequence[str | Path], *, archive: str | Path | None = None,
@@ -301,7 +317,7 @@ def predict_seg(run: str | Path, out: str | Path, *, exports: str | Path | None 
                 progress: bool = True, **export_options):
     """Land-cover COG of an AOI as ``rsgee predict seg``: from an export folder, or ``aoi`` exported first
     into ``<out stem>_inputs/`` with ``export_options`` (those of :func:`export`: ``source``, ``start`` …)."""
-    from rsgee.train.predict import predict_seg as run_model
+    from rsgee.predict import predict_seg as run_model
 
     folder = _predict_inputs("segmentation", run, out, exports, aoi, progress, export_options)
     return run_model(run, folder, out, probabilities=probabilities, overlap=overlap, batch_size=batch_size,
@@ -309,33 +325,48 @@ def predict_seg(run: str | Path, out: str | Path, *, exports: str | Path | None 
 
 
 def predict_fusion(run: str | Path, out: str | Path, *, exports: str | Path | None = None, aoi: Any = None,
-                   fill_clouds: bool = False, weights: str = "raw", overlap: int = 64, batch_size: int = 8,
+                   fill_clouds: bool = False, weights: str | None = None, overlap: int = 64, batch_size: int = 8,
                    device: str = "cpu", progress: bool = True, **export_options):
     """Pseudo-Sentinel-2 COG of an AOI as ``rsgee predict fusion`` (``fill_clouds=True`` keeps real pixels);
     the inputs as for :func:`predict_seg`."""
-    from rsgee.train.predict import predict_fusion as run_model
+    from rsgee.predict import predict_fusion as run_model
 
     folder = _predict_inputs("fusion", run, out, exports, aoi, progress, export_options)
     return run_model(run, folder, out, fill_clouds=fill_clouds, weights=weights, overlap=overlap,
                      batch_size=batch_size, device=device, progress=progress)
 
 
+def export_model(run: str | Path, out: str | Path, *, weights: str = "raw", onnx: bool = False,
+                 evaluation: str | Path | None = None) -> Path:
+    """``run``'s network as a model folder as ``rsgee export-model`` writes it (config.json, model.safetensors, a
+    README.md model card; ``onnx``: model.onnx too), for :func:`load_model` and ``rsgee predict``; returns ``out``."""
+    from rsgee.portable import export_model as run_export
+
+    return run_export(run, out, weights=weights, onnx=onnx, evaluation=evaluation)
+
+
+def load_model(folder: str | Path, *, device: str = "cpu"):
+    """The model a folder of :func:`export_model` holds, built with torch alone (no Lightning): a
+    :class:`~rsgee.portable.PortableModel` (``module`` in eval mode, ``config``), called as its module."""
+    from rsgee.portable import load_model as load
+
+    return load(folder, device=device)
+
+
 def _predict_inputs(kind: str, run, out, exports, aoi, progress: bool, export_options: dict) -> Path:
     """The AOI folder a prediction reads: ``exports``, or ``aoi`` exported into ``<out stem>_inputs/`` with only
     the sources ``run`` reads (reused when complete)."""
     from rsgee.acquire.aoi import parse_aois
-    from rsgee.train.predict import run_info
+    from rsgee.predict import open_model
 
     if (exports is None) == (aoi is None):
         raise RsgeeError("give either exports (--exports DIR: an rsgee export AOI folder) or aoi (--aoi), not both")
     if exports is not None:
         return Path(exports)
-    info = run_info(run, kind)
+    names = sorted(open_model(run, kind).export_sources())  # only what the model reads (and s2)
     areas = len(parse_aois([aoi], max_area_km2=float("inf")))
     if areas != 1:
         raise RsgeeError(f"--aoi {aoi!r} holds {areas} areas; predict one AOI at a time")
-    names = ["s2"] if kind == "segmentation" else \
-        sorted({"terrain": "dem"}.get(s, s) for s in info["config"]["sources"]) + ["s2"]
     out = Path(out)
     folder = out.with_name(f"{out.stem}_inputs")
     (result,) = export([aoi], folder, sources=names, progress=progress, **export_options)

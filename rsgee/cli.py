@@ -11,6 +11,7 @@ workers stop, one line says how to carry on, and the exit status is 143 (130 for
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,27 +23,34 @@ from typing import Iterator
 import click
 
 from rsgee import __version__, api
+from rsgee.acquire.earthengine.recipes import ORBITS
 from rsgee.acquire.sources import SOURCES
-from rsgee.configs import (AUGMENTATIONS, DISCRIMINATORS, GAN_LOSSES, MODELS, RECIPES, SCHEDULES, SIZES, FusionConfig,
-                           SegmentationConfig)
+from rsgee.configs import (ACCELERATORS, AUGMENTATIONS, DISCRIMINATORS, GAN_LOSSES, LOGGERS, MODELS, PRECISIONS,
+                           RECIPES, SCHEDULES, SIZES, WEIGHTS, FusionConfig, SegmentationConfig)
 from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, redact_urls, unwritable
 from rsgee.memory import keep_freed_memory
+from rsgee.preprocess.split import SPLIT_UNITS, SPLITS
 from rsgee.options import (BETAS, COUNT, DATE, MIX, NAME_SETS, NAMES, RATIOS, WHOLE_NUMBERS, CONTEXT, Command,
-                           catalog_option, progress_option, with_options)
+                           catalog_option, json_option, progress_option, with_options)
 
-OUT_FOLDER = click.Path(file_okay=False, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="rsgee")
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
-def cli(debug: bool) -> None:
+@click.option("-v", "--verbose", count=True, help="More messages on stderr: -v adds rsgee's debug messages.")
+@click.option("-q", "--quiet", count=True, help="Fewer messages on stderr: -q only warnings and errors, -qq only "
+                                                "errors.")
+def cli(debug: bool, verbose: int, quiet: int) -> None:
     """rsgee: multi-source remote-sensing training archives (Sentinel-1/2, Dynamic World, DEM).
 
     Typical flow: `rsgee export` AOIs to per-AOI GeoTIFFs on a 10 m UTM grid; later steps tile them
     into an archive and train models on it. Every command takes --config FILE.yaml (what --print-config
-    prints), with options on the command line overriding the file.
+    prints), with options on the command line overriding the file. Shell completion: see README.
     """
+    levels = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+    logging.getLogger("rsgee").setLevel(levels[max(0, min(3, 1 + quiet - verbose))])
 
 
 def _say(text: str) -> None:
@@ -99,7 +107,7 @@ source_options = [
                       "capped exponential backoff and jitter; \"Computation timed out.\" is tried twice at most (each "
                       "try is billed). Quota and rate answers (429, 503) are not counted: they are waited out for up "
                       "to 5 min a try and 30 min a block, with fewer requests in flight.  [earthengine]"),
-    click.option("--s1-orbit", type=click.Choice(["both", "ASCENDING", "DESCENDING"]),
+    click.option("--s1-orbit", type=click.Choice(["both", *ORBITS]),
                  help="Sentinel-1 orbit pass to composite. both keeps every scene: many areas are imaged on one pass "
                       "only, where a fixed pass would leave them without data; pin one where terrain matters (the "
                       "passes see slopes from opposite sides, and a mix of them can leave seams).  [earthengine]"),
@@ -119,14 +127,14 @@ source_options = [
               help="Area of interest; repeatable. A GeoJSON file (Polygon/MultiPolygon features, named by their "
                    "'name' property), a bbox 'minlon,minlat,maxlon,maxlat' in degrees, or WKT; prefix a bbox or "
                    "WKT with 'NAME=' to name it.")
-@click.option("--out", type=OUT_FOLDER, help="Output folder; each AOI is written to OUT/<aoi name>/.")
+@click.option("--out", type=FOLDER, help="Output folder; each AOI is written to OUT/<aoi name>/.")
 @click.option("--sources", type=NAMES, metavar="NAMES",
               help="Comma-separated catalog sources to export.  [default: every source in the catalog]")
 @with_options(source_options)
 @click.option("--retry-failed", is_flag=True,
               help="Retry only the blocks that failed for good in an earlier run (recorded in manifest.json); with "
                    "--via batch, restart only the failed or cancelled tasks.")
-@click.option("--via", type=click.Choice(["download", "batch"]),
+@click.option("--via", type=click.Choice(api.VIAS),
               help="How Earth Engine pixels arrive: concurrent downloads to this machine, or Earth Engine batch "
                    "export tasks (one per AOI and source, billed per task) writing GeoTIFFs to --bucket or "
                    "--drive-folder.  [earthengine]")
@@ -153,7 +161,8 @@ source_options = [
               help="Print each AOI's grid and tile count and, for Earth Engine, the computePixels requests (or batch "
                    "tasks) and bytes per AOI and in total, the endpoint and the workload tag; write nothing.")
 @progress_option
-def export_cmd(**options) -> None:
+@json_option
+def export_cmd(as_json: bool, **options) -> None:
     """Export sources for AOIs to OUT/<aoi>/{s1,s2,lulc,dem}.tif and manifest.json.
 
     Every AOI gets a UTM grid (zone of its centroid, 10 m pixels, edges on the 2560 m tile lattice).
@@ -165,11 +174,13 @@ def export_cmd(**options) -> None:
     """
     results = api.export(**options)
     if options["dry_run"]:
-        for line in results:
-            click.echo(line)
+        click.echo(json.dumps(results.as_dict(), indent=2) if as_json else "\n".join(results.lines()))
         return
-    for r in results:
-        click.echo(r.line())
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            click.echo(r.line())
     bad = [r for r in results if not r.ok]
     if bad:
         raise RsgeeError(f"{len(bad)} of {len(results)} AOI(s) failed or have failed blocks: "
@@ -180,7 +191,7 @@ def export_cmd(**options) -> None:
 
 @cli.command("tile", cls=Command, homes=(api.tile,))
 @click.argument("exports", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=OUT_FOLDER, required=True,
+@click.option("--out", type=FOLDER, required=True,
               help="Archive folder; created if missing, grown if it exists (existing tiles are never rewritten).")
 @catalog_option
 @click.option("--max-nodata", type=click.FloatRange(0.0, 1.0),
@@ -189,7 +200,7 @@ def export_cmd(**options) -> None:
               help="Largest fraction (0–1) of Sentinel-2 pixels that are cloud-masked or missing.")
 @click.option("--split-ratios", type=RATIOS, metavar="TRAIN:VAL:TEST",
               help="Relative sizes of the train, val and test splits.")
-@click.option("--split-by", type=click.Choice(["block", "aoi"]),
+@click.option("--split-by", type=click.Choice(SPLIT_UNITS),
               help="Spatial unit that goes whole into one split: blocks of k×k tiles, or whole AOIs.")
 @click.option("--split-block", type=click.IntRange(min=1), help="k, the block size in tiles (k×2560 m) for --split-by block.")
 @click.option("--split-seed", type=int, help="Seed of the block → split assignment.")
@@ -218,23 +229,28 @@ def tile_cmd(**options) -> None:
 
 
 @cli.command("check", cls=Command, homes=(api.check,))
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.")
 @progress_option
-def check_cmd(**options) -> None:
+@json_option
+def check_cmd(as_json: bool, **options) -> None:
     """Verify ARCHIVE: every indexed tile's files, the splits and stats.json; exit 1 on any problem."""
     report = api.check(**options)
-    for note in report.notes:
+    if as_json:
+        click.echo(json.dumps({"archive": str(options["archive"]), "ok": report.ok, "tiles": report.tiles,
+                               "problems": list(report.problems), "notes": list(report.notes)}, indent=2))
+    for note in report.notes if not as_json else ():
         click.echo(f"note: {note}")
-    for problem in report.problems:
+    for problem in report.problems if not as_json else ():
         click.echo(f"problem: {problem}")
     if not report.ok:
         raise RsgeeError(f"{options['archive']}: {len(report.problems)} problem(s) in {report.tiles} tiles")
-    click.echo(f"{options['archive']}: OK, {report.tiles} tiles")
+    if not as_json:
+        click.echo(f"{options['archive']}: OK, {report.tiles} tiles")
 
 
 @cli.command("cache", cls=Command, homes=(api.cache,))
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--splits", type=NAMES, metavar="NAMES", help="Comma-separated splits to pack.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Processes reading and encoding tiles (the result is the same for any number).")
@@ -254,7 +270,7 @@ def cache_cmd(**options) -> None:
 
 
 @cli.command("stac", cls=Command, homes=(api.stac,))
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--start", type=DATE, metavar="DATE",
               help="Window start for AOIs whose window archive.json lacks (older archives, local exports).")
 @click.option("--end", type=DATE, metavar="DATE", help="Window end (excluded), with --start.")
@@ -273,7 +289,7 @@ def train_group() -> None:
 
 #: Where a command runs its model: shared by train, evaluate and generate.
 device_options = [
-    click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu"]), help="Where to run; auto uses CUDA when present."),
+    click.option("--accelerator", type=click.Choice(ACCELERATORS), help="Where to run; auto uses CUDA when present."),
     click.option("--devices", type=COUNT,
                  help="Devices (processes) per node; more than one runs data-parallel (DDP: NCCL on CUDA, gloo on "
                       "CPU), each taking a share of the tiles.  [auto: every visible GPU, 1 CPU process, or what "
@@ -284,7 +300,7 @@ device_options = [
 ]
 
 training_options = [
-    click.option("--out", type=OUT_FOLDER, required=True,
+    click.option("--out", type=FOLDER, required=True,
                  help="Run folder: run.json, checkpoints/, logs/metrics.csv, val/ figures."),
     click.option("--size", type=click.Choice(SIZES),
                  help="Model width preset: paper = the published widths (GPU), small for CPU/small GPUs, tiny for "
@@ -309,9 +325,15 @@ training_options = [
     click.option("--resume", is_flag=True,
                  help="Continue the run in --out from checkpoints/last.ckpt (the last completed epoch or step)."),
     *device_options,
-    click.option("--precision", type=click.Choice(["32-true", "16-mixed", "bf16-mixed"]),
+    click.option("--precision", type=click.Choice(PRECISIONS),
                  help="Numeric precision.  [default on CUDA: bf16-mixed where supported, else 32-true for the GAN and "
                       "16-mixed for RS-UNet; 32-true on CPU]"),
+    click.option("--logger", "loggers", type=click.Choice(LOGGERS), multiple=True,
+                 help="Also log to TensorBoard, Weights & Biases (offline with WANDB_MODE=offline; project "
+                      "$WANDB_PROJECT) or MLflow ($MLFLOW_TRACKING_URI, default a file store in OUT/mlruns); "
+                      "repeatable. Each needs its extra (pip install 'rsgee[wandb]' …) and gets the run's settings, "
+                      "parameter counts and, at the end, the best checkpoint's test scores beside the baselines'. "
+                      "OUT/logs/metrics.csv is always written."),
     click.option("--checkpoint-every", type=click.IntRange(min=1), metavar="N",
                  help="Also write checkpoints/last.ckpt every N batches (besides every epoch), for long epochs."),
     click.option("--skip-nonfinite", is_flag=True,
@@ -333,7 +355,7 @@ training_options = [
 
 
 @train_group.command("fusion", cls=Command, homes=(api.train_fusion, FusionConfig), run_kind="fusion")
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--model", type=click.Choice(MODELS),
               help="RS-SPADE (the paper's: pix2pix's U-Net, every normalisation followed by the multi-source "
                    "modulation), the pix2pix baseline, or SPADE's decoder-only generator with the same modulation.")
@@ -381,7 +403,7 @@ def train_fusion_cmd(**options) -> None:
 
 
 @train_group.command("seg", cls=Command, homes=(api.train_seg, SegmentationConfig), run_kind="segmentation")
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--mix", type=MIX, metavar="REAL:GEN",
               help="Ratio of real to generated (ARCHIVE/gen) train tiles in every epoch, honoured exactly: 1:0 = real "
                    "only (the paper's True Data), 1:1 = the paper's Mix Data.")
@@ -411,9 +433,10 @@ def evaluate_group() -> None:
 
 
 evaluate_options = [
-    click.argument("runs", nargs=-1, required=True, type=OUT_FOLDER),
-    click.option("--archive", type=OUT_FOLDER, help="Archive to evaluate on.  [default: each run's own archive]"),
-    click.option("--split", type=click.Choice(["test", "val"]), help="Split to score."),
+    click.argument("runs", nargs=-1, required=True, type=FOLDER),
+    json_option,
+    click.option("--archive", type=FOLDER, help="Archive to evaluate on.  [default: each run's own archive]"),
+    click.option("--split", type=click.Choice(SPLITS), help="Split to score."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per batch."),
     *device_options,
     progress_option,
@@ -422,8 +445,8 @@ evaluate_options = [
 
 @evaluate_group.command("fusion", cls=Command, homes=(api.evaluate_fusion,))
 @with_options(evaluate_options)
-@click.option("--out", type=OUT_FOLDER, help="Folder for fusion_table.csv and fusion_table.md.")
-def evaluate_fusion_cmd(**options) -> None:
+@click.option("--out", type=FOLDER, help="Folder for fusion_table.csv and fusion_table.md.")
+def evaluate_fusion_cmd(as_json: bool, **options) -> None:
     """Table 1/2: model, sources, PSNR (dB), SSIM and SAM (rad) of each fusion RUN's best checkpoint.
 
     The rows of two trivial predictors on the same tiles come first: constant-mean (the train split's
@@ -433,14 +456,17 @@ def evaluate_fusion_cmd(**options) -> None:
     from rsgee.train.evaluate import FUSION_COLUMNS, FUSION_HEADERS, markdown_table
 
     rows = api.evaluate_fusion(**options)
+    if as_json:
+        _say(json.dumps(rows, indent=2, default=str))
+        return
     _say(markdown_table(rows, FUSION_COLUMNS, FUSION_HEADERS).rstrip("\n"))
     _say(f"written: {options['out']}/fusion_table.csv, {options['out']}/fusion_table.md")
 
 
 @evaluate_group.command("seg", cls=Command, homes=(api.evaluate_seg,))
 @with_options(evaluate_options)
-@click.option("--out", type=OUT_FOLDER, help="Folder for seg_table.csv/.md and the PNG figures.")
-def evaluate_seg_cmd(**options) -> None:
+@click.option("--out", type=FOLDER, help="Folder for seg_table.csv/.md and the PNG figures.")
+def evaluate_seg_cmd(as_json: bool, **options) -> None:
     """Table 3: training set, mIoU and accuracy of each segmentation RUN on real test tiles, plus figures.
 
     Writes the mIoU-versus-epoch curves of all runs (the paper's Figure 8), a confusion matrix per run
@@ -451,6 +477,9 @@ def evaluate_seg_cmd(**options) -> None:
     from rsgee.train.evaluate import SEG_COLUMNS, SEG_HEADERS, markdown_table
 
     rows, figures = api.evaluate_seg(**options)
+    if as_json:
+        _say(json.dumps({"rows": rows, "figures": [str(f) for f in figures]}, indent=2, default=str))
+        return
     _say(markdown_table(rows, SEG_COLUMNS, SEG_HEADERS).rstrip("\n"))
     _say(f"written: {options['out']}/seg_table.csv, {options['out']}/seg_table.md")
     for figure in figures:
@@ -458,11 +487,11 @@ def evaluate_seg_cmd(**options) -> None:
 
 
 @cli.command("generate", cls=Command, homes=(api.generate,))
-@click.argument("run", type=OUT_FOLDER)
-@click.argument("archive", type=OUT_FOLDER)
+@click.argument("run", type=FOLDER)
+@click.argument("archive", type=FOLDER)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per batch.")
 @click.option("--overwrite", is_flag=True, help="Replace tiles another run (or the other weights) generated.")
-@click.option("--weights", type=click.Choice(["raw", "ema"]),
+@click.option("--weights", type=click.Choice(WEIGHTS),
               help="The generator's trained weights or their moving average (runs trained with --ema-decay > 0).")
 @with_options(device_options)
 @progress_option
@@ -474,6 +503,24 @@ def generate_cmd(**options) -> None:
     """
     summary = api.generate(**options)
     _say(f"generated {summary.written} tile(s), {summary.skipped} already done → {summary.folder}")
+
+
+@cli.command("export-model", cls=Command, homes=(api.export_model,))
+@click.argument("run", type=FOLDER)
+@click.option("--out", type=FOLDER, required=True,
+              help="The model folder to write: config.json, model.safetensors and a README.md model card (an earlier "
+                   "export of the same checkpoint and options is kept, another one replaced).")
+@click.option("--weights", type=click.Choice(WEIGHTS),
+              help="A fusion run's trained generator weights or their moving average (runs with --ema-decay > 0).")
+@click.option("--onnx", is_flag=True,
+              help="Also write model.onnx (the onnx extra): one input per source, a free batch size, 256×256 tiles.")
+@click.option("--evaluation", type=click.Path(exists=True, path_type=Path),
+              help="A table `rsgee evaluate` wrote (its --out folder or CSV): the run's and the baselines' test scores "
+                   "go into the model card.")
+def export_model_cmd(**options) -> None:
+    """Write RUN's network as a portable model folder: it loads with torch alone (no Lightning), and rsgee predict
+    takes it wherever it takes a run."""
+    click.echo(f"model: {api.export_model(**options)}")
 
 
 # -- predict -------------------------------------------------------------------------------------
@@ -515,7 +562,9 @@ def predict_seg_cmd(**options) -> None:
 @click.option("--fill-clouds", is_flag=True,
               help="Keep every valid real Sentinel-2 pixel and fill only cloud-masked or missing ones; a fifth band, "
                    "filled, is 1 where the generator's value was used.")
-@click.option("--weights", type=click.Choice(["raw", "ema"]), help="The generator's trained weights or their moving average.")
+@click.option("--weights", type=click.Choice(WEIGHTS),
+              help="The generator's trained weights or their moving average.  [default: a run's raw weights, or the "
+                   "ones RUN's model folder holds]")
 @with_options(predict_options)
 def predict_fusion_cmd(**options) -> None:
     """Pseudo-Sentinel-2 (uint16 reflectance × 10000) of an AOI from RUN's generator and the AOI's sources."""
@@ -530,8 +579,8 @@ def experiment_group() -> None:
 
 
 experiment_options = [
-    click.argument("archive", type=OUT_FOLDER),
-    click.option("--out", type=OUT_FOLDER, required=True,
+    click.argument("archive", type=FOLDER),
+    click.option("--out", type=FOLDER, required=True,
                  help="Folder for the runs (reused when the experiment is run again) and the tables."),
     click.option("--seeds", type=click.IntRange(min=2),
                  help="Repeats of every arm, seeds 0…N-1 (a winner needs |mean difference| > 2 sd)."),
@@ -543,7 +592,7 @@ experiment_options = [
 
 
 @experiment_group.command("archive", cls=Command, homes=(api.experiment_archive,))
-@click.argument("out", type=OUT_FOLDER)
+@click.argument("out", type=FOLDER)
 @click.option("--seed", type=int, help="Synthetic scene seed.")
 @click.option("--cloud-cover", type=click.FloatRange(0.0, 1.0),
               help="Fraction of Sentinel-2 pixels left cloud-masked (nodata), 0–1.")
@@ -620,7 +669,7 @@ def experiment_seg_cmd(**options) -> None:
 # -- demo, catalog -------------------------------------------------------------------------------
 
 @cli.command("demo", cls=Command, homes=(api.demo,))
-@click.option("--out", type=OUT_FOLDER, help="Folder for the exports, archive, runs and evaluation of the demo.")
+@click.option("--out", type=FOLDER, help="Folder for the exports, archive, runs and evaluation of the demo.")
 @progress_option
 def demo_cmd(**options) -> None:
     """The whole pipeline offline, on the synthetic source, with tiny models (minutes on a laptop CPU).

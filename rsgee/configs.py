@@ -14,6 +14,13 @@ from typing import Sequence
 
 from rsgee.errors import RsgeeError, check_number
 
+#: Where a command runs its model (auto: CUDA when present), and the numeric precisions a run may ask for.
+ACCELERATORS = ("auto", "cpu", "gpu")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+#: Where a run logs besides ``logs/metrics.csv`` (always written): each from its optional extra.
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+#: A generator's trained weights, or their exponential moving average.
+WEIGHTS = ("raw", "ema")
 #: Model width presets: paper = the published widths (GPU), small for CPUs and small GPUs, tiny for tests.
 SIZES = ("tiny", "small", "paper")
 #: Command-line names of conditioning sources (the paper calls terrain "dem"), in the models' channel order.

@@ -2,6 +2,9 @@
 
 The core (export, tile, check, cache) needs only rasterio and friends; training, evaluation,
 generation and the demo need the ``train`` extra, map previews (``rsgee.maps``) the ``maps`` extra.
+The models themselves, prediction and exported model folders (:mod:`rsgee.portable`) need only the
+``predict`` extra (torch and safetensors, no Lightning); ``export_model(onnx=True)`` needs ``onnx``;
+``--logger tensorboard|wandb|mlflow`` the extra of that name.
 A missing extra is a one-line error naming the command that installs it, never an ``ImportError``
 from deep inside a module.
 """
@@ -13,7 +16,9 @@ import importlib
 from rsgee.errors import RsgeeError
 
 #: Extra name → the modules it provides (as imported).
-EXTRAS = {"train": ("torch", "lightning", "torchmetrics", "matplotlib"), "maps": ("geemap", "ipyleaflet")}
+EXTRAS = {"train": ("torch", "lightning", "torchmetrics", "matplotlib"), "maps": ("geemap", "ipyleaflet"),
+          "predict": ("torch", "safetensors"), "onnx": ("torch", "onnx"),
+          "tensorboard": ("tensorboard",), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 
 
 class MissingExtra(RsgeeError):

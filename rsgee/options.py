@@ -27,8 +27,8 @@ import yaml
 from rsgee.errors import RsgeeError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-#: Options every command has that no Python function takes.
-COMMAND_ONLY = ("config", "print_config")
+#: Options of the command line that no Python function takes (what a config file cannot set).
+COMMAND_ONLY = ("config", "print_config", "as_json")
 
 
 # -- types -------------------------------------------------------------------------------------
@@ -186,7 +186,8 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         if ctx.params.pop("print_config", False):
-            ordered = {p.name: ctx.params[p.name] for p in self.params if p.name in ctx.params}  # as in --help
+            ordered = {p.name: ctx.params[p.name] for p in self.params  # in --help's order
+                       if p.name in ctx.params and p.name not in COMMAND_ONLY}
             click.echo(yaml.safe_dump(_plain(ordered), sort_keys=False, allow_unicode=True), nl=False)
             return None
         return super().invoke(ctx)
@@ -279,6 +280,8 @@ catalog_option = click.option(
     "--catalog", type=click.Path(dir_okay=False, path_type=Path),
     help="Source catalog YAML.  [default: the catalog.yaml shipped with rsgee]")
 progress_option = click.option("--progress/--no-progress", help="Show progress bars on stderr.")
+json_option = click.option("--json", "as_json", is_flag=True, default=False,
+                           help="Print the result as JSON on stdout (for scripts) instead of text.")
 
 
 def with_options(options: Sequence[Callable]) -> Callable:

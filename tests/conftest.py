@@ -1,4 +1,4 @@
-"""Shared fixtures: the real-data folder beside the checkout, temporary AOI files."""
+"""Shared fixtures: the real-data folder beside the checkout, temporary AOI files, a small synthetic archive."""
 
 from __future__ import annotations
 
@@ -22,3 +22,27 @@ def real_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real test data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory):
+    """Six tiles of a synthetic valley: train 4, val 1, test 1 (1×1-tile split blocks), built once per session."""
+    import datetime as dt
+
+    from rsgee.acquire.aoi import parse_aois
+    from rsgee.acquire.export import export_aois
+    from rsgee.acquire.synthetic import SyntheticSource
+    from rsgee.catalog import load_catalog
+    from rsgee.preprocess.archive import Archive
+    from rsgee.preprocess.split import SplitConfig
+    from rsgee.preprocess.tiling import TileFilters, build_archive
+
+    root = tmp_path_factory.mktemp("train-archive")
+    source = SyntheticSource(seed=0, cloud_cover=0.02, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
+    export_aois(parse_aois(["valley=10.60,46.60,10.66,46.64"]), root / "exports", source, load_catalog(), progress=False)
+    build_archive([root / "exports"], root / "archive", load_catalog(), split=SplitConfig(block=1),
+                  filters=TileFilters(max_s2_nodata=0.5), progress=False)
+    archive = Archive(root / "archive")
+    counts = {s: len(archive.tiles(s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 4, "val": 1, "test": 1}, counts
+    return archive

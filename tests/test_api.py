@@ -45,8 +45,9 @@ def test_python_and_the_command_line_write_the_same_export(tmp_path):
     (from_dict,) = rsgee.export([feature], tmp_path / "dict", source="synthetic", progress=False)
     (from_shape,) = rsgee.export([polygon], tmp_path / "shape", source="synthetic", progress=False)
     assert tree(tmp_path / "dict") == tree(tmp_path / "py") and from_shape.tiles == result.tiles == 4
-    lines = rsgee.export(AOI, tmp_path / "dry", source="synthetic", dry_run=True)
-    assert any(line.startswith("valley:") for line in lines) and not (tmp_path / "dry").exists()
+    plan = rsgee.export(AOI, tmp_path / "dry", source="synthetic", dry_run=True)
+    assert plan.aois[0]["name"] == "valley" and plan.aois[0]["tiles"] == plan.total["tiles"] == 4
+    assert plan.lines()[0].startswith("valley:") and not (tmp_path / "dry").exists()
     with pytest.raises(RsgeeError, match="not a date"):
         rsgee.export(AOI, tmp_path / "x", source="synthetic", start="June")
     with pytest.raises(RsgeeError, match="not an area"):
@@ -83,7 +84,8 @@ def test_the_readmes_python_example_runs_as_a_plain_script(tmp_path):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = []
-    for heading in ("## Python\n", "## Python: xarray views\n"):  # the second uses what the first wrote
+    for heading in ("## Python\n", "## Python: xarray views\n", "## Python: your own models on an archive\n"):
+        # the later ones use what the first wrote
         section = readme[readme.index(heading):]
         start = section.index("```python\n") + len("```python\n")
         code.append(section[start:section.index("```", start)])
@@ -94,3 +96,4 @@ def test_the_readmes_python_example_runs_as_a_plain_script(tmp_path):
     out = done.stdout.splitlines()
     assert out[0] == "{'test': 1, 'train': 5, 'val': 3}" and out[1].startswith("written: lake_s2.tif")
     assert out[2] == "EPSG:32632" and out[3].startswith("{'tile': 5, ")
+    assert "['bounds', 'crs', 'image', 'mask', 'tile_id'] (4, 256, 256)" in out

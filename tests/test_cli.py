@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -102,3 +104,41 @@ def test_export_end_to_end_through_the_console_script(tmp_path):
         assert src.count == 4 and src.crs.to_epsg() == 32632
     second = subprocess.run(args, capture_output=True, text=True, check=True)
     assert "v: up to date (4 tiles)" in second.stdout
+
+
+def test_json_output_for_scripts(capsys, tmp_path):
+    code, out, _ = run(["export", "--aoi", "valley=10.60,46.60,10.63,46.62", "--out", str(tmp_path / "e"),
+                        "--dry-run", "--json"], capsys)
+    plan = json.loads(out)
+    assert code == 0 and plan["aois"][0]["name"] == "valley" and plan["total"]["tiles"] == 4
+    assert plan["total"]["requests"] == plan["aois"][0]["requests"] > 0 and plan["endpoint"].startswith("https:")
+    assert plan["aois"][0]["epsg"] == 32632 and not (tmp_path / "e").exists()
+    code, out, _ = run(["export", "--aoi", "valley=10.60,46.60,10.63,46.62", "--out", str(tmp_path / "e"),
+                        "--source", "synthetic", "--json", "--no-progress"], capsys)
+    (result,) = json.loads(out)
+    assert code == 0 and result["status"] == "written" and result["ok"] and result["tiles"] == 4
+    code, out, _ = run(["tile", str(tmp_path / "e"), "--out", str(tmp_path / "a"), "--split-block", "1",
+                        "--no-progress"], capsys)
+    code, out, _ = run(["check", str(tmp_path / "a"), "--json", "--no-progress"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["tiles"] == 4 and report["problems"] == []
+    (tmp_path / "a" / "stats.json").write_text("{")
+    code, out, err = run(["check", str(tmp_path / "a"), "--json", "--no-progress"], capsys)
+    assert code == 1 and not json.loads(out)["ok"] and err.count("\n") == 1
+
+
+def test_quiet_and_verbose_set_the_log_level(capsys, tmp_path):
+    import logging
+
+    for args, level in ((["-q"], logging.WARNING), (["-qq"], logging.ERROR), (["-v"], logging.DEBUG), ([], logging.INFO)):
+        assert run([*args, "catalog"], capsys)[0] == 0
+        assert logging.getLogger("rsgee").level == level
+
+
+def test_shell_completion_completes_commands_and_options():
+    env = dict(os.environ, _RSGEE_COMPLETE="bash_complete", COMP_WORDS="rsgee tr", COMP_CWORD="1")
+    done = subprocess.run([sys.executable, "-m", "rsgee"], env=env, capture_output=True, text=True, timeout=60)
+    assert "plain,train" in done.stdout.splitlines()
+    env.update(COMP_WORDS="rsgee train fusion --mo", COMP_CWORD="3")
+    done = subprocess.run([sys.executable, "-m", "rsgee"], env=env, capture_output=True, text=True, timeout=60)
+    assert "plain,--model" in done.stdout.splitlines()

@@ -41,7 +41,7 @@ def parse(path: tuple[str, ...], command: Command, extra: list[str] = ()) -> dic
 
 def test_every_command_is_a_parser_for_one_api_function():
     seen = [path for path, _ in commands()]
-    assert len(seen) == 17 and all(isinstance(c, Command) for _, c in commands())
+    assert len(seen) == 18 and all(isinstance(c, Command) for _, c in commands())
     for path, command in commands():
         function = command.homes[0]
         assert getattr(api, function.__name__) is function, path  # the command calls rsgee.api

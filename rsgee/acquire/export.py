@@ -67,6 +67,11 @@ class ExportResult:
     def ok(self) -> bool:
         return self.status != "failed" and not self.failed_blocks
 
+    def as_dict(self) -> dict:
+        """What ``rsgee export --json`` prints for the AOI."""
+        return {"aoi": self.aoi, "path": str(self.path), "status": self.status, "ok": self.ok, "tiles": self.tiles,
+                "failed_blocks": dict(self.failed_blocks), "counts": dict(self.counts), "error": self.error}
+
     def line(self) -> str:
         if self.status == "failed":
             return f"{self.aoi}: FAILED: {self.error}"

@@ -4,12 +4,13 @@ The factory is the entry point: :func:`build_generator`, :func:`build_discrimina
 :func:`build_segmenter` build an architecture by name at a size preset (``"tiny"``, ``"small"``,
 ``"paper"``). Models know nothing of the archive; they take a dict of normalised source tensors
 (:data:`SOURCE_CHANNELS` says what each holds) and return tensors. The only file the package ever
-reads is a user's local VGG19 weights file, through :meth:`VGGPerceptualLoss.from_file`.
+reads is a user's local VGG19 weights file, through :meth:`VGGPerceptualLoss.from_file`. They need only
+torch (the ``predict`` extra), never Lightning: an exported model runs without it.
 """
 
 from rsgee.optional import require
 
-require("train")
+require("predict")
 
 
 from rsgee.models.discriminator import (

@@ -136,14 +136,14 @@ def preset(
     return dict(presets[name][size])
 
 
-def _build(
+def _settings(
     constructor: Callable[..., nn.Module],
     name: str,
     settings: dict[str, Any],
     overrides: Mapping[str, Any],
     fixed: Mapping[str, Any],
-) -> nn.Module:
-    """Call ``constructor`` with preset settings, checked overrides and the fixed arguments."""
+) -> dict[str, Any]:
+    """Every keyword of ``constructor``: the fixed arguments, preset settings, checked overrides, defaults."""
     parameters = inspect.signature(constructor).parameters
     allowed = [p for p in parameters if p not in fixed]
     bad = [key for key in overrides if key not in allowed]
@@ -152,7 +152,20 @@ def _build(
             f"{name} has no setting {', '.join(map(repr, bad))}; valid: {', '.join(allowed)}"
         )
     settings.update(overrides)
-    return constructor(**fixed, **settings)
+    bound = inspect.signature(constructor).bind(**fixed, **settings)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _build(
+    constructor: Callable[..., nn.Module],
+    name: str,
+    settings: dict[str, Any],
+    overrides: Mapping[str, Any],
+    fixed: Mapping[str, Any],
+) -> nn.Module:
+    """Call ``constructor`` with preset settings, checked overrides and the fixed arguments."""
+    return constructor(**_settings(constructor, name, settings, overrides, fixed))
 
 
 def build_generator(
@@ -173,9 +186,20 @@ def build_generator(
     Raises:
         RsgeeError: unknown name, size, source or setting.
     """
+    settings = generator_settings(name, sources, size, **overrides)  # checks the name first
+    return _GENERATORS[name](**settings)
+
+
+def generator_settings(
+    name: str,
+    sources: Iterable[str] = tuple(SOURCE_CHANNELS),
+    size: str = "paper",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Every constructor keyword :func:`build_generator` passes (defaults included), for :func:`rebuild`."""
     settings = preset(GENERATOR_PRESETS, name, size)
     fixed = {"source_channels": source_channels(sources)}
-    return _build(_GENERATORS[name], name, settings, overrides, fixed)
+    return _settings(_GENERATORS[name], name, settings, overrides, fixed)
 
 
 def build_discriminator(
@@ -213,6 +237,40 @@ def build_segmenter(
         size: ``"tiny"``, ``"small"`` or ``"paper"`` (see :data:`SEGMENTER_PRESETS`).
         **overrides: constructor keywords replacing preset values (e.g. ``upsampling="bilinear"``).
     """
+    settings = segmenter_settings(name, in_channels, num_classes, size, **overrides)  # checks the name first
+    return _SEGMENTERS[name](**settings)
+
+
+def segmenter_settings(
+    name: str = "rs-unet",
+    in_channels: int = IMAGE_CHANNELS,
+    num_classes: int = NUM_CLASSES,
+    size: str = "paper",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Every constructor keyword :func:`build_segmenter` passes (defaults included), for :func:`rebuild`."""
     settings = preset(SEGMENTER_PRESETS, name, size)
     fixed = {"in_channels": int(in_channels), "num_classes": int(num_classes)}
-    return _build(_SEGMENTERS[name], name, settings, overrides, fixed)
+    return _settings(_SEGMENTERS[name], name, settings, overrides, fixed)
+
+
+def rebuild(name: str, settings: Mapping[str, Any]) -> nn.Module:
+    """The generator or segmenter ``name`` built from the complete keywords :func:`generator_settings` or
+    :func:`segmenter_settings` gave (as an exported model's config.json records them), not from a preset,
+    so that a later change of a preset or a default never changes a saved model.
+
+    Raises:
+        RsgeeError: an unknown architecture, or keywords its constructor does not take or lacks.
+    """
+    constructors = {**_GENERATORS, **_SEGMENTERS}
+    if name not in constructors:
+        raise RsgeeError(f"unknown architecture {name!r}; this rsgee builds {', '.join(constructors)}")
+    constructor = constructors[name]
+    parameters = inspect.signature(constructor).parameters
+    unknown = sorted(set(settings) - set(parameters))
+    missing = sorted(n for n, p in parameters.items() if p.default is p.empty and n not in settings)
+    if unknown or missing:
+        problem = "; ".join(filter(None, (unknown and f"no setting {', '.join(unknown)}",
+                                          missing and f"lacks {', '.join(missing)}")))
+        raise RsgeeError(f"{name}: the recorded settings do not fit this rsgee's {name} ({problem})")
+    return constructor(**settings)

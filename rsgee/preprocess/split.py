@@ -21,6 +21,10 @@ from rsgee.grid import Tile
 SPLITS = ("train", "val", "test")
 
 
+#: The spatial units that go whole into one split: k×k blocks of lattice tiles, or whole AOIs.
+SPLIT_UNITS = ("block", "aoi")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How tiles are assigned to splits.
@@ -46,7 +50,7 @@ class SplitConfig:
             raise RsgeeError(f"split ratios {self.ratios!r} must be three finite, non-negative numbers train:val:test, "
                              "not all 0")
         object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
-        if self.by not in ("block", "aoi"):
+        if self.by not in SPLIT_UNITS:
             raise RsgeeError(f"split by '{self.by}' is unknown; use 'block' or 'aoi'")
         if not isinstance(self.block, int) or self.block < 1:
             raise RsgeeError(f"split block size {self.block!r} must be at least 1 tile")

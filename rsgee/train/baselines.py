@@ -30,11 +30,11 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.models.factory import NUM_CLASSES
+from rsgee.models.normalisation import S2_SCALE
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
 from rsgee.preprocess.terrain import ASPECT_FLAT_BELOW
 from rsgee.radiometry import s1_db_range
-from rsgee.train.data import S2_SCALE
 from rsgee.train.metrics import FusionMetrics, SegmentationMetrics
 
 IGNORE = 255

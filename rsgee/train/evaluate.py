@@ -23,8 +23,9 @@ from tqdm import tqdm
 from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import atomic_path
 from rsgee.models.layers import count_parameters
+from rsgee.models.normalisation import model_to_reflectance
 from rsgee.preprocess.archive import Archive
-from rsgee.train.data import FusionSamples, collate, model_to_reflectance
+from rsgee.train.data import FusionSamples, collate
 from rsgee.train.fusion import load_fusion, sources_label
 from rsgee.train.baselines import fusion_baselines, segmentation_baselines
 from rsgee.train.distributed import EvenShards
@@ -247,3 +248,21 @@ def _val_miou_by_epoch(run: Path) -> tuple[list[int], list[float]]:
     points = {int(r["epoch"]): float(r["val/miou"]) for r in read_metrics(run) if r.get("val/miou")}
     epochs = sorted(points)
     return epochs, [points[e] for e in epochs]
+
+
+def logged_test_scores(run_dir: Path, kind: str) -> dict[str, float]:
+    """``test/<metric>`` of the best checkpoint (``test/ema/<metric>`` for an EMA generator) and
+    ``test/<baseline>/<metric>`` of the baselines: what a run's loggers keep of it (``--logger``)."""
+    if kind == "fusion":
+        rows, metrics = evaluate_fusion([run_dir], split="test", progress=False), ("psnr", "ssim", "sam")
+    else:
+        rows, _ = evaluate_segmentation([run_dir], run_dir / "test", split="test", progress=False, figure_tiles=1)
+        metrics = ("miou", "accuracy")
+    scores = {}
+    for row in rows:
+        if row["run"] == "baseline":
+            name = f"test/{row.get('model') or row['training_set'].removesuffix(' (baseline)')}/"
+        else:
+            name = "test/ema/" if row.get("weights") == "ema" else "test/"
+        scores.update({name + m: float(row[m]) for m in metrics if isinstance(row.get(m), (int, float))})
+    return scores

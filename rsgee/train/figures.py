@@ -1,6 +1,7 @@
 """PNG figures: fusion sample grids (land cover, SAR, generated and real Sentinel-2 in RGB and NRG).
 
-Only matplotlib's non-interactive Agg backend is used, so figures are written on headless machines.
+Figures are :class:`matplotlib.figure.Figure` objects saved straight to PNG, never pyplot's: they draw on
+headless machines, and a notebook's backend and open figures stay as they were.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ DW_COLOURS = ("#419bdf", "#397d49", "#88b053", "#7a87c6", "#e49635", "#dfc35a", 
 DISPLAY_MAX = 0.3
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, columns, squeeze=squeeze)
 
 
 def land_cover_rgb(labels: np.ndarray) -> np.ndarray:
@@ -50,12 +49,11 @@ def fusion_grid(path: Path, *, generated: np.ndarray, real: np.ndarray, labels: 
         labels: (N, H, W) class indices (9 = don't care), or None when land cover is not an input.
         sar_vv: (N, H, W) VV in [0, 1] (model scaling), or None when SAR is not an input.
     """
-    plt = _pyplot()
     columns = [("land cover", labels is not None), ("SAR VV", sar_vv is not None), ("generated RGB", True),
                ("real RGB", True), ("generated NRG", True), ("real NRG", True)]
     shown = [name for name, present in columns if present]
     rows = len(generated)
-    fig, axes = plt.subplots(rows, len(shown), figsize=(2.2 * len(shown), 2.2 * rows + 0.4), squeeze=False)
+    fig, axes = _subplots(rows, len(shown), figsize=(2.2 * len(shown), 2.2 * rows + 0.4), squeeze=False)
     for r in range(rows):
         images = {
             "land cover": land_cover_rgb(labels[r]) if labels is not None else None,
@@ -81,8 +79,7 @@ def fusion_grid(path: Path, *, generated: np.ndarray, real: np.ndarray, labels: 
 
 def curves(path: Path, series: dict[str, tuple[Sequence[int], Sequence[float]]], *, ylabel: str, title: str) -> Path:
     """Line plot of one value per epoch for several runs (the paper's Figure 8)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for label, (epochs, values) in series.items():
         ax.plot(list(epochs), list(values), marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
@@ -97,10 +94,9 @@ def curves(path: Path, series: dict[str, tuple[Sequence[int], Sequence[float]]],
 
 def confusion_figure(path: Path, matrix: np.ndarray, classes: Sequence[str], title: str) -> Path:
     """Row-normalised confusion matrix (rows = truth) with pixel counts in the cells."""
-    plt = _pyplot()
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -120,10 +116,9 @@ def confusion_figure(path: Path, matrix: np.ndarray, classes: Sequence[str], tit
 def prediction_grid(path: Path, *, reflectance: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray],
                     titles: Sequence[str], suptitle: str) -> Path:
     """Rows of test tiles: Sentinel-2 RGB, true land cover, then each run's prediction (Figure 9)."""
-    plt = _pyplot()
     columns = ["Sentinel-2 RGB", "land cover (truth)", *predictions]
-    fig, axes = plt.subplots(len(truth), len(columns), figsize=(2.2 * len(columns), 2.2 * len(truth) + 0.4),
-                             squeeze=False)
+    fig, axes = _subplots(len(truth), len(columns), figsize=(2.2 * len(columns), 2.2 * len(truth) + 0.4),
+                          squeeze=False)
     for r in range(len(truth)):
         images = [reflectance_rgb(reflectance[r], (2, 1, 0)), land_cover_rgb(truth[r])]
         images += [land_cover_rgb(p[r]) for p in predictions.values()]
@@ -142,8 +137,6 @@ def prediction_grid(path: Path, *, reflectance: np.ndarray, truth: np.ndarray, p
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return path

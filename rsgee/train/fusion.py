@@ -19,20 +19,21 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from rsgee.configs import FusionConfig
+from rsgee.configs import WEIGHTS, FusionConfig
 from rsgee.errors import RsgeeError
 from rsgee.grid import TILE_PX
 from rsgee.models import losses
 from rsgee.models.layers import count_parameters
 from rsgee.models.factory import build_discriminator, build_generator, discriminator_in_channels
+from rsgee.models.normalisation import model_to_reflectance
 from rsgee.preprocess.archive import Archive
-from rsgee.train.data import FusionData, condition_tensor, model_to_reflectance
+from rsgee.train.data import FusionData, condition_tensor
 from rsgee.train.figures import fusion_grid
 from rsgee.train.metrics import FusionMetrics
 from rsgee.train.trainer import (GuardedTask, batches_per_epoch, checkpoint_of, fit, load_checkpoint,
@@ -234,11 +235,13 @@ def start_at(generator: torch.nn.Module, band_means: Sequence[float]) -> None:
 
 def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig, *, resume: bool = False,
                  accelerator: str = "auto", devices: int | str = "auto", num_nodes: int | str = "auto",
-                 precision: str | None = None, progress: bool = True) -> Path:
+                 precision: str | None = None, progress: bool = True, loggers: Sequence[str] = ("csv",),
+                 score: Callable[[Path], dict] | None = None) -> Path:
     """Train (or resume) a fusion run; returns the run folder.
 
     With several devices (or under torchrun/srun) every process calls this; ``config.batch_size`` is
-    per device, so an optimiser step sees ``batch_size × devices × nodes`` samples.
+    per device, so an optimiser step sees ``batch_size × devices × nodes`` samples. ``loggers`` and
+    ``score``: :func:`~rsgee.train.trainer.make_loggers`, :func:`~rsgee.train.trainer.log_summary`.
     """
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
@@ -256,16 +259,15 @@ def train_fusion(archive: str | Path, run_dir: str | Path, config: FusionConfig,
     trainer = make_trainer(run_dir, kind="fusion", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/psnr", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
-                           val_every=config.val_every, val_every_steps=config.val_every_steps)
+                           val_every=config.val_every, val_every_steps=config.val_every_steps, loggers=loggers)
     info = {"kind": "fusion", "archive": str(archive.root.resolve()), "config": asdict(config), "normalisation": data.norm,
             "planned_steps": steps, **run_inputs(archive),
             "parameters": {"generator": count_parameters(task.generator),
                            "discriminator": count_parameters(task.discriminator)}}
-    return fit(run_dir, task, data, trainer, ckpt, info)
+    return fit(run_dir, task, data, trainer, ckpt, info, score)
 
 
 #: Which generator weights of a run to use: the trained ones or their moving average.
-WEIGHTS = ("raw", "ema")
 
 
 def load_fusion(run_dir: str | Path, which: str = "best", map_location: str = "cpu", weights: str = "raw") -> FusionTask:

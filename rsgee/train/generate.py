@@ -22,10 +22,11 @@ from tqdm import tqdm
 from rsgee.errors import RsgeeError, check_number
 from rsgee.geotiff import GDAL_READ_ENV, RasterGrid, write_array, write_json_atomic
 from rsgee.grid import TILE_PX, Tile
+from rsgee.models.normalisation import reflectance_to_s2
 from rsgee.preprocess.archive import Archive, file_sha256
 from rsgee.preprocess.cache import open_split
 from rsgee.preprocess.split import SPLITS
-from rsgee.train.data import FusionSamples, collate, reflectance_to_s2
+from rsgee.train.data import FusionSamples, collate
 from rsgee.train.fusion import load_fusion, reflectance_batch, sources_label
 from rsgee.train.distributed import EvenShards
 from rsgee.train.trainer import checkpoint_of, read_run, start_processes

@@ -15,7 +15,7 @@ import hashlib
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -28,9 +28,10 @@ from rsgee.configs import SegmentationConfig, check_augmentation
 from rsgee.errors import RsgeeError
 from rsgee.models.factory import NUM_CLASSES, build_segmenter
 from rsgee.models.layers import count_parameters
+from rsgee.models.normalisation import S2_SCALE
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
-from rsgee.train.data import S2_SCALE, augment, crop, draw_transform, train_subset
+from rsgee.train.data import augment, crop, draw_transform, train_subset
 from rsgee.train.generate import read_generated
 from rsgee.train.metrics import SegmentationMetrics
 from rsgee.train.distributed import EpochSampler, EvenShards, ResumableLoader
@@ -280,10 +281,12 @@ def check_generated(archive: Archive) -> dict:
 
 def train_segmentation(archive: str | Path, run_dir: str | Path, config: SegmentationConfig, *, resume: bool = False,
                        accelerator: str = "auto", devices: int | str = "auto", num_nodes: int | str = "auto",
-                       precision: str | None = None, progress: bool = True) -> Path:
+                       precision: str | None = None, progress: bool = True, loggers: Sequence[str] = ("csv",),
+                       score: Callable[[Path], dict] | None = None) -> Path:
     """Train (or resume) RS-UNet on the archive with the configured real:generated mix.
 
-    ``config.batch_size`` is per device; the mix is exact per epoch over all devices together.
+    ``config.batch_size`` is per device; the mix is exact per epoch over all devices together. ``loggers``
+    and ``score``: :func:`~rsgee.train.trainer.make_loggers`, :func:`~rsgee.train.trainer.log_summary`.
     """
     run_dir, archive = Path(run_dir), Archive(archive)
     archive.read_meta()
@@ -302,13 +305,13 @@ def train_segmentation(archive: str | Path, run_dir: str | Path, config: Segment
     trainer = make_trainer(run_dir, kind="segmentation", max_epochs=config.epochs or -1, launch=launch,
                            limit_train_batches=config.steps_per_epoch, monitor="val/miou", mode="max",
                            precision=precision, progress=progress, checkpoint_every=config.checkpoint_every,
-                           val_every_steps=config.val_every_steps)
+                           val_every_steps=config.val_every_steps, loggers=loggers)
     info = {"kind": "segmentation", "archive": str(archive.root.resolve()), "config": asdict(config),
             "mix_label": config.mix_label, "generated_by": generated,
             "epoch_tiles": {"real": sampler.real_count, "generated": sampler.generated_count}, "planned_steps": steps,
             "parameters": {"rs-unet": count_parameters(task.model)}, **run_inputs(archive),
             "normalisation": {"s2_mean": [float(v) for v in mean], "s2_std": [float(v) for v in std]}}
-    return fit(run_dir, task, data, trainer, ckpt, info)
+    return fit(run_dir, task, data, trainer, ckpt, info, score)
 
 
 def load_segmentation(run_dir: str | Path, which: str = "best") -> SegmentationTask:

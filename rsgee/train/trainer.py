@@ -2,8 +2,9 @@
 
 A run folder holds ``run.json`` (what was trained, on which archive, with which settings),
 ``checkpoints/`` (``last.ckpt``: the last completed epoch, or the last ``--checkpoint-every`` step,
-for ``--resume``; plus the best by the monitored metric), ``logs/metrics.csv`` (and TensorBoard
-events when tensorboard is installed) and ``val/`` figures. Checkpoints are written to a temporary
+for ``--resume``; plus the best by the monitored metric), ``logs/metrics.csv`` (and, with ``--logger``,
+TensorBoard events, a W&B or an MLflow run: :func:`make_loggers`, which also get the run's settings,
+parameter counts and the best checkpoint's test scores at the end: :func:`log_summary`) and ``val/`` figures. Checkpoints are written to a temporary
 file and renamed, so a kill never leaves a truncated one, and never hold non-finite weights.
 
 Devices: one process per device through Lightning's DDP (NCCL on CUDA, gloo on CPU), launched by
@@ -38,7 +39,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -47,9 +48,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rsgee import __version__
+from rsgee.configs import LOGGERS, SCHEDULES
 from rsgee.errors import WRITE_ONLY_ERRNOS, Interrupted, RsgeeError, StorageError, unwritable
+from rsgee.optional import require
 from rsgee.geotiff import make_folder, remove_temporaries, write_json_atomic
-from rsgee.configs import SCHEDULES
 from rsgee.models.factory import NUM_CLASSES
 from rsgee.train.distributed import is_main_process
 
@@ -399,11 +401,48 @@ def nonfinite_terms(strategy, terms: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, flag in zip(terms, flags.tolist()) if flag > 0]
 
 
+def make_loggers(run_dir: Path, names: Sequence[str]) -> list:
+    """Lightning loggers for a run: ``logs/metrics.csv`` always (rsgee's curves and tables read it), and each of
+    ``names`` (:data:`~rsgee.configs.LOGGERS`) from its optional extra, a missing one being a one-line error.
+
+    TensorBoard writes ``run_dir/tensorboard``; W&B the project ``$WANDB_PROJECT`` (default rsgee) under
+    ``run_dir/wandb``, offline when ``WANDB_MODE=offline``; MLflow the experiment ``$MLFLOW_EXPERIMENT_NAME``
+    (default rsgee) at ``$MLFLOW_TRACKING_URI`` (default a file store, ``run_dir/mlruns``, which MLflow 3 keeps in
+    maintenance mode: set the variable to a database, ``sqlite:///mlflow.db``, for its newer features). Runs are
+    named by their folder.
+    """
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    for name in dict.fromkeys(names):
+        if name not in LOGGERS:
+            raise RsgeeError(f"--logger {name!r}: choose from {', '.join(LOGGERS)}")
+        if name != "csv":
+            require(name)
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(name=run_dir.name, project=os.environ.get("WANDB_PROJECT", "rsgee"),
+                                       save_dir=str(run_dir), offline=os.environ.get("WANDB_MODE") == "offline"))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:  # the file store MLflow 3 keeps working when asked to (no database to install for it)
+                uri = (run_dir / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            loggers.append(MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rsgee"),
+                                        run_name=run_dir.name, tracking_uri=uri))
+    return loggers
+
+
 def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, limit_train_batches: int | None = None,
                  monitor: str | None = None, mode: str = "max", precision: str | None = None, progress: bool = True,
                  val_every: int = 1, val_every_steps: int | None = None, limit_val_batches: int | float | None = None,
-                 checkpoint_every: int | None = None) -> L.Trainer:
-    """A Lightning trainer writing checkpoints and logs into ``run_dir``.
+                 checkpoint_every: int | None = None, loggers: Sequence[str] = ("csv",)) -> L.Trainer:
+    """A Lightning trainer writing checkpoints and logs into ``run_dir`` (and to ``loggers``: :func:`make_loggers`).
 
     ``kind`` is "fusion" (a GAN: two backward passes per batch, so DDP must find unused parameters)
     or "segmentation". The trainer never replaces the samplers: rsgee's loaders shard per rank.
@@ -417,15 +456,7 @@ def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, l
                  LastCheckpoint(run_dir / "checkpoints", checkpoint_every)]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        import tensorboard  # noqa: F401 — only when installed
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
-    except ImportError:
-        pass
+    loggers = make_loggers(run_dir, loggers)
     quiet_lightning()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -520,7 +551,7 @@ PROGRESS_KEYS = ("best_checkpoint", "global_step", "epochs_done", "steps_done")
 
 
 def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, trainer: L.Trainer,
-        ckpt: Path | None, info: dict) -> Path:
+        ckpt: Path | None, info: dict, score: Callable[[Path], dict] | None = None) -> Path:
     """Write run.json, train (resuming from ``ckpt``), then record how far training got (main process only).
 
     Stopped by Ctrl-C or SIGTERM, it records how far ``last.ckpt`` got and raises :class:`Interrupted` saying
@@ -555,7 +586,41 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
     _record_progress(run_dir, trainer, launch, {"global_step": int(trainer.global_step),
                                                 "steps_done": int(task.steps_done),
                                                 "epochs_done": int(trainer.current_epoch)})
+    log_summary(run_dir, trainer, info, score)
     return run_dir
+
+
+def log_summary(run_dir: Path, trainer: L.Trainer, info: dict,
+                score: Callable[[Path], dict] | None = None) -> None:
+    """Give the run's loggers other than CSV (W&B, MLflow, TensorBoard) what their users compare runs by: the
+    parameter counts, archive and kind as hyperparameters (the settings are the task's, which Lightning logged
+    at the start as ``config/…``), and the best checkpoint's scores on the test split, beside the trivial
+    baselines', as ``test/…`` metrics at the last step.
+
+    ``score`` (:func:`rsgee.train.evaluate.logged_test_scores`, given by :mod:`rsgee.api`) scores the run, once,
+    in the main process of a one-process run (a multi-device run leaves it to ``rsgee evaluate``); nothing is
+    scored when only CSV logs are kept.
+    """
+    external = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
+    if not external or not trainer.is_global_zero:
+        return
+    settings = _flat({"parameters": info.get("parameters", {}), "archive": info["archive"], "kind": info["kind"]})
+    scores = score(run_dir) if score is not None and trainer.world_size == 1 else {}
+    for logger in external:
+        logger.log_hyperparams(settings)
+        if scores:
+            logger.log_metrics(scores, step=int(trainer.global_step))
+        logger.finalize("success")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _record_progress(run_dir: Path, trainer: L.Trainer, launch: dict, progress: dict) -> None:

@@ -16,20 +16,6 @@ from rsgee.preprocess.tiling import TileFilters, build_archive
 
 
 @pytest.fixture(scope="session")
-def small_archive(tmp_path_factory) -> Archive:
-    """Six tiles of a synthetic valley: train 4, val 1, test 1 (1×1-tile split blocks)."""
-    root = tmp_path_factory.mktemp("train-archive")
-    source = SyntheticSource(seed=0, cloud_cover=0.02, start=dt.date(2023, 6, 1), end=dt.date(2023, 9, 1))
-    export_aois(parse_aois(["valley=10.60,46.60,10.66,46.64"]), root / "exports", source, load_catalog(), progress=False)
-    build_archive([root / "exports"], root / "archive", load_catalog(), split=SplitConfig(block=1),
-                  filters=TileFilters(max_s2_nodata=0.5), progress=False)
-    archive = Archive(root / "archive")
-    counts = {s: len(archive.tiles(s)) for s in ("train", "val", "test")}
-    assert counts == {"train": 4, "val": 1, "test": 1}, counts
-    return archive
-
-
-@pytest.fixture(scope="session")
 def ddp_archive(tmp_path_factory) -> Archive:
     """Nine tiles with odd-sized splits (train 5, val 3, test 1), so that two ranks get uneven shares."""
     root = tmp_path_factory.mktemp("ddp-archive")

@@ -12,19 +12,9 @@ import torch
 from rsgee.errors import RsgeeError
 from rsgee.preprocess.terrain import terrain
 from rsgee.configs import SegmentationConfig, check_augmentation, parse_sources
-from rsgee.train.data import (
-    FusionSamples,
-    archive_normalisation,
-    augment,
-    dihedral,
-    draw_transform,
-    lulc_to_model,
-    model_to_reflectance,
-    reflectance_to_s2,
-    s1_to_model,
-    s2_to_model,
-    terrain_to_model,
-)
+from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
+                                        s2_to_model, terrain_to_model)
+from rsgee.train.data import FusionSamples, archive_normalisation, augment, dihedral, draw_transform
 from rsgee.train.segmentation import SegmentationSamples
 
 

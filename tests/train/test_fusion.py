@@ -12,7 +12,8 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import Tile
-from rsgee.train.data import FusionData, FusionSamples, collate, model_to_reflectance
+from rsgee.models.normalisation import model_to_reflectance
+from rsgee.train.data import FusionData, FusionSamples, collate
 from rsgee.train.evaluate import evaluate_fusion
 from rsgee.configs import DEFAULT_RECIPE, FusionConfig, RECIPES
 from rsgee.train.fusion import FusionTask, load_fusion, train_fusion

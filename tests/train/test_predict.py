@@ -11,11 +11,11 @@ import torch
 
 from rsgee.errors import RsgeeError
 from rsgee.grid import TILE_PX, Grid, Tile
-from rsgee.train.data import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
-                              terrain_to_model)
 from rsgee.configs import FusionConfig, SegmentationConfig
+from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
+                                        terrain_to_model)
+from rsgee.predict import blend_weights, predict_fusion, predict_seg, window_starts
 from rsgee.train.fusion import load_fusion, train_fusion
-from rsgee.train.predict import blend_weights, predict_fusion, predict_seg, window_starts
 from rsgee.train.segmentation import load_segmentation, real_test_samples, train_segmentation
 
 pytestmark = pytest.mark.slow
@@ -48,6 +48,13 @@ def test_windows_cover_the_raster_and_weights_never_vanish():
     assert np.array_equal(w, w.T) and np.array_equal(w, w[::-1, ::-1])
 
 
+def test_the_maps_colours_are_dynamic_worlds_as_the_figures_draw_them():
+    from rsgee.predict import DW_COLOURS
+    from rsgee.train.figures import DW_COLOURS as FIGURE_COLOURS
+
+    assert DW_COLOURS == FIGURE_COLOURS[:9]
+
+
 def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(runs, export, tmp_path):
     out = tmp_path / "map.tif"
     result = predict_seg(runs["seg"], export, out, probabilities=True, progress=False)
@@ -73,7 +80,7 @@ def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(runs, 
 
 def test_no_strips_are_left_after_success_an_error_or_a_killed_run(runs, export, tmp_path, monkeypatch):
     """The hidden strips GeoTIFF is as large as the output: it never outlives a run, nor a killed one's rerun."""
-    from rsgee.train import predict
+    from rsgee import predict
 
     killed = [tmp_path / ".map.tif.strips.tif", tmp_path / ".map.tif.strips.tif.aux.xml",
               tmp_path / ".map_probabilities.tif.strips.tif"]
@@ -115,7 +122,7 @@ def test_without_overlap_the_map_is_the_models_prediction_on_the_archive_tiles(r
 
 
 def test_blending_removes_the_seams_of_a_model_that_sees_only_its_window(export):
-    from rsgee.train.predict import _Export, _slide  # the sliding machinery itself, with a stand-in model
+    from rsgee.predict import _Export, _slide  # the sliding machinery itself, with a stand-in model
 
     def window_mean(batch):  # every output pixel is its window's mean: window borders are hard steps
         image = batch["image"]
@@ -256,3 +263,21 @@ def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsy
     with rasterio.open(out) as src, rasterio.open(tmp_path / "v_inputs" / "v" / "s2.tif") as s2:
         assert (src.transform, src.width, src.height) == (s2.transform, s2.width, s2.height)
         assert np.array_equal(src.read(1) == 255, ~(s2.read() != 0).all(axis=0))
+
+
+def test_figures_leave_the_sessions_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend and open figures survive rsgee drawing its PNGs."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from rsgee.train.figures import curves, fusion_grid
+
+    before = matplotlib.get_backend()
+    mine = plt.figure()
+    rng = np.random.default_rng(0)
+    fusion_grid(tmp_path / "grid.png", generated=rng.random((1, 4, 8, 8)), real=rng.random((1, 4, 8, 8)),
+                labels=np.zeros((1, 8, 8), int), sar_vv=None, titles=["t"], suptitle="s")
+    curves(tmp_path / "curves.png", {"a": ([1, 2], [0.1, 0.2])}, ylabel="y", title="t")
+    assert matplotlib.get_backend() == before and plt.fignum_exists(mine.number)
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "curves.png").exists()
+    plt.close(mine)

@@ -1,4 +1,4 @@
-"""``rsgee predict``: a trained run applied to a whole exported AOI, written as a Cloud-Optimised GeoTIFF.
+"""``rsgee predict``: a trained model applied to a whole exported AOI, written as a Cloud-Optimised GeoTIFF.
 
 The AOI's export (``rsgee export``: one GeoTIFF per source on the AOI's lattice grid) is read strip by
 strip; each strip is cut into overlapping model windows of the training tile size, normalised exactly
@@ -15,8 +15,11 @@ and fills only the cloud-masked or missing ones, with a band that says which.
 The inputs are an export folder (read through :mod:`rsgee.exports`); exporting an AOI first is
 :func:`rsgee.api.predict_seg`'s and :func:`rsgee.api.predict_fusion`'s job.
 
-A run carries what predict needs in its ``run.json``: the weights' normalisation, the sources with
-their bands and types (``inputs``), and the class names; exports that do not match are refused.
+The model is a run folder (``run.json`` and Lightning checkpoints, loaded with the ``train`` extra) or
+an exported model folder (:mod:`rsgee.portable`: ``config.json`` and ``model.safetensors``, loaded with
+torch alone, so that predicting from one never imports Lightning). Either carries what predict needs:
+the weights' normalisation, the sources with their bands and types (``inputs``), and the class names;
+exports that do not match are refused (:func:`open_model`).
 """
 
 from __future__ import annotations
@@ -35,18 +38,21 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from rsgee.configs import WEIGHTS
 from rsgee.errors import RsgeeError, check_number
 from rsgee.exports import grid_problem, read_export
 from rsgee.geotiff import GDAL_READ_ENV, atomic_path
 from rsgee.grid import TILE_PX, Grid
+from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
+                                        s2_to_segmenter, terrain_to_model)
+from rsgee.portable import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, load_model, read_config
+from rsgee.preprocess.archive import file_sha256
 from rsgee.preprocess.tiling import replace_nodata, terrain_window
-from rsgee.train.data import S2_SCALE, lulc_to_model, reflectance_to_s2, s1_to_model, terrain_to_model
-from rsgee.train.figures import DW_COLOURS
-from rsgee.train.trainer import read_run
-
 
 #: Map nodata: no optical observation (seg) — the archive's land-cover nodata.
 NO_CLASS = 255
+#: Dynamic World's class colours (water … snow_and_ice): the map's colour table.
+DW_COLOURS = ("#419bdf", "#397d49", "#88b053", "#7a87c6", "#e49635", "#dfc35a", "#c4281b", "#a59b8f", "#b39fe1")
 #: Files written by an earlier run with these tags and the same request are complete and skipped.
 REQUEST_TAG = "RSGEE_PREDICT_REQUEST"
 
@@ -91,36 +97,33 @@ def window_starts(length: int, size: int, stride: int) -> list[int]:
 
 def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probabilities: bool = False,
                 overlap: int = 64, batch_size: int = 8, device: str = "cpu", progress: bool = True) -> PredictResult:
-    """Land-cover map of the exported AOI in ``exports`` with the RS-UNet of ``run``.
+    """Land-cover map of the exported AOI in ``exports`` with the RS-UNet of ``run`` (a run or model folder).
 
     With ``probabilities``, the blended per-class probabilities go to ``<out>_probabilities.tif``
     (float32, one band per class, NaN without an optical observation).
     """
-    from rsgee.train.segmentation import load_segmentation
-
     _check_windows(overlap, batch_size)
-    info = run_info(run, "segmentation")
-    export = _open_export(exports, info, ("s2",))
+    trained = open_model(run, "segmentation")
+    export = _open_export(exports, trained.info, trained.export_sources(fill_clouds=False))
     out = Path(out)
-    request = _request(run, export, kind="seg", probabilities=probabilities, overlap=overlap)
+    request = _request(trained, export, kind="seg", probabilities=probabilities, overlap=overlap)
     extra = out.with_name(f"{out.stem}_probabilities.tif") if probabilities else None
     for path in (out, extra) if extra else (out,):
         _remove_strips(path)
     if _complete(out, request) and (extra is None or _complete(extra, request)):
         return PredictResult(out, "up to date")
-    task = load_segmentation(run).to(device)
-    mean = np.array(info["normalisation"]["s2_mean"], np.float32)[:, None, None]
-    std = np.array(info["normalisation"]["s2_std"], np.float32)[:, None, None]
-    classes = info["classes"]
+    network = trained.load().to(device)
+    mean, std = trained.info["normalisation"]["s2_mean"], trained.info["normalisation"]["s2_std"]
+    classes = trained.info["classes"]
 
     def inputs(strip: dict) -> tuple[dict, np.ndarray]:
         s2 = strip["s2"]
-        return {"image": (np.clip(s2.astype(np.float32) / S2_SCALE, 0, 1) - mean) / std}, (s2 != 0).all(axis=0)
+        return {"image": s2_to_segmenter(s2, mean, std)}, (s2 != 0).all(axis=0)
 
     def model(batch: dict) -> torch.Tensor:
-        return torch.softmax(task(batch["image"]), dim=1)
+        return torch.softmax(network(batch["image"]), dim=1)
 
-    tags = {REQUEST_TAG: request, "RSGEE_RUN": str(Path(run).resolve()), "RSGEE_CLASSES": json.dumps(classes)}
+    tags = {REQUEST_TAG: request, **trained.tags(), "RSGEE_CLASSES": json.dumps(classes)}
     with ExitStack() as stack:
         labels = stack.enter_context(_cog(out, export.grid, "uint8", 1, NO_CLASS, ["land cover class"], tags,
                                           resampling="MODE"))
@@ -139,29 +142,28 @@ def predict_seg(run: str | Path, exports: str | Path, out: str | Path, *, probab
 
 
 def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fill_clouds: bool = False,
-                   weights: str = "raw", overlap: int = 64, batch_size: int = 8, device: str = "cpu",
+                   weights: str | None = None, overlap: int = 64, batch_size: int = 8, device: str = "cpu",
                    progress: bool = True) -> PredictResult:
-    """Pseudo-Sentinel-2 of the exported AOI in ``exports`` from the generator of ``run``.
+    """Pseudo-Sentinel-2 of the exported AOI in ``exports`` from the generator of ``run`` (a run or model folder).
 
-    Pixels where none of the run's sources has data are nodata (0). With ``fill_clouds`` every pixel
+    ``weights``: ``raw`` or ``ema``; None = a run's raw weights, or the weights a model folder holds.
+    Pixels where none of the model's sources has data are nodata (0). With ``fill_clouds`` every pixel
     with a valid real Sentinel-2 observation keeps it unchanged and a fifth band, ``filled``, is 1
     where the generator's value was used.
     """
-    from rsgee.train.fusion import load_fusion
-
     _check_windows(overlap, batch_size)
-    info = run_info(run, "fusion")
-    sources = tuple(info["config"]["sources"])
-    needed = tuple(s for s in ("lulc", "s1", "dem", "s2") if s in {"dem" if x == "terrain" else x for x in sources}
-                   or (s == "s2" and fill_clouds))
-    export = _open_export(exports, info, needed)
+    trained = open_model(run, "fusion", weights)
+    sources = trained.sources
+    needed = trained.export_sources(fill_clouds)
+    export = _open_export(exports, trained.info, needed)
     out = Path(out)
-    request = _request(run, export, kind="fusion", fill_clouds=fill_clouds, weights=weights, overlap=overlap)
+    request = _request(trained, export, kind="fusion", fill_clouds=fill_clouds, weights=trained.weights,
+                       overlap=overlap)
     _remove_strips(out)
     if _complete(out, request):
         return PredictResult(out, "up to date")
-    task = load_fusion(run, weights=weights).to(device)
-    norm = info["normalisation"]
+    network = trained.load().to(device)
+    norm = trained.info["normalisation"]
 
     def inputs(strip: dict) -> tuple[dict, np.ndarray]:
         cond, present = {}, []
@@ -177,10 +179,10 @@ def predict_fusion(run: str | Path, exports: str | Path, out: str | Path, *, fil
         return cond, np.logical_or.reduce(present)
 
     def model(batch: dict) -> torch.Tensor:
-        return (task(batch).clamp(-1, 1) + 1) / 2  # reflectance, blended linearly
+        return model_to_reflectance(network(batch))  # reflectance, blended linearly
 
-    bands = list(info["inputs"]["s2"]["bands"])
-    tags = {REQUEST_TAG: request, "RSGEE_RUN": str(Path(run).resolve()), "RSGEE_WEIGHTS": weights,
+    bands = list(trained.info["inputs"]["s2"]["bands"])
+    tags = {REQUEST_TAG: request, **trained.tags(), "RSGEE_WEIGHTS": trained.weights,
             "RSGEE_SYNTHETIC_S2": "generated where filled == 1" if fill_clouds else "generated, not observed"}
     names = bands + (["filled"] if fill_clouds else [])
     windows = filled = 0
@@ -213,18 +215,98 @@ class _Export:
     run_nodata: dict[str, float]  # what the run's inputs use
 
 
-def run_info(run: str | Path, kind: str) -> dict:
-    """run.json of a ``kind`` run that records what predict needs (its inputs and normalisation), or one line."""
-    info = read_run(run)
+@dataclass(frozen=True)
+class TrainedModel:
+    """A run folder or an exported model folder, as predict reads it (see :func:`open_model`).
+
+    ``info`` holds what predict needs, as run.json records it: ``kind``, ``inputs`` (bands, dtype and
+    nodata per export source), ``normalisation`` and ``classes``. The network itself is read only by
+    :meth:`load`, once predict knows there is work to do.
+    """
+
+    path: Path
+    info: dict
+    sources: tuple[str, ...]  # the model's inputs: lulc, s1, terrain (fusion); s2 (segmentation)
+    weights: str  # raw or ema (segmentation: raw)
+    checkpoint: str | None  # the checkpoint the weights come from (a run's best, or the one a model folder holds)
+    portable: bool  # an exported model folder (config.json), not a run
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    def export_sources(self, fill_clouds: bool = True) -> tuple[str, ...]:
+        """The export sources predict reads (``fill_clouds``: Sentinel-2 too, for a fusion model)."""
+        if self.kind == "segmentation":
+            return ("s2",)
+        used = {"dem" if s == "terrain" else s for s in self.sources} | ({"s2"} if fill_clouds else set())
+        return tuple(s for s in ("lulc", "s1", "dem", "s2") if s in used)
+
+    def load(self) -> torch.nn.Module:
+        """The network in eval mode: from model.safetensors (torch only), or the run's checkpoint (Lightning)."""
+        if self.portable:
+            return load_model(self.path).module
+        if self.kind == "fusion":
+            from rsgee.train.fusion import load_fusion
+
+            return load_fusion(self.path, weights=self.weights)
+        from rsgee.train.segmentation import load_segmentation
+
+        return load_segmentation(self.path)
+
+    def identity(self) -> dict:
+        """What determines the network's outputs, for the outputs' request tag."""
+        if self.portable:  # a folder's weights can be replaced under the same name: their bytes decide
+            return {"model": str(self.path.resolve()), "checkpoint": self.checkpoint,
+                    "weights_sha256": file_sha256(self.path / WEIGHTS_FILE)}
+        return {"run": str(self.path.resolve()), "checkpoint": self.checkpoint}
+
+    def tags(self) -> dict[str, str]:
+        return {"RSGEE_MODEL" if self.portable else "RSGEE_RUN": str(self.path.resolve())}
+
+
+def open_model(path: str | Path, kind: str, weights: str | None = None) -> TrainedModel:
+    """The ``kind`` run or exported model at ``path``, checked for what predict needs; else one line.
+
+    ``weights``: ``raw`` or ``ema`` for a fusion model; None = a run's raw weights, or those a model folder holds
+    (a model folder holds one set: asking for the other is an error naming the fix).
+    """
+    path = Path(path)
+    wanted = "predict seg" if kind == "segmentation" else "predict fusion"
+    other = "predict fusion" if wanted == "predict seg" else "predict seg"
+    if weights is not None and weights not in WEIGHTS:
+        raise RsgeeError(f"unknown weights '{weights}'; choose {' or '.join(WEIGHTS)}")
+    if kind == "segmentation" and weights == "ema":
+        raise RsgeeError("a segmentation model has one set of weights; leave out --weights ema")
+    if is_model_folder(path):
+        config = read_config(path)
+        if config["kind"] != kind:
+            raise RsgeeError(f"{path} holds a {config['kind']} model, not a {kind} one; `rsgee {wanted}` needs a "
+                             f"{kind} model (use `rsgee {other}` for this one)")
+        held = config["weights"]
+        if weights is not None and weights != held:
+            raise RsgeeError(f"{path} holds the {held} weights of its run, not the {weights} ones; leave out --weights, "
+                             f"or export the run again with --weights {weights}")
+        return TrainedModel(path, {k: config[k] for k in ("kind", "inputs", "normalisation", "classes")},
+                            tuple(config["sources"]), held, config.get("checkpoint"), portable=True)
+    if not (path / "run.json").exists():
+        raise RsgeeError(f"{path} is neither an rsgee run (run.json) nor an exported model ({CONFIG_FILE}); give a "
+                         "run folder of `rsgee train` or a folder of `rsgee export-model`")
+    from rsgee.train.trainer import read_run  # a run's checkpoints need the train extra
+
+    info = read_run(path)
     if info.get("kind") != kind:
-        wanted = "predict seg" if kind == "segmentation" else "predict fusion"
-        other = "predict fusion" if wanted == "predict seg" else "predict seg"
-        raise RsgeeError(f"{run} is a {info.get('kind')} run, not a {kind} run; `rsgee {wanted}` needs a {kind} "
+        raise RsgeeError(f"{path} is a {info.get('kind')} run, not a {kind} run; `rsgee {wanted}` needs a {kind} "
                          f"run (use `rsgee {other}` for this one)")
     if "inputs" not in info or "normalisation" not in info:
-        raise RsgeeError(f"{run} was trained before runs recorded their inputs and normalisation; train it again "
+        raise RsgeeError(f"{path} was trained before runs recorded their inputs and normalisation; train it again "
                          "with this version to use it with predict")
-    return info
+    sources = tuple(info["config"]["sources"]) if kind == "fusion" else ("s2",)
+    checkpoint = info.get("best_checkpoint")
+    if weights == "ema" and not info["config"].get("ema_decay"):
+        raise RsgeeError(f"{path} kept no moving average of its generator (trained with --ema-decay 0); use the raw "
+                         "weights")
+    return TrainedModel(path, info, sources, weights or "raw", checkpoint, portable=False)
 
 
 def _open_export(folder: str | Path, info: dict, sources: tuple[str, ...]) -> _Export:
@@ -308,10 +390,9 @@ def _slide(export: _Export, sources, inputs, model, bands: int, overlap: int, ba
 
 # -- writing the COG -----------------------------------------------------------------------------
 
-def _request(run, export: _Export, **options) -> str:
+def _request(trained: TrainedModel, export: _Export, **options) -> str:
     """What determines the output: a complete file with the same request is not written again."""
-    return json.dumps({"run": str(Path(run).resolve()), "checkpoint": read_run(run).get("best_checkpoint"),
-                       "export": export.manifest_sha256, **options}, sort_keys=True)
+    return json.dumps({**trained.identity(), "export": export.manifest_sha256, **options}, sort_keys=True)
 
 
 def _complete(out: Path, request: str) -> bool:

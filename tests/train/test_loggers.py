@@ -1,0 +1,48 @@
+"""--logger: W&B (offline) and MLflow (a file store) get the run's settings, sizes and test scores, by flag."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from rsgee.cli import main
+
+
+@pytest.mark.slow
+def test_a_run_logs_to_wandb_offline_and_mlflow_by_flag(small_archive, tmp_path, monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    code = main(["train", "fusion", str(small_archive.root), "--out", str(run), "--size", "tiny", "--steps", "2",
+                 "--batch-size", "2", "--crop", "64", "--val-figures", "0", "--no-progress",
+                 "--logger", "wandb", "--logger", "mlflow"])
+    assert code == 0, capsys.readouterr().err
+    logged_run = wandb.run  # the run W&B keeps open until the process ends (or finish)
+    summary, config = dict(logged_run.summary), dict(logged_run.config)
+    wandb.finish()
+    assert summary["test/psnr"] > 0 and "test/class-mean/psnr" in summary and "test/ema/psnr" in summary
+    assert "val/psnr" in summary  # the last of the metrics logged while training
+    assert config["config"]["model"] == "rs-spade" and config["parameters/generator"] > 1000
+    (offline,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    assert offline.stat().st_size > 1000  # on disk for `wandb sync`
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rsgee"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_name == "run" and logged.data.params["config/model"] == "rs-spade"
+    assert int(logged.data.params["parameters/generator"]) > 1000
+    assert logged.data.metrics["test/psnr"] == pytest.approx(summary["test/psnr"])
+    assert "val/psnr" in logged.data.metrics  # the metrics logged while training, not only the summary
+    assert (run / "logs" / "metrics.csv").exists()  # always kept: rsgee's own tables read it
+
+
+def test_a_logger_whose_extra_is_missing_is_one_line(small_archive, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    code = main(["train", "seg", str(small_archive.root), "--out", str(tmp_path / "run"), "--size", "tiny",
+                 "--steps", "1", "--no-progress", "--logger", "wandb"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "pip install 'rsgee[wandb]'" in err
