@@ -35,6 +35,7 @@ import math
 import os
 import signal
 import time
+import uuid
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
@@ -409,8 +410,9 @@ def make_loggers(run_dir: Path, names: Sequence[str]) -> list:
     ``run_dir/wandb``, offline when ``WANDB_MODE=offline``; MLflow the experiment ``$MLFLOW_EXPERIMENT_NAME``
     (default rsgee) at ``$MLFLOW_TRACKING_URI`` (default a file store, ``run_dir/mlruns``, which MLflow 3 keeps in
     maintenance mode: set the variable to a database, ``sqlite:///mlflow.db``, for its newer features). Runs are
-    named by their folder.
+    named by their folder; a resumed run continues its W&B and MLflow runs (their ids are in run.json).
     """
+    earlier = read_run(run_dir).get("loggers", {}) if (run_dir / RUN_FILE).exists() else {}
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     for name in dict.fromkeys(names):
         if name not in LOGGERS:
@@ -425,17 +427,36 @@ def make_loggers(run_dir: Path, names: Sequence[str]) -> list:
             from lightning.pytorch.loggers import WandbLogger
 
             loggers.append(WandbLogger(name=run_dir.name, project=os.environ.get("WANDB_PROJECT", "rsgee"),
-                                       save_dir=str(run_dir), offline=os.environ.get("WANDB_MODE") == "offline"))
+                                       save_dir=str(run_dir), offline=os.environ.get("WANDB_MODE") == "offline",
+                                       id=earlier.get("wandb") or uuid.uuid4().hex[:12], resume="allow"))
         elif name == "mlflow":
-            from lightning.pytorch.loggers import MLFlowLogger
-
             uri = os.environ.get("MLFLOW_TRACKING_URI")
             if not uri:  # the file store MLflow 3 keeps working when asked to (no database to install for it)
                 uri = (run_dir / "mlruns").resolve().as_uri()
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            loggers.append(MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rsgee"),
-                                        run_name=run_dir.name, tracking_uri=uri))
+            loggers.append(_mlflow_logger()(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rsgee"),
+                                            run_name=run_dir.name, tracking_uri=uri, run_id=earlier.get("mlflow")))
     return loggers
+
+
+def _mlflow_logger() -> type:
+    """Lightning's MLflow logger for a run that may be resumed with another length: MLflow refuses to change a
+    logged parameter, so a changed value (``config/steps`` …) goes into a ``resumed/<name>`` tag instead."""
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class ResumableMLFlowLogger(MLFlowLogger):
+        @rank_zero_only
+        def log_hyperparams(self, params) -> None:
+            params = _flatten_dict(_convert_params(params))
+            logged = self.experiment.get_run(self.run_id).data.params
+            changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:len(logged[k])]}
+            for key, value in changed.items():
+                self.experiment.set_tag(self.run_id, f"resumed/{key}", str(value)[:5000])
+            super().log_hyperparams({k: v for k, v in params.items() if k not in changed})
+
+    return ResumableMLFlowLogger
 
 
 def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, limit_train_batches: int | None = None,
@@ -563,7 +584,7 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
               "precision": trainer.precision}
     if is_main_process():
         earlier = {k: v for k, v in read_run(run_dir).items() if k in PROGRESS_KEYS} if ckpt else {}
-        write_run(run_dir, dict(info, **earlier, launch=launch))
+        write_run(run_dir, dict(info, **earlier, launch=launch, **_logger_ids(trainer)))
     last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
     try:
         trainer.fit(task, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
@@ -588,6 +609,19 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
                                                 "epochs_done": int(trainer.current_epoch)})
     log_summary(run_dir, trainer, info, score)
     return run_dir
+
+
+def _logger_ids(trainer: L.Trainer) -> dict:
+    """``{"loggers": {"wandb": id, "mlflow": run id}}`` for run.json, so that a resume continues those runs."""
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    ids = {}
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            ids["wandb"] = logger.version
+        elif isinstance(logger, MLFlowLogger):
+            ids["mlflow"] = logger.run_id
+    return {"loggers": ids} if ids else {}
 
 
 def log_summary(run_dir: Path, trainer: L.Trainer, info: dict,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -46,3 +47,29 @@ def test_a_logger_whose_extra_is_missing_is_one_line(small_archive, tmp_path, mo
                  "--steps", "1", "--no-progress", "--logger", "wandb"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "pip install 'rsgee[wandb]'" in err
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_and_mlflow_runs(small_archive, tmp_path, monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "seg"
+    args = ["train", "seg", str(small_archive.root), "--out", str(run), "--size", "tiny", "--batch-size", "2",
+            "--crop", "64", "--no-progress", "--logger", "mlflow", "--logger", "wandb"]
+    assert main([*args, "--steps", "2"]) == 0, capsys.readouterr().err
+    wandb.finish()
+    first = json.loads((run / "run.json").read_text())["loggers"]
+    assert main([*args, "--steps", "4", "--resume"]) == 0, capsys.readouterr().err
+    wandb.finish()
+    assert json.loads((run / "run.json").read_text())["loggers"] == first
+    client = mlflow.tracking.MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rsgee"]
+    (logged,) = client.search_runs([experiment.experiment_id])  # one run, continued
+    assert logged.info.run_id == first["mlflow"]
+    assert logged.data.params["config/steps"] == "2" and logged.data.tags["resumed/config/steps"] == "4"
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "test/miou")] == [2, 4]
+    offline = sorted(p.name for p in run.glob("wandb/offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(first["wandb"]) for name in offline)  # `wandb sync` joins them
