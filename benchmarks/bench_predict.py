@@ -29,10 +29,9 @@ def build(work: Path) -> dict[str, Path]:
     from rsgee.acquire.synthetic import SyntheticSource
     from rsgee.catalog import load_catalog
     from rsgee.preprocess.split import SplitConfig
+    from rsgee.configs import FusionConfig, SegmentationConfig
     from rsgee.preprocess.tiling import TileFilters, build_archive
-    from rsgee.configs import FusionConfig
     from rsgee.train.fusion import train_fusion
-    from rsgee.configs import SegmentationConfig
     from rsgee.train.segmentation import train_segmentation
 
     archive = work / "archive"
@@ -97,7 +96,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from rsgee.grid import Grid
+    from rsgee.exports import read_export
 
     started = time.perf_counter()
     runs = build(args.work)
@@ -107,7 +106,7 @@ def main() -> int:
     for size_text in args.sizes.split(","):
         width, height = (float(v) for v in size_text.split("x"))
         export = aoi_export(args.work, width, height)
-        grid = Grid.from_dict(json.loads((export / "manifest.json").read_text())["grid"])
+        grid = read_export(export).grid
         area = grid.width * grid.height * 1e-4  # 10 m pixels → km²
         for name, run in runs.items():
             kind = "seg" if name.startswith("seg") else "fusion"

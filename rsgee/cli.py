@@ -23,6 +23,7 @@ from typing import Iterator
 import click
 
 from rsgee import __version__, api
+from rsgee.acquire import ENDPOINT_NAMES
 from rsgee.acquire.earthengine.recipes import ORBITS
 from rsgee.acquire.sources import SOURCES
 from rsgee.configs import (ACCELERATORS, AUGMENTATIONS, DISCRIMINATORS, GAN_LOSSES, LOGGERS, MODELS, PRECISIONS,
@@ -80,7 +81,7 @@ source_options = [
                       "authorized_user file of `gcloud auth application-default login`, or an external_account "
                       "(workload identity) file; default: the credentials of `earthengine authenticate`.  "
                       "[earthengine]"),
-    click.option("--endpoint", type=click.Choice(["standard", "highvolume"]),
+    click.option("--endpoint", type=click.Choice(ENDPOINT_NAMES),
                  help="Earth Engine endpoint: standard (https://earthengine.googleapis.com) or highvolume "
                       "(https://earthengine-highvolume.googleapis.com); both allow 40 concurrent requests. Composites "
                       "(medians, means, modes, cloud masks) are complex queries, which Earth Engine recommends "

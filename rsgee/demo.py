@@ -63,20 +63,19 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, aois: 
     from rsgee.optional import require
 
     require("train")  # before minutes of export and tiling, not after
+    from rsgee.acquire import WINDOW
     from rsgee.acquire.aoi import parse_aois
     from rsgee.acquire.export import export_aois
-    from rsgee.acquire import WINDOW
     from rsgee.acquire.synthetic import SyntheticSource
     from rsgee.catalog import load_catalog
+    from rsgee.configs import FusionConfig, SegmentationConfig
     from rsgee.preprocess.check import check_archive
     from rsgee.preprocess.split import SplitConfig
     from rsgee.preprocess.tiling import build_archive
     from rsgee.train.evaluate import (FUSION_COLUMNS, FUSION_HEADERS, SEG_COLUMNS, SEG_HEADERS, evaluate_fusion,
                                       evaluate_segmentation, write_table)
-    from rsgee.configs import FusionConfig
     from rsgee.train.fusion import train_fusion
     from rsgee.train.generate import generate
-    from rsgee.configs import SegmentationConfig
     from rsgee.train.segmentation import train_segmentation
     from rsgee.train.trainer import train_or_reuse
 

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rsgee.configs import DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, SegmentationConfig, parse_sources
 from rsgee.errors import RsgeeError
 from rsgee.geotiff import atomic_path
 from rsgee.preprocess.archive import Archive
 from rsgee.preprocess.cache import open_split
 from rsgee.train.baselines import LINEAR_REFERENCES, fusion_baselines, segmentation_baselines
-from rsgee.configs import DEFAULT_RECIPE, MODELS, RECIPES, FusionConfig, SegmentationConfig, parse_sources
 from rsgee.train.data import train_subset
 from rsgee.train.evaluate import evaluate_fusion, evaluate_segmentation
 from rsgee.train.fusion import sources_label, train_fusion

@@ -10,6 +10,7 @@ import rasterio
 import torch
 
 from rsgee.errors import RsgeeError
+from rsgee.exports import read_export
 from rsgee.grid import TILE_PX, Grid, Tile
 from rsgee.configs import FusionConfig, SegmentationConfig
 from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
@@ -37,7 +38,7 @@ def export(small_archive):
 
 
 def grid_of(export) -> Grid:
-    return Grid.from_dict(json.loads((export / "manifest.json").read_text())["grid"])
+    return read_export(export).grid
 
 
 def test_windows_cover_the_raster_and_weights_never_vanish():

@@ -39,6 +39,7 @@ from typing import Iterable
 import ee
 import google.auth.exceptions
 
+from rsgee.acquire import ENDPOINT_NAMES
 from rsgee.catalog import SourceSpec
 from rsgee.errors import RsgeeError, redact_urls
 
@@ -47,7 +48,7 @@ log = logging.getLogger("rsgee")
 STANDARD_URL = "https://earthengine.googleapis.com"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 #: ``--endpoint`` names → base URLs.
-ENDPOINTS = {"standard": STANDARD_URL, "highvolume": HIGH_VOLUME_URL}
+ENDPOINTS = dict(zip(ENDPOINT_NAMES, (STANDARD_URL, HIGH_VOLUME_URL)))
 #: Composites that reduce every pixel's stack of images: aggregations, "complex queries" in Earth Engine's words.
 _AGGREGATING = ("mean", "median", "mode")
 #: Earth Engine's default limit of concurrent requests per project.
