@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-data folder beside the checkout, temporary AOI files, a small synthetic archive."""
+"""Shared fixtures: the real-data folder beside the checkout, temporary AOI files, a small synthetic archive and
+tiny runs trained on it."""
 
 from __future__ import annotations
 
@@ -46,3 +47,20 @@ def small_archive(tmp_path_factory):
     counts = {s: len(archive.tiles(s)) for s in ("train", "val", "test")}
     assert counts == {"train": 4, "val": 1, "test": 1}, counts
     return archive
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(small_archive, tmp_path_factory) -> dict:
+    """A tiny RS-UNet run ("seg") and a tiny RS-SPADE run keeping an EMA ("gan"), two steps each on
+    :func:`small_archive`, for the tests that apply trained models (predict, export-model); read-only."""
+    from rsgee.configs import FusionConfig, SegmentationConfig
+    from rsgee.train.fusion import train_fusion
+    from rsgee.train.segmentation import train_segmentation
+
+    folder = tmp_path_factory.mktemp("tiny-runs")
+    seg = train_segmentation(small_archive.root, folder / "seg", SegmentationConfig(
+        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64), progress=False)
+    gan = train_fusion(small_archive.root, folder / "gan", FusionConfig(  # keeps an EMA (--ema-decay 0.999)
+        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64, val_figures=0), progress=False)
+    return {"seg": seg, "gan": gan}
+

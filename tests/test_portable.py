@@ -12,40 +12,29 @@ import pytest
 import rasterio
 import torch
 
-from rsgee.configs import FusionConfig, SegmentationConfig
 from rsgee.errors import RsgeeError
 from rsgee.models import factory
 from rsgee.portable import CONFIG_FILE, FORMAT, FORMAT_VERSION, ONNX_FILE, WEIGHTS_FILE, export_model, load_model
 from rsgee.predict import predict_fusion, predict_seg
 from rsgee.train.data import FusionSamples, collate
-from rsgee.train.fusion import load_fusion, train_fusion
-from rsgee.train.segmentation import load_segmentation, real_test_samples, train_segmentation
+from rsgee.train.fusion import load_fusion
+from rsgee.train.segmentation import load_segmentation, real_test_samples
 from rsgee.train.trainer import read_metrics, read_run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs(small_archive, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("portable-runs")
-    seg = train_segmentation(small_archive.root, folder / "seg", SegmentationConfig(
-        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64), progress=False)
-    gan = train_fusion(small_archive.root, folder / "gan", FusionConfig(  # keeps an EMA (--ema-decay 0.999)
-        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64, val_figures=0), progress=False)
-    return {"seg": seg, "gan": gan}
-
-
-@pytest.fixture(scope="module")
-def models(runs, tmp_path_factory):
+def models(tiny_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("portable-models")
-    return {"seg": export_model(runs["seg"], out / "seg"), "raw": export_model(runs["gan"], out / "raw"),
-            "ema": export_model(runs["gan"], out / "ema", weights="ema")}
+    return {"seg": export_model(tiny_runs["seg"], out / "seg"), "raw": export_model(tiny_runs["gan"], out / "raw"),
+            "ema": export_model(tiny_runs["gan"], out / "ema", weights="ema")}
 
 
 @pytest.fixture(scope="module")
-def tiles(small_archive, runs):
+def tiles(small_archive, tiny_runs):
     """The four train tiles as each model reads them."""
-    norm = read_run(runs["gan"])["normalisation"]
+    norm = read_run(tiny_runs["gan"])["normalisation"]
     fusion = FusionSamples(small_archive, "train", ("lulc", "s1", "terrain"), norm)
     seg = real_test_samples(small_archive, "train")
     return {"cond": collate([fusion[i] for i in range(len(fusion))])["cond"],
@@ -58,11 +47,11 @@ def export(small_archive):
 
 
 @pytest.fixture(scope="module")
-def from_runs(runs, export, tmp_path_factory):
+def from_runs(tiny_runs, export, tmp_path_factory):
     """What predict writes from the run folders: a map with probabilities, cloud-filled EMA Sentinel-2."""
-    out = tmp_path_factory.mktemp("predict-from-runs")
-    predict_seg(runs["seg"], export, out / "map.tif", probabilities=True, progress=False)
-    predict_fusion(runs["gan"], export, out / "s2.tif", fill_clouds=True, weights="ema", progress=False)
+    out = tmp_path_factory.mktemp("predict-from-tiny_runs")
+    predict_seg(tiny_runs["seg"], export, out / "map.tif", probabilities=True, progress=False)
+    predict_fusion(tiny_runs["gan"], export, out / "s2.tif", fill_clouds=True, weights="ema", progress=False)
     return {name: read(out / f"{name}.tif") for name in ("map", "map_probabilities", "s2")}
 
 
@@ -71,18 +60,18 @@ def read(path):
         return src.read()
 
 
-def test_the_folder_reproduces_the_checkpoint_bit_for_bit(runs, models, tiles):
+def test_the_folder_reproduces_the_checkpoint_bit_for_bit(tiny_runs, models, tiles):
     with torch.no_grad():
         outputs = {}
         for weights in ("raw", "ema"):
-            outputs[weights] = load_fusion(runs["gan"], weights=weights)(tiles["cond"])
+            outputs[weights] = load_fusion(tiny_runs["gan"], weights=weights)(tiles["cond"])
             assert torch.equal(load_model(models[weights])(tiles["cond"]), outputs[weights])
         assert not torch.equal(outputs["raw"], outputs["ema"])  # the two exports hold different weights
-        expected = load_segmentation(runs["seg"])(tiles["image"])
+        expected = load_segmentation(tiny_runs["seg"])(tiles["image"])
         assert torch.equal(load_model(models["seg"])(tiles["image"]), expected)
     assert outputs["raw"].shape == (4, 4, 256, 256) and expected.shape == (4, 9, 256, 256)
 
-    info, config = read_run(runs["gan"]), json.loads((models["ema"] / CONFIG_FILE).read_text())
+    info, config = read_run(tiny_runs["gan"]), json.loads((models["ema"] / CONFIG_FILE).read_text())
     assert (config["format"], config["format_version"], config["kind"], config["weights"]) == (
         FORMAT, FORMAT_VERSION, "fusion", "ema")
     assert config["checkpoint"] == info["best_checkpoint"] and config["normalisation"] == info["normalisation"]
@@ -105,11 +94,11 @@ def test_a_saved_model_keeps_its_architecture_when_presets_change(models, tiles,
         assert torch.equal(load_model(models["raw"])(one), expected)  # config.json's settings, not the preset
 
 
-def test_onnx_runs_in_onnxruntime_as_torch_does(runs, tiles, tmp_path):
+def test_onnx_runs_in_onnxruntime_as_torch_does(tiny_runs, tiles, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     for name, inputs in (("gan", tiles["cond"]), ("seg", {"image": tiles["image"]})):
-        folder = export_model(runs[name], tmp_path / name, onnx=True)
+        folder = export_model(tiny_runs[name], tmp_path / name, onnx=True)
         model = load_model(folder)
         session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == list(inputs) == list(model.config["onnx"]["inputs"])
@@ -164,37 +153,37 @@ def test_a_model_folder_predicts_without_lightning(models, from_runs, export, tm
     assert np.array_equal(read(tmp_path / "map.tif"), from_runs["map"])
 
 
-def test_an_export_is_atomic_skipped_when_done_and_replaced_when_changed(runs, tmp_path):
+def test_an_export_is_atomic_skipped_when_done_and_replaced_when_changed(tiny_runs, tmp_path):
     out = tmp_path / "model"
     (tmp_path / ".model.x1y2.tmp").mkdir()  # left by a killed export
-    export_model(runs["gan"], out)
+    export_model(tiny_runs["gan"], out)
     weights = out / WEIGHTS_FILE
     stamp, raw = weights.stat().st_mtime_ns, weights.read_bytes()
-    assert export_model(runs["gan"], out) == out and weights.stat().st_mtime_ns == stamp  # up to date: skipped
-    export_model(runs["gan"], out, weights="ema")
+    assert export_model(tiny_runs["gan"], out) == out and weights.stat().st_mtime_ns == stamp  # up to date: skipped
+    export_model(tiny_runs["gan"], out, weights="ema")
     assert json.loads((out / CONFIG_FILE).read_text())["weights"] == "ema" and weights.read_bytes() != raw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporaries left beside it
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
-def test_the_model_card_says_what_where_from_and_its_limits(runs, models, tmp_path):
+def test_the_model_card_says_what_where_from_and_its_limits(tiny_runs, models, tmp_path):
     card = (models["raw"] / "README.md").read_text()
-    last = [r for r in read_metrics(runs["gan"]) if r.get("val/psnr")][-1]
+    last = [r for r in read_metrics(tiny_runs["gan"]) if r.get("val/psnr")][-1]
     assert f"{float(last['val/psnr']):.4g}" in card and "logs/metrics.csv" in card
     assert "synthetic" in card and "256×256" in card and "B2 B3 B4 B8" in card and "valley (synthetic)" in card
     assert "rsgee evaluate fusion RUN" in card
     table = tmp_path / "fusion_table.csv"
     table.write_text("model,weights,sources,psnr,ssim,sam,params,tiles,note,run\n"
                      "class-mean,—,lulc,21.5,0.61,0.12,0,1,,baseline\n"
-                     f"rs-spade,raw,lulc+s1+dem,19.25,0.55,0.2,0.36 M,1,below class-mean,{runs['gan']}\n"
+                     f"rs-spade,raw,lulc+s1+dem,19.25,0.55,0.2,0.36 M,1,below class-mean,{tiny_runs['gan']}\n"
                      "rs-spade,raw,lulc+s1+dem,99.0,0.9,0.1,0.36 M,1,,elsewhere/other-run\n")
-    card = (export_model(runs["gan"], tmp_path / "m", evaluation=tmp_path) / "README.md").read_text()
+    card = (export_model(tiny_runs["gan"], tmp_path / "m", evaluation=tmp_path) / "README.md").read_text()
     assert "| class-mean | — | lulc | 21.5 |" in card and "19.25" in card and "99.0" not in card
     with pytest.raises(RsgeeError, match="has no rows for"):
-        export_model(runs["seg"], tmp_path / "s", evaluation=table)
+        export_model(tiny_runs["seg"], tmp_path / "s", evaluation=table)
 
 
-def test_bad_runs_and_folders_are_one_line(runs, models, tmp_path):
+def test_bad_runs_and_folders_are_one_line(tiny_runs, models, tmp_path):
     def error(call, *args, **kwargs) -> str:
         with pytest.raises(RsgeeError) as caught:
             call(*args, **kwargs)
@@ -204,15 +193,15 @@ def test_bad_runs_and_folders_are_one_line(runs, models, tmp_path):
     assert "is not an rsgee run" in error(export_model, tmp_path, tmp_path / "out")
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    info = read_run(runs["gan"])
+    info = read_run(tiny_runs["gan"])
     (fresh / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "best_checkpoint"}))
     assert "no checkpoint yet" in error(export_model, fresh, tmp_path / "out")
     (fresh / "run.json").write_text(json.dumps(dict(info, config=dict(info["config"], ema_decay=0.0))))
     assert "--ema-decay 0" in error(export_model, fresh, tmp_path / "out", weights="ema")
-    assert "--weights raw" in error(export_model, runs["seg"], tmp_path / "out", weights="ema")
+    assert "--weights raw" in error(export_model, tiny_runs["seg"], tmp_path / "out", weights="ema")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    assert "is not a model folder" in error(export_model, runs["seg"], tmp_path / "taken")
+    assert "is not a model folder" in error(export_model, tiny_runs["seg"], tmp_path / "taken")
     assert not (tmp_path / "out").exists()
 
     assert "no config.json" in error(load_model, tmp_path / "taken")

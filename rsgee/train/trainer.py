@@ -45,7 +45,9 @@ from typing import Callable, Iterator, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from rsgee import __version__
@@ -420,12 +422,8 @@ def make_loggers(run_dir: Path, names: Sequence[str]) -> list:
         if name != "csv":
             require(name)
         if name == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
-
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
         elif name == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
             loggers.append(WandbLogger(name=run_dir.name, project=os.environ.get("WANDB_PROJECT", "rsgee"),
                                        save_dir=str(run_dir), offline=os.environ.get("WANDB_MODE") == "offline",
                                        id=earlier.get("wandb") or uuid.uuid4().hex[:12], resume="allow"))
@@ -434,29 +432,24 @@ def make_loggers(run_dir: Path, names: Sequence[str]) -> list:
             if not uri:  # the file store MLflow 3 keeps working when asked to (no database to install for it)
                 uri = (run_dir / "mlruns").resolve().as_uri()
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            loggers.append(_mlflow_logger()(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rsgee"),
-                                            run_name=run_dir.name, tracking_uri=uri, run_id=earlier.get("mlflow")))
+            loggers.append(ResumableMLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rsgee"),
+                                                 run_name=run_dir.name, tracking_uri=uri,
+                                                 run_id=earlier.get("mlflow")))
     return loggers
 
 
-def _mlflow_logger() -> type:
+class ResumableMLFlowLogger(MLFlowLogger):
     """Lightning's MLflow logger for a run that may be resumed with another length: MLflow refuses to change a
     logged parameter, so a changed value (``config/steps`` …) goes into a ``resumed/<name>`` tag instead."""
-    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-    from lightning.pytorch.loggers import MLFlowLogger
-    from lightning.pytorch.utilities import rank_zero_only
 
-    class ResumableMLFlowLogger(MLFlowLogger):
-        @rank_zero_only
-        def log_hyperparams(self, params) -> None:
-            params = _flatten_dict(_convert_params(params))
-            logged = self.experiment.get_run(self.run_id).data.params
-            changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:len(logged[k])]}
-            for key, value in changed.items():
-                self.experiment.set_tag(self.run_id, f"resumed/{key}", str(value)[:5000])
-            super().log_hyperparams({k: v for k, v in params.items() if k not in changed})
-
-    return ResumableMLFlowLogger
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        params = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:len(logged[k])]}
+        for key, value in changed.items():
+            self.experiment.set_tag(self.run_id, f"resumed/{key}", str(value)[:5000])
+        super().log_hyperparams({k: v for k, v in params.items() if k not in changed})
 
 
 def make_trainer(run_dir: Path, *, kind: str, max_epochs: int, launch: Launch, limit_train_batches: int | None = None,
@@ -613,8 +606,6 @@ def fit(run_dir: Path, task: L.LightningModule, data: L.LightningDataModule, tra
 
 def _logger_ids(trainer: L.Trainer) -> dict:
     """``{"loggers": {"wandb": id, "mlflow": run id}}`` for run.json, so that a resume continues those runs."""
-    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
-
     ids = {}
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):

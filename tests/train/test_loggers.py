@@ -10,13 +10,20 @@ import pytest
 from rsgee.cli import main
 
 
-@pytest.mark.slow
-def test_a_run_logs_to_wandb_offline_and_mlflow_by_flag(small_archive, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def trackers(monkeypatch):
+    """The wandb and mlflow modules, W&B offline and quiet, MLflow at the run's own default store."""
     wandb = pytest.importorskip("wandb")
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return wandb, mlflow
+
+
+@pytest.mark.slow
+def test_a_run_logs_to_wandb_offline_and_mlflow_by_flag(trackers, small_archive, tmp_path, capsys):
+    wandb, mlflow = trackers
     run = tmp_path / "run"
     code = main(["train", "fusion", str(small_archive.root), "--out", str(run), "--size", "tiny", "--steps", "2",
                  "--batch-size", "2", "--crop", "64", "--val-figures", "0", "--no-progress",
@@ -50,12 +57,8 @@ def test_a_logger_whose_extra_is_missing_is_one_line(small_archive, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_a_resumed_run_continues_its_wandb_and_mlflow_runs(small_archive, tmp_path, monkeypatch, capsys):
-    wandb = pytest.importorskip("wandb")
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_resumed_run_continues_its_wandb_and_mlflow_runs(trackers, small_archive, tmp_path, capsys):
+    wandb, mlflow = trackers
     run = tmp_path / "seg"
     args = ["train", "seg", str(small_archive.root), "--out", str(run), "--size", "tiny", "--batch-size", "2",
             "--crop", "64", "--no-progress", "--logger", "mlflow", "--logger", "wandb"]

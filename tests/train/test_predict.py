@@ -12,24 +12,13 @@ import torch
 from rsgee.errors import RsgeeError
 from rsgee.exports import read_export
 from rsgee.grid import TILE_PX, Grid, Tile
-from rsgee.configs import FusionConfig, SegmentationConfig
 from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
                                         terrain_to_model)
 from rsgee.predict import blend_weights, predict_fusion, predict_seg, window_starts
-from rsgee.train.fusion import load_fusion, train_fusion
-from rsgee.train.segmentation import load_segmentation, real_test_samples, train_segmentation
+from rsgee.train.fusion import load_fusion
+from rsgee.train.segmentation import load_segmentation, real_test_samples
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def runs(small_archive, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("predict-runs")
-    seg = train_segmentation(small_archive.root, folder / "seg", SegmentationConfig(
-        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64), progress=False)
-    gan = train_fusion(small_archive.root, folder / "gan", FusionConfig(
-        size="tiny", batch_size=2, epochs=1, steps_per_epoch=2, crop=64), progress=False)
-    return {"seg": seg, "gan": gan}
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +45,9 @@ def test_the_maps_colours_are_dynamic_worlds_as_the_figures_draw_them():
     assert DW_COLOURS == FIGURE_COLOURS[:9]
 
 
-def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(runs, export, tmp_path):
+def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(tiny_runs, export, tmp_path):
     out = tmp_path / "map.tif"
-    result = predict_seg(runs["seg"], export, out, probabilities=True, progress=False)
+    result = predict_seg(tiny_runs["seg"], export, out, probabilities=True, progress=False)
     grid = grid_of(export)
     assert result.status == "written" and result.windows == len(window_starts(grid.height, 256, 192)) * len(
         window_starts(grid.width, 256, 192))
@@ -76,10 +65,10 @@ def test_the_map_is_a_cog_on_the_aoi_grid_with_classes_colours_and_nodata(runs, 
     assert probabilities.shape == (9, grid.height, grid.width)
     assert np.allclose(probabilities[:, observed].sum(0), 1.0, atol=1e-5)
     assert np.array_equal(probabilities[:, observed].argmax(0), labels[observed])
-    assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
+    assert predict_seg(tiny_runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
 
 
-def test_no_strips_are_left_after_success_an_error_or_a_killed_run(runs, export, tmp_path, monkeypatch):
+def test_no_strips_are_left_after_success_an_error_or_a_killed_run(tiny_runs, export, tmp_path, monkeypatch):
     """The hidden strips GeoTIFF is as large as the output: it never outlives a run, nor a killed one's rerun."""
     from rsgee import predict
 
@@ -88,10 +77,10 @@ def test_no_strips_are_left_after_success_an_error_or_a_killed_run(runs, export,
     for path in killed:
         path.write_bytes(b"left by a killed run")
     out = tmp_path / "map.tif"
-    assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "written"
+    assert predict_seg(tiny_runs["seg"], export, out, probabilities=True, progress=False).status == "written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
     killed[0].write_bytes(b"left by a killed run")
-    assert predict_seg(runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
+    assert predict_seg(tiny_runs["seg"], export, out, probabilities=True, progress=False).status == "up to date"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
 
     slide = predict._slide
@@ -103,14 +92,15 @@ def test_no_strips_are_left_after_success_an_error_or_a_killed_run(runs, export,
 
     monkeypatch.setattr(predict, "_slide", fails_after_one_strip)
     with pytest.raises(RuntimeError, match="No space left on device"):
-        predict_fusion(runs["gan"], export, tmp_path / "s2.tif", progress=False)
+        predict_fusion(tiny_runs["gan"], export, tmp_path / "s2.tif", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map_probabilities.tif"]
 
 
-def test_without_overlap_the_map_is_the_models_prediction_on_the_archive_tiles(runs, export, small_archive, tmp_path):
+def test_without_overlap_the_map_is_the_models_prediction_on_the_archive_tiles(tiny_runs, export, small_archive,
+                                                                               tmp_path):
     out = tmp_path / "map.tif"
-    predict_seg(runs["seg"], export, out, overlap=0, progress=False)
-    task = load_segmentation(runs["seg"])
+    predict_seg(tiny_runs["seg"], export, out, overlap=0, progress=False)
+    task = load_segmentation(tiny_runs["seg"])
     samples = real_test_samples(small_archive, "train")
     with rasterio.open(out) as src:
         labels = src.read(1)
@@ -148,10 +138,10 @@ def test_blending_removes_the_seams_of_a_model_that_sees_only_its_window(export)
     assert jump(hard) > 0 and jump(soft) < jump(hard) / 10  # a step spread over the 64-px ramp
 
 
-def test_a_pixel_barely_depends_on_where_window_borders_fall(runs, export, tmp_path):
+def test_a_pixel_barely_depends_on_where_window_borders_fall(tiny_runs, export, tmp_path):
     probabilities = {}
     for overlap in (64, 96):  # windows start at other places: 0, 192, … against 0, 160, …
-        predict_seg(runs["seg"], export, tmp_path / f"map{overlap}.tif", overlap=overlap, probabilities=True,
+        predict_seg(tiny_runs["seg"], export, tmp_path / f"map{overlap}.tif", overlap=overlap, probabilities=True,
                     progress=False)
         with rasterio.open(tmp_path / f"map{overlap}_probabilities.tif") as src:
             probabilities[overlap] = src.read()
@@ -162,9 +152,9 @@ def test_a_pixel_barely_depends_on_where_window_borders_fall(runs, export, tmp_p
     assert np.nanmean(probabilities[64].argmax(0) == probabilities[96].argmax(0)) > 0.9
 
 
-def test_fusion_fill_clouds_keeps_real_pixels_and_fills_every_gap(runs, export, small_archive, tmp_path):
+def test_fusion_fill_clouds_keeps_real_pixels_and_fills_every_gap(tiny_runs, export, small_archive, tmp_path):
     out = tmp_path / "s2.tif"
-    result = predict_fusion(runs["gan"], export, out, fill_clouds=True, overlap=0, progress=False)
+    result = predict_fusion(tiny_runs["gan"], export, out, fill_clouds=True, overlap=0, progress=False)
     with rasterio.open(out) as src, rasterio.open(export / "s2.tif") as s2:
         assert src.descriptions == ("B2", "B3", "B4", "B8", "filled") and src.dtypes == ("uint16",) * 5
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -175,7 +165,7 @@ def test_fusion_fill_clouds_keeps_real_pixels_and_fills_every_gap(runs, export, 
     assert np.array_equal(values[4] == 1, ~valid) and (values[:4][:, ~valid] > 0).all()
     # the filled pixels are the generator's own output on the archive tile (overlap 0: windows = tiles), whose
     # inputs are read from its GeoTIFFs (the packed cache rounds terrain and SAR to its codes)
-    task = load_fusion(runs["gan"])
+    task = load_fusion(tiny_runs["gan"])
     tile_id = small_archive.tiles("train")[0]["tile_id"]
     raw = {}
     for source in ("lulc", "s1", "terrain"):
@@ -194,11 +184,11 @@ def test_fusion_fill_clouds_keeps_real_pixels_and_fills_every_gap(runs, export, 
     assert gaps.any() and np.abs(window[:4][:, gaps].astype(int) - expected[:, gaps].astype(int)).max() <= 1
 
 
-def test_bad_inputs_are_one_line(runs, export, tmp_path):
+def test_bad_inputs_are_one_line(tiny_runs, export, tmp_path):
     with pytest.raises(RsgeeError, match="is a segmentation run, not a fusion run"):
-        predict_fusion(runs["seg"], export, tmp_path / "x.tif", progress=False)
+        predict_fusion(tiny_runs["seg"], export, tmp_path / "x.tif", progress=False)
     with pytest.raises(RsgeeError, match="--overlap 128"):
-        predict_seg(runs["seg"], export, tmp_path / "x.tif", overlap=128, progress=False)
+        predict_seg(tiny_runs["seg"], export, tmp_path / "x.tif", overlap=128, progress=False)
     partial = tmp_path / "partial"
     partial.mkdir()
     manifest = json.loads((export / "manifest.json").read_text())
@@ -207,39 +197,39 @@ def test_bad_inputs_are_one_line(runs, export, tmp_path):
         (partial / f"{name}.tif").symlink_to(export / f"{name}.tif")
     (partial / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RsgeeError, match="the export has no s1"):
-        predict_fusion(runs["gan"], partial, tmp_path / "x.tif", progress=False)
+        predict_fusion(tiny_runs["gan"], partial, tmp_path / "x.tif", progress=False)
     manifest["files"]["s2"]["bands"] = ["B2", "B3", "B4"]
     (partial / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RsgeeError, match=r"s2 has bands \['B2', 'B3', 'B4'\]"):
-        predict_seg(runs["seg"], partial, tmp_path / "x.tif", progress=False)
+        predict_seg(tiny_runs["seg"], partial, tmp_path / "x.tif", progress=False)
     assert not list(tmp_path.glob("x*.tif")) and not list(tmp_path.glob(".x*"))  # nothing partial left
 
 
-def test_the_cli_exports_a_new_aoi_and_predicts_it(runs, tmp_path, capsys):
+def test_the_cli_exports_a_new_aoi_and_predicts_it(tiny_runs, tmp_path, capsys):
     from rsgee.cli import main
 
     out = tmp_path / "lake.tif"
-    code = main(["predict", "seg", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source", "synthetic",
-                 "--out", str(out), "--no-progress"])
+    code = main(["predict", "seg", str(tiny_runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source",
+                 "synthetic", "--out", str(out), "--no-progress"])
     assert code == 0 and f"written: {out}" in capsys.readouterr().out
     with rasterio.open(out) as src:
         grid = grid_of(tmp_path / "lake_inputs" / "lake")
         assert (src.transform, src.width, src.height) == (grid.transform, grid.width, grid.height)
-    code = main(["predict", "fusion", str(runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source",
+    code = main(["predict", "fusion", str(tiny_runs["seg"]), "--aoi", "lake=10.70,46.60,10.73,46.62", "--source",
                  "synthetic", "--out", str(tmp_path / "s2.tif"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "is a segmentation run" in err
-    code = main(["predict", "seg", str(runs["seg"]), "--out", str(out)])
+    code = main(["predict", "seg", str(tiny_runs["seg"]), "--out", str(out)])
     assert code == 1 and "either exports (--exports DIR" in capsys.readouterr().err
     far = tmp_path / "far.tif"  # an AOI the given sources do not cover
-    code = main(["predict", "seg", str(runs["seg"]), "--aoi", "far=11.50,46.60,11.53,46.62", "--source", "local",
+    code = main(["predict", "seg", str(tiny_runs["seg"]), "--aoi", "far=11.50,46.60,11.53,46.62", "--source", "local",
                  "--input", f"s2={tmp_path / 'lake_inputs' / 'lake' / 's2.tif'}", "--out", str(far), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "does not cover the AOI grid" in err
     assert not far.exists() and not (tmp_path / "far_inputs").exists()
 
 
-def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsys, monkeypatch):
+def test_predict_exports_a_new_aoi_from_earth_engine_first(tiny_runs, tmp_path, capsys, monkeypatch):
     import ee
 
     from rsgee.testing.earthengine import FakeEarthEngine
@@ -247,7 +237,7 @@ def test_predict_exports_a_new_aoi_from_earth_engine_first(runs, tmp_path, capsy
 
     out = tmp_path / "v.tif"
     monkeypatch.delenv("EE_PROJECT", raising=False)
-    args = ["predict", "seg", str(runs["seg"]), "--aoi", "v=10.60,46.60,10.63,46.62", "--out", str(out),
+    args = ["predict", "seg", str(tiny_runs["seg"]), "--aoi", "v=10.60,46.60,10.63,46.62", "--out", str(out),
             "--no-progress"]
     code = main(args)  # Earth Engine is the default source, as for rsgee export
     assert code == 1 and "no Earth Engine project: pass --project" in capsys.readouterr().err and not out.exists()
