@@ -141,6 +141,14 @@ def _config_problem(config: dict) -> str | None:
     return None
 
 
+def weights_path(folder: str | Path) -> Path:
+    """The folder's model.safetensors, or a one-line error when it is missing."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise RsgeeError(f"{folder} has no {WEIGHTS_FILE}; copy the whole model folder, or export the run again")
+    return path
+
+
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> PortableModel:
     """The model an exported folder holds, built from its config.json and model.safetensors alone (no Lightning).
 
@@ -152,9 +160,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Portab
     config = read_config(folder)
     architecture = config["architecture"]
     module = rebuild(architecture["name"], architecture["settings"])
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise RsgeeError(f"{folder} has no {WEIGHTS_FILE}; copy the whole model folder, or export the run again")
+    path = weights_path(folder)
     try:
         state = load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:

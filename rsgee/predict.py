@@ -45,7 +45,7 @@ from rsgee.geotiff import GDAL_READ_ENV, atomic_path
 from rsgee.grid import TILE_PX, Grid
 from rsgee.models.normalisation import (lulc_to_model, model_to_reflectance, reflectance_to_s2, s1_to_model,
                                         s2_to_segmenter, terrain_to_model)
-from rsgee.portable import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, load_model, read_config
+from rsgee.portable import CONFIG_FILE, is_model_folder, load_model, read_config, weights_path
 from rsgee.preprocess.archive import file_sha256
 from rsgee.preprocess.tiling import replace_nodata, terrain_window
 
@@ -258,7 +258,7 @@ class TrainedModel:
         """What determines the network's outputs, for the outputs' request tag."""
         if self.portable:  # a folder's weights can be replaced under the same name: their bytes decide
             return {"model": str(self.path.resolve()), "checkpoint": self.checkpoint,
-                    "weights_sha256": file_sha256(self.path / WEIGHTS_FILE)}
+                    "weights_sha256": file_sha256(weights_path(self.path))}
         return {"run": str(self.path.resolve()), "checkpoint": self.checkpoint}
 
     def tags(self) -> dict[str, str]:

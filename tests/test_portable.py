@@ -183,7 +183,7 @@ def test_the_model_card_says_what_where_from_and_its_limits(tiny_runs, models, t
         export_model(tiny_runs["seg"], tmp_path / "s", evaluation=table)
 
 
-def test_bad_runs_and_folders_are_one_line(tiny_runs, models, tmp_path):
+def test_bad_runs_and_folders_are_one_line(tiny_runs, models, export, tmp_path):
     def error(call, *args, **kwargs) -> str:
         with pytest.raises(RsgeeError) as caught:
             call(*args, **kwargs)
@@ -219,6 +219,8 @@ def test_bad_runs_and_folders_are_one_line(tiny_runs, models, tmp_path):
     copy("raw")
     (broken / WEIGHTS_FILE).unlink()
     assert "has no model.safetensors" in error(load_model, broken)
+    assert "has no model.safetensors" in error(predict_fusion, broken, export, tmp_path / "b.tif", progress=False)
+    assert not (tmp_path / "b.tif").exists()
     shutil.copy(models["seg"] / WEIGHTS_FILE, broken / WEIGHTS_FILE)  # another model's weights
     assert "tensor(s) missing" in (text := error(load_model, broken)) and "unexpected" in text
     config = json.loads((models["seg"] / CONFIG_FILE).read_text())
