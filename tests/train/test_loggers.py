@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -36,6 +37,9 @@ def test_a_run_logs_to_wandb_offline_and_mlflow_by_flag(trackers, small_archive,
     assert "val/psnr" in summary  # the last of the metrics logged while training
     assert config["config"]["model"] == "rs-spade" and config["parameters/generator"] > 1000
     (offline,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60  # W&B's service process writes the record file after finish() returns
+    while offline.stat().st_size <= 1000 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert offline.stat().st_size > 1000  # on disk for `wandb sync`
 
     client = mlflow.tracking.MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
