@@ -387,15 +387,24 @@ class Throttle:
             if sent_round == self.round:
                 self._decrease()
 
-    def answered(self, headers: Mapping[str, str]) -> bool:
-        """Any answer's headers; True when they report that restricted mode has begun."""
+    def answered(self, headers: Mapping[str, str], sent_round: int | None = None) -> bool:
+        """Any answer's headers, to a request sent in ``sent_round`` (None: this round); True when they report
+        that restricted mode has begun.
+
+        Only answers to requests sent since the last change (restricted mode beginning or ending starts a
+        round) change the state: answers overtaken by later ones, arriving out of order, would otherwise flap
+        it and halve the limit again.
+        """
         restricted = RESTRICTED in str(headers.get(QUOTA_STATUS_HEADER, ""))
         with self._cond:
-            began = restricted and not self.restricted
-            if began:
+            if restricted == self.restricted or sent_round not in (None, self.round):
+                return False
+            if restricted:
                 self._decrease()
+            else:
+                self.round += 1
             self.restricted = restricted
-            return began
+            return restricted
 
     def succeeded(self) -> None:
         with self._cond:
@@ -546,8 +555,8 @@ class EarthEngineSource:
                 self._warned.add(kind)
             log.warning(message, *args)
 
-        def answered(headers: Mapping[str, str]) -> None:
-            if throttle.answered(headers):
+        def answered(headers: Mapping[str, str], sent: int) -> None:
+            if throttle.answered(headers, sent):
                 warn_once("restricted", "Earth Engine reports this project in restricted mode (its noncommercial "
                           "compute quota is spent): %d request(s) in flight now, not raised while it lasts; see "
                           "https://developers.google.com/earth-engine/guides/noncommercial_tiers#restricted_mode",
@@ -575,7 +584,8 @@ class EarthEngineSource:
             while not stop.is_set():
                 sent = throttle.round
                 try:
-                    data = self._fetch(recipe.image, request_grid, encoded[spec.name], tag, on_response=answered)
+                    data = self._fetch(recipe.image, request_grid, encoded[spec.name], tag,
+                                       on_response=lambda headers: answered(headers, sent))
                     block = decode_block(data, spec, size, recipe.fill)
                 except google.auth.exceptions.RefreshError as exc:
                     raise refused(exc) from None

@@ -318,6 +318,9 @@ def test_throttle_halves_once_per_round_and_grows_back_by_one():
         throttle.succeeded()
     assert throttle.answered({"x-earth-engine-quota-status": "parallelism_restricted=true"}) is False
     assert throttle.limit == 2 and throttle.answered({}) is False and not throttle.restricted
+    stale = throttle.round - 1  # an answer to a request sent while restricted, arriving after the end
+    assert throttle.answered({"x-earth-engine-quota-status": "parallelism_restricted=true"}, stale) is False
+    assert throttle.limit == 2 and not throttle.restricted
     for _ in range(200):
         throttle.succeeded()
     assert throttle.limit == 8  # never above the workers
